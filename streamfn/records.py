@@ -1,0 +1,103 @@
+"""Records, batches and shard positions: the small value types every part of streamfn shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+import msgspec
+import orjson
+
+
+class Position(msgspec.Struct, frozen=True, order=True):
+    """A place in one shard: a record's sequence and, for KPL sub-records, its sub-sequence.
+
+    Ordering is numeric on ``(sequence, sub_sequence)``; Kinesis sequence strings are
+    parsed to ``int`` once at the source so they never compare as text.
+    """
+
+    sequence: int
+    sub_sequence: int = 0
+
+
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """One record of one shard, as a handler sees it.
+
+    ``sequence`` is numeric whatever the source (Kafka offset, local log sequence,
+    Kinesis sequence number as a big int). ``attributes`` holds what only one source
+    has: Kafka headers and topic, a DynamoDB Streams event, a Kinesis ``eventName``.
+    """
+
+    shard_id: str
+    sequence: int
+    partition_key: str
+    data: bytes
+    arrival_time: float
+    sub_sequence: int = 0
+    attributes: dict[str, Any] | None = None
+
+    def json(self) -> Any:
+        """The record's data parsed as JSON (raises ``orjson.JSONDecodeError`` if it is not)."""
+        return orjson.loads(self.data)
+
+    @property
+    def position(self) -> Position:
+        return Position(self.sequence, self.sub_sequence)
+
+    @property
+    def identifier(self) -> str:
+        """The id a handler returns to report this record failed (Lambda's ``itemIdentifier``)."""
+        if self.sub_sequence:
+            return f"{self.sequence}:{self.sub_sequence}"
+        return str(self.sequence)
+
+
+class Batch(Sequence[Record]):
+    """Consecutive records of one shard (or one lane of it), handed to a handler in one call."""
+
+    __slots__ = ("shard_id", "records")
+
+    def __init__(self, shard_id: str, records: list[Record]) -> None:
+        self.shard_id = shard_id
+        self.records = records
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> Batch: ...
+    def __getitem__(self, index: int | slice) -> Record | Batch:
+        if isinstance(index, slice):
+            return Batch(self.shard_id, self.records[index])
+        return self.records[index]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __repr__(self) -> str:
+        if not self.records:
+            return f"Batch({self.shard_id!r}, empty)"
+        return f"Batch({self.shard_id!r}, {self.first.identifier}..{self.last.identifier}, n={len(self)})"
+
+    @property
+    def first(self) -> Record:
+        return self.records[0]
+
+    @property
+    def last(self) -> Record:
+        return self.records[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(r.data) for r in self.records)
+
+    def json(self) -> list[Any]:
+        """Every record's data parsed as JSON, in order: the fast path for JSON streams."""
+        loads = orjson.loads
+        return [loads(r.data) for r in self.records]
+
+    @property
+    def data(self) -> list[bytes]:
+        return [r.data for r in self.records]
