@@ -25,6 +25,7 @@ class ConfigError(StreamfnError):
     def __init__(self, message: str, *, file: str | None = None, field: str | None = None) -> None:
         self.file = file
         self.field = field
+        self.message = message
         where = ": ".join(part for part in (file, f"field `{field}`" if field else None) if part)
         super().__init__(f"{where}: {message}" if where else message)
 

@@ -55,7 +55,7 @@ class Record(msgspec.Struct, frozen=True, gc=False):
 class Batch(Sequence[Record]):
     """Consecutive records of one shard (or one lane of it), handed to a handler in one call."""
 
-    __slots__ = ("shard_id", "records")
+    __slots__ = ("records", "shard_id")
 
     def __init__(self, shard_id: str, records: list[Record]) -> None:
         self.shard_id = shard_id

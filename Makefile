@@ -1,0 +1,35 @@
+# One command to set up and try streamfn, one to run the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup quickstart test lint bench clean
+
+$(BIN)/streamfn: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+tests/node_modules/.installed: tests/package.json tests/package-lock.json
+	bash .ci/install.sh
+	touch $@
+
+setup: $(BIN)/streamfn tests/node_modules/.installed
+
+quickstart: $(BIN)/streamfn
+	rm -rf state/quickstart out/quickstart
+	$(BIN)/streamfn produce configs/quickstart.toml --count 100000
+	$(BIN)/streamfn run configs/quickstart.toml --until-caught-up
+	@echo "output objects: $$(find out/quickstart -name '*.ndjson' | wc -l) in out/quickstart/"
+
+test: setup
+	$(BIN)/ruff check streamfn tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: $(BIN)/streamfn
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf state out

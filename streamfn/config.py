@@ -1,0 +1,218 @@
+"""Pipeline files: one msgspec declaration validates them, fills defaults and yields JSON Schema.
+
+A pipeline file is TOML, YAML or JSON. Strings may use ``${VAR}`` / ``${VAR:-default}``.
+Every error names the file, the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from .checkpoints.local import LocalCheckpointStoreConfig
+from .components import BuildContext
+from .destinations.local import LocalDestinationConfig
+from .engine.batching import BatchLimits
+from .engine.policy import FailurePolicy
+from .errors import ConfigError
+from .interpolate import MissingVariable, interpolate
+from .sinks.local import LocalSinkConfig
+from .sinks.stdout import StdoutSinkConfig
+from .sources.local import LocalSourceConfig
+
+SourceConfig = LocalSourceConfig
+SinkConfig = LocalSinkConfig | StdoutSinkConfig
+CheckpointConfig = LocalCheckpointStoreConfig
+DestinationConfig = LocalDestinationConfig
+
+
+class BatchingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """When a batch is handed to the handler: whichever limit is reached first."""
+
+    max_records: int = 100
+    max_bytes: int = 6 * 1024 * 1024
+    #: Seconds to gather records before a call (0: call as soon as records are there). The window
+    #: starts when the previous call finished.
+    window: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if not 0 <= self.window <= 300:
+            raise ValueError("window must be between 0 and 300 seconds")
+
+    def limits(self) -> BatchLimits:
+        return BatchLimits(max_records=self.max_records, max_bytes=self.max_bytes, window=self.window)
+
+
+class RetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Retry until success by default; each limit below is off unless set."""
+
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    #: Retries after the first call before the batch goes to ``on_failure`` (-1: no limit).
+    max_attempts: int = -1
+    #: Seconds after arrival past which a record goes to ``on_failure`` (-1: no limit, else >= 60).
+    max_record_age: float = -1.0
+    #: Split a failing batch in halves and retry each, to isolate a poison record.
+    bisect_on_error: bool = False
+
+    def __post_init__(self) -> None:
+        if self.initial_delay <= 0 or self.max_delay < self.initial_delay:
+            raise ValueError("need 0 < initial_delay <= max_delay")
+        if self.max_attempts < -1:
+            raise ValueError("max_attempts must be -1 (no limit) or at least 0")
+        if self.max_record_age != -1 and self.max_record_age < 60:
+            raise ValueError("max_record_age must be -1 (no limit) or at least 60 seconds")
+
+    def policy(self) -> FailurePolicy:
+        return FailurePolicy(
+            initial_delay=self.initial_delay, max_delay=self.max_delay, max_attempts=self.max_attempts,
+            max_record_age=self.max_record_age, bisect_on_error=self.bisect_on_error,
+        )
+
+
+class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One pipeline: a source, a handler, its sinks, and how failures are handled."""
+
+    name: str
+    #: ``module:function``, looked up in the config's folder, then the working directory.
+    handler: str
+    source: SourceConfig
+    #: ``native`` (a Batch of Records) or ``lambda`` (an unmodified AWS Lambda stream handler).
+    interface: Literal["native", "lambda"] = "native"
+    #: Where local state lives (log, checkpoints), relative to the config's folder.
+    state_dir: str = "state"
+    #: Seconds a handler call may take before it counts as failed.
+    timeout: float = 60.0
+    starting_position: Literal["trim_horizon", "latest", "at_timestamp"] = "trim_horizon"
+    #: Epoch seconds, with ``starting_position = "at_timestamp"``.
+    starting_timestamp: float | None = None
+    batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    report_batch_item_failures: bool = False
+    #: Concurrent batches per shard (lanes by partition-key hash; per-key order holds). Lambda allows
+    #: 1-10; more is allowed here, each lane costing a task and a queue of 2 x max_records records.
+    parallelization_factor: int = 1
+    #: Seconds per tumbling window (0: off; 1-900). Handler state is carried between the calls of a
+    #: window, per shard, and kept with the checkpoint; the last call of a window is final.
+    tumbling_window: float = 0.0
+    sinks: list[SinkConfig] = msgspec.field(default_factory=list)
+    checkpoints: CheckpointConfig | None = None
+    on_failure: DestinationConfig | None = None
+    #: Seconds a graceful stop may take to finish in-flight batches before abandoning them.
+    shutdown_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError("name may hold only letters, digits, '.', '_' and '-'")
+        if self.parallelization_factor < 1:
+            raise ValueError("parallelization_factor must be at least 1")
+        if self.tumbling_window and not 1 <= self.tumbling_window <= 900:
+            raise ValueError("tumbling_window must be 0 (off) or between 1 and 900 seconds")
+        if self.tumbling_window and self.parallelization_factor > 1:
+            raise ValueError("tumbling_window works per shard: it cannot be combined with parallelization_factor > 1")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.starting_position == "at_timestamp" and self.starting_timestamp is None:
+            raise ValueError("starting_position 'at_timestamp' needs starting_timestamp")
+        if self.retry.policy().has_limit and self.on_failure is None:
+            raise ValueError(
+                "retry.max_attempts / retry.max_record_age need an on_failure destination: "
+                "without one, records would be dropped"
+            )
+
+
+class LoadedPipeline(msgspec.Struct, frozen=True):
+    """A validated pipeline with the file it came from."""
+
+    config: PipelineConfig
+    path: Path
+
+    @property
+    def context(self) -> BuildContext:
+        config_dir = self.path.parent.resolve()
+        state = Path(self.config.state_dir).expanduser()
+        return BuildContext(
+            pipeline=self.config.name,
+            config_dir=config_dir,
+            state_dir=state if state.is_absolute() else config_dir / state,
+        )
+
+
+def parse_document(path: Path) -> Any:
+    """The raw document in ``path`` (TOML, YAML or JSON by suffix)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        if path.suffix == ".json":
+            return msgspec.json.decode(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"not valid {path.suffix[1:].upper()}: {exc}", file=str(path)) from None
+    raise ConfigError("unknown file type: use .toml, .yaml, .yml or .json", file=str(path))
+
+
+def load_pipeline(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedPipeline:
+    """Read, interpolate and validate one pipeline file."""
+    path = Path(path)
+    document = parse_document(path)
+    if not isinstance(document, dict):
+        raise ConfigError("expected a table of settings at the top level", file=str(path))
+    try:
+        document = interpolate(document, os.environ if env is None else env)
+    except MissingVariable as exc:
+        raise ConfigError(str(exc), file=str(path), field=exc.path) from None
+    try:
+        config = msgspec.convert(document, PipelineConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        message, field = describe_validation_error(exc)
+        raise ConfigError(message, file=str(path), field=field) from None
+    loaded = LoadedPipeline(config=config, path=path)
+    check_components(loaded)
+    return loaded
+
+
+def check_components(loaded: LoadedPipeline) -> None:
+    """Build-time checks a struct cannot express (templates, paths): errors name the file."""
+    config, ctx = loaded.config, loaded.context
+    for index, sink in enumerate(config.sinks):
+        try:
+            sink.build(ctx)
+        except ConfigError as exc:
+            field = f"sinks[{index}]" + (f".{exc.field.removeprefix('sinks.')}" if exc.field else "")
+            raise ConfigError(exc.message, file=str(loaded.path), field=field) from None
+
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_NAMED = re.compile(r"(?:missing required field|contains unknown field) `(?P<name>[^`]+)`")
+
+
+def describe_validation_error(exc: msgspec.ValidationError) -> tuple[str, str | None]:
+    """msgspec's message split into (what was expected, dotted field path)."""
+    match = _AT.match(str(exc))
+    assert match is not None
+    message, path = match.group("message"), (match.group("path") or "").lstrip(".")
+    named = _NAMED.search(message)
+    if named:
+        path = f"{path}.{named.group('name')}" if path else named.group("name")
+    return message, path or None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a pipeline file, for editors and documentation."""
+    return msgspec.json.schema(PipelineConfig)

@@ -1,0 +1,67 @@
+"""The daemon: runs pipelines side by side, turns SIGTERM/SIGINT into a bounded graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+from ..config import LoadedPipeline
+from .pipeline import Pipeline
+
+log = logging.getLogger("streamfn.daemon")
+
+
+def install_event_loop_policy() -> None:
+    """Use uvloop when it is installed: the engine is loop-bound, and uvloop's loop is faster."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def run_pipelines(
+    loaded: Sequence[LoadedPipeline],
+    *,
+    until_caught_up: bool = False,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Run every pipeline until a signal (or ``stop``), or until all are caught up."""
+    stop = stop or asyncio.Event()
+    pipelines = [Pipeline(item) for item in loaded]  # handler import errors surface here, before any read
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _on_signal, stop, signum)
+    opened: list[Pipeline] = []
+    try:
+        for pipeline in pipelines:
+            await pipeline.open()
+            opened.append(pipeline)
+        log.info("running", extra={"pipelines": [p.name for p in pipelines]})
+        runs = [asyncio.create_task(p.run(stop, until_caught_up=until_caught_up)) for p in pipelines]
+        done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        await asyncio.gather(*runs, return_exceptions=True)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        await asyncio.gather(*(p.shutdown() for p in opened), return_exceptions=False)
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)
+        log.info("stopped", extra={"pipelines": [p.name for p in pipelines]})
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    if stop.is_set():
+        return
+    log.info("stopping on %s: finishing in-flight batches", signal.Signals(signum).name)
+    stop.set()

@@ -1,0 +1,222 @@
+"""One pipeline at run time: builds its parts from the config, runs shard runners, stops them.
+
+The pipeline is the ShardController an assigner drives. Without a coordinating assigner
+(a Kafka group, a lease table) every shard runs here, children after their parents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..checkpoints.base import CheckpointStore
+from ..checkpoints.local import LocalCheckpointStoreConfig
+from ..config import LoadedPipeline
+from ..errors import LeaseLostError
+from ..sources.base import ShardInfo, StartingPosition
+from .assignment import Assigner, ShardController
+from .invoke import Invoker, load_handler
+from .policy import Backoff
+from .shard import ShardEnv, ShardRunner
+
+log = logging.getLogger("streamfn.pipeline")
+
+
+class AllShardsAssigner:
+    """Runs every shard of the source in this worker; a child starts once its parents ended."""
+
+    def __init__(self, source: Any, discovery_interval: float = 10.0) -> None:
+        self._source = source
+        self._interval = discovery_interval
+        self.settled = False
+        self.wake = asyncio.Event()
+
+    async def run(self, controller: ShardController) -> None:
+        while True:
+            shards = await self._source.list_shards()
+            known = {shard.shard_id for shard in shards}
+            running = controller.running_shards()
+            for shard in shards:
+                if shard.shard_id in running:
+                    continue
+                if await controller.shard_finished(shard.shard_id):
+                    continue
+                parents = [p for p in shard.parent_ids if p in known]
+                if all([await controller.shard_finished(p) for p in parents]):
+                    await controller.start_shard(shard)
+            self.settled = True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self.wake.wait()
+            self.wake.clear()
+
+
+class Pipeline:
+    """Implements ShardController for one pipeline config."""
+
+    def __init__(self, loaded: LoadedPipeline) -> None:
+        self.loaded = loaded
+        config, ctx = loaded.config, loaded.context
+        self.name = config.name
+        self.config = config
+        handler = load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])
+        self.source = config.source.build(ctx)
+        self.sinks = [sink.build(ctx) for sink in config.sinks]
+        self.destination = config.on_failure.build(ctx) if config.on_failure else None
+        self.store: CheckpointStore = self._checkpoint_store(ctx)
+        self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"handler-{self.name}")
+        invoker = Invoker(
+            handler, interface=config.interface, timeout=config.timeout,
+            report_failures=config.report_batch_item_failures, lambda_event=self.source.lambda_event,
+            executor=self._executor,
+            windowed=config.tumbling_window > 0,
+        )
+        self.env = ShardEnv(
+            pipeline=self.name, stream=self.source.name, source_kind=getattr(self.source, "kind", "kinesis"),
+            source=self.source, invoker=invoker, sinks=self.sinks, store=self.store,
+            destination=self.destination, limits=config.batching.limits(), policy=config.retry.policy(),
+            starting=StartingPosition(config.starting_position, config.starting_timestamp),
+            timeout=config.timeout,
+            lanes=config.parallelization_factor,
+            tumbling_window=config.tumbling_window,
+        )
+        self.assigner: Assigner = self._assigner()
+        self.runners: dict[str, ShardRunner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failed: BaseException | None = None
+
+    def _checkpoint_store(self, ctx: Any) -> CheckpointStore:
+        if self.config.checkpoints is not None:
+            return self.config.checkpoints.build(ctx)
+        own = getattr(self.source, "checkpoint_store", None)
+        if own is not None:
+            return own()  # type: ignore[no-any-return]
+        return LocalCheckpointStoreConfig().build(ctx)
+
+    def _assigner(self) -> Assigner:
+        for part in (self.store, self.source):
+            factory = getattr(part, "assigner", None)
+            if factory is not None:
+                return factory()  # type: ignore[no-any-return]
+        return AllShardsAssigner(self.source)
+
+    async def open(self) -> None:
+        await self.source.open()
+        await self.store.open()
+        for sink in self.sinks:
+            await sink.open()
+        if self.destination is not None:
+            await self.destination.open()
+
+    # -- ShardController -------------------------------------------------------------
+    async def start_shard(self, shard: ShardInfo) -> None:
+        if shard.shard_id in self._tasks:
+            return
+        runner = ShardRunner(shard, self.env)
+        self.runners[shard.shard_id] = runner
+        self._tasks[shard.shard_id] = asyncio.create_task(self._supervise(runner), name=f"shard:{shard.shard_id}")
+        log.info("shard started", extra={"pipeline": self.name, "shard": shard.shard_id})
+
+    async def stop_shard(self, shard_id: str, *, abandon: bool = False, deadline: float | None = None) -> None:
+        runner, task = self.runners.get(shard_id), self._tasks.get(shard_id)
+        if runner is None or task is None:
+            return
+        runner.request_stop(abandon=abandon)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            log.warning("in-flight batch abandoned at the shutdown deadline",
+                        extra={"pipeline": self.name, "shard": shard_id})
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        except BaseException:
+            await asyncio.gather(task, return_exceptions=True)
+        self._tasks.pop(shard_id, None)
+        self.runners.pop(shard_id, None)
+        if not abandon:
+            with contextlib.suppress(LeaseLostError):
+                await self.store.flush()
+
+    def running_shards(self) -> set[str]:
+        return set(self._tasks)
+
+    async def shard_finished(self, shard_id: str) -> bool:
+        checkpoint = await self.store.load(shard_id)
+        return checkpoint is not None and checkpoint.shard_end
+
+    # ---------------------------------------------------------------------------------
+    async def _supervise(self, runner: ShardRunner) -> None:
+        """Keep one shard running: an unexpected error restarts it from its checkpoint."""
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            try:
+                await runner.run()
+            except LeaseLostError:
+                log.warning("lease lost; shard work stopped", extra={"pipeline": self.name, "shard": runner.shard_id})
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.exception("shard runner failed; restarting from its checkpoint in %.1fs", delay,
+                              extra={"pipeline": self.name, "shard": runner.shard_id, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                if runner.stopping:
+                    return
+                runner = ShardRunner(runner.shard, self.env)
+                self.runners[runner.shard_id] = runner
+                continue
+            if runner.finished:
+                self._tasks.pop(runner.shard_id, None)
+                self.runners.pop(runner.shard_id, None)
+                wake = getattr(self.assigner, "wake", None)
+                if wake is not None:
+                    wake.set()
+            return
+
+    def caught_up(self) -> bool:
+        """Every shard has read all there was to read and handled it (for ``--until-caught-up``)."""
+        if not getattr(self.assigner, "settled", True):
+            return False
+        return all(self.runners[s].idle for s in self._tasks if s in self.runners)
+
+    async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
+        """Run until ``stop`` is set (or, with ``until_caught_up``, until every shard is drained)."""
+        assigner_task = asyncio.create_task(self.assigner.run(self), name=f"assigner:{self.name}")
+        try:
+            while not stop.is_set():
+                if assigner_task.done():
+                    assigner_task.result()  # an assigner must not end on its own: surface why
+                    raise RuntimeError("assigner stopped")
+                if until_caught_up and self.caught_up():
+                    await self.store.flush()
+                    if self.caught_up():
+                        break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05 if until_caught_up else 1.0):
+                        await stop.wait()
+        finally:
+            assigner_task.cancel()
+            await asyncio.gather(assigner_task, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Stop reading, finish in-flight batches within ``shutdown_timeout``, flush, release, close."""
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        await asyncio.gather(*(self.stop_shard(s, deadline=deadline) for s in list(self._tasks)))
+        release = getattr(self.assigner, "release", None)
+        if release is not None:
+            await release()
+        with contextlib.suppress(LeaseLostError):
+            await self.store.flush()
+        await self.store.close()
+        for sink in self.sinks:
+            await sink.close()
+        if self.destination is not None:
+            await self.destination.close()
+        await self.source.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)

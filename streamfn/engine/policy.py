@@ -1,0 +1,63 @@
+"""The failure policy: retry until success by default, and Lambda's limits on top.
+
+Pure decisions only (what to do after a failed call, how long to wait); the shard runner
+does the I/O. Throttling of a source, sink or destination never counts as an attempt.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import msgspec
+
+from ..records import Record
+
+
+class FailurePolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a shard reacts when its handler fails on a batch (all limits off by default)."""
+
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    max_attempts: int = -1
+    max_record_age: float = -1.0
+    bisect_on_error: bool = False
+
+    @property
+    def has_limit(self) -> bool:
+        return self.max_attempts >= 0 or self.max_record_age > 0
+
+    def attempts_exhausted(self, attempts: int) -> bool:
+        """``attempts`` counts retries after the first call, as MaximumRetryAttempts does."""
+        return self.max_attempts >= 0 and attempts > self.max_attempts
+
+    def split_expired(self, records: list[Record], now: float | None = None) -> tuple[list[Record], list[Record]]:
+        """(expired, still fresh), judged per record against its arrival time."""
+        if self.max_record_age <= 0:
+            return [], records
+        oldest_allowed = (time.time() if now is None else now) - self.max_record_age
+        if records[0].arrival_time >= oldest_allowed:
+            return [], records  # arrival times grow along a shard: the common case costs one look
+        expired = [r for r in records if r.arrival_time < oldest_allowed]
+        if not expired:
+            return [], records
+        return expired, [r for r in records if r.arrival_time >= oldest_allowed]
+
+
+class Backoff:
+    """Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to a cap."""
+
+    __slots__ = ("_failures", "_initial", "_maximum")
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self._failures = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._maximum, self._initial * (2 ** min(self._failures, 30)))
+        self._failures += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._failures = 0

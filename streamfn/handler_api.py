@@ -1,0 +1,80 @@
+"""What a handler receives besides its batch, and what it may return."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+
+class Result:
+    """A native handler's answer: items for the sinks, and the records that failed.
+
+    ``failed`` holds record identifiers (``record.sequence`` or ``record.identifier``); it is
+    read only when the pipeline sets ``report_batch_item_failures``. Processing then resumes at
+    the lowest failed record, so return items only for the records before it.
+    """
+
+    __slots__ = ("failed", "items", "state")
+
+    def __init__(self, items: Iterable[Any] = (), failed: Iterable[int | str] = (), state: Any = None) -> None:
+        self.items = list(items)
+        self.failed = list(failed)
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"Result(items={len(self.items)}, failed={self.failed!r})"
+
+
+class Context:
+    """Facts about the current call, shaped so an AWS Lambda handler's ``context`` use still works.
+
+    Tumbling windows add ``state`` (what the previous call of the window returned, as
+    ``Result.state`` or Lambda's ``{"state": ...}``), ``window_start``/``window_end`` (epoch
+    seconds), ``is_final`` (the last call of the window) and ``terminated_early`` (the previous
+    state exceeded the size limit and was dropped).
+    """
+
+    def __init__(
+        self,
+        *,
+        pipeline: str,
+        shard_id: str,
+        attempt: int,
+        timeout: float,
+        state: Any = None,
+        window: tuple[float, float] | None = None,
+        is_final: bool = False,
+        terminated_early: bool = False,
+    ) -> None:
+        self.pipeline = pipeline
+        self.shard_id = shard_id
+        self.attempt = attempt
+        self.state = state
+        self.window = window
+        self.is_final = is_final
+        self.terminated_early = terminated_early
+        self._deadline = time.monotonic() + timeout
+        self.function_name = pipeline
+        self.function_version = "$LATEST"
+        self.aws_request_id = str(uuid.uuid4())
+        self.memory_limit_in_mb = 0
+        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{pipeline}"
+        self.log_group_name = f"/streamfn/{pipeline}"
+        self.log_stream_name = shard_id
+
+    @property
+    def window_start(self) -> float | None:
+        return self.window[0] if self.window else None
+
+    @property
+    def window_end(self) -> float | None:
+        return self.window[1] if self.window else None
+
+    def remaining(self) -> float:
+        """Seconds left before the call times out."""
+        return max(0.0, self._deadline - time.monotonic())
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int(self.remaining() * 1000)

@@ -1,0 +1,79 @@
+"""``streamfn produce``: append synthetic click events or NDJSON lines to a pipeline's local log."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from typing import BinaryIO
+
+from .config import LoadedPipeline
+from .errors import ConfigError
+from .sources.local import LocalLog, LocalSourceConfig, ndjson_records, synthetic_clicks
+
+CHUNK = 5_000
+
+
+def produce(
+    loaded: LoadedPipeline,
+    *,
+    count: int | None,
+    source_file: str | None,
+    key_field: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> int:
+    """Append records to the pipeline's local log; returns how many were appended."""
+    source = loaded.config.source
+    if not isinstance(source, LocalSourceConfig):
+        raise ConfigError("produce writes to the local log only; this pipeline reads another source",
+                          file=str(loaded.path), field="source.type")
+    if (count is None) == (source_file is None):
+        raise ConfigError("give either --count (synthetic events) or --input (an NDJSON file)")
+    ctx = loaded.context
+    log = LocalLog(ctx.resolve(source.path) if source.path else ctx.state_dir / "log.sqlite3")
+    try:
+        log.create_stream(source.stream, source.shards)
+        with ExitStack() as stack:
+            if source_file is not None:
+                stream: BinaryIO = sys.stdin.buffer if source_file == "-" else stack.enter_context(
+                    open(source_file, "rb"))
+                records: Iterable[tuple[str, bytes]] = ndjson_records(stream, key_field)
+            else:
+                records = synthetic_clicks(count or 0, seed)
+            return _append_chunks(log, source.stream, records, total=count, progress=progress)
+    finally:
+        log.close()
+
+
+def _append_chunks(
+    log: LocalLog, stream: str, records: Iterable[tuple[str, bytes]], *, total: int | None, progress: bool
+) -> int:
+    done = 0
+    started = time.monotonic()
+    for chunk in _chunks(records, CHUNK):
+        done += log.append(stream, chunk)
+        if progress:
+            _show_progress(done, total, time.monotonic() - started)
+    if progress:
+        sys.stderr.write("\n")
+    return done
+
+
+def _chunks(records: Iterable[tuple[str, bytes]], size: int) -> Iterator[list[tuple[str, bytes]]]:
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _show_progress(done: int, total: int | None, elapsed: float) -> None:
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if total:
+        filled = int(30 * done / total)
+        bar = "#" * filled + "-" * (30 - filled)
+        sys.stderr.write(f"\r[{bar}] {done:,}/{total:,} records  {rate:,.0f}/s")
+    else:
+        sys.stderr.write(f"\r{done:,} records  {rate:,.0f}/s")
+    sys.stderr.flush()

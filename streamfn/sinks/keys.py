@@ -1,0 +1,63 @@
+"""Object keys derived from a batch's bounds, so that a replayed batch lands on the same key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import ConfigError
+from ..records import Position
+from .base import SinkBatch
+
+DEFAULT_TEMPLATE = "{pipeline}/{shard_id}/{first}-{last}.ndjson"
+
+_EXAMPLE = SinkBatch(
+    pipeline="p", stream="s", shard_id="shard-0000", first=Position(1), last=Position(2),
+    first_arrival=0.0, items=[],
+)
+
+
+def position_text(position: Position) -> str:
+    """Zero-padded so keys sort in shard order; a KPL sub-sequence is appended when present."""
+    text = f"{position.sequence:020d}"
+    return f"{text}_{position.sub_sequence:05d}" if position.sub_sequence else text
+
+
+def key_fields(batch: SinkBatch) -> dict[str, Any]:
+    """The names a key template may use."""
+    moment = datetime.fromtimestamp(batch.first_arrival, tz=UTC)
+    return {
+        "pipeline": batch.pipeline,
+        "stream": batch.stream,
+        "shard_id": batch.shard_id,
+        "lane": batch.lane,
+        "first": position_text(batch.first),
+        "last": position_text(batch.last),
+        "first_seq": batch.first.sequence,
+        "last_seq": batch.last.sequence,
+        "first_sub": batch.first.sub_sequence,
+        "last_sub": batch.last.sub_sequence,
+        "year": f"{moment.year:04d}",
+        "month": f"{moment.month:02d}",
+        "day": f"{moment.day:02d}",
+        "hour": f"{moment.hour:02d}",
+    }
+
+
+def render_key(template: str, batch: SinkBatch) -> str:
+    return template.format(**key_fields(batch))
+
+
+def check_template(template: str, field: str) -> None:
+    """Fail at config time on an unknown name, and on a template that cannot be deterministic."""
+    try:
+        render_key(template, _EXAMPLE)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"bad key template {template!r}: {exc!r}; names: {sorted(key_fields(_EXAMPLE))}",
+                          field=field) from None
+    if "{first" not in template or "{last" not in template or "{shard_id}" not in template:
+        raise ConfigError(
+            f"key template {template!r} must contain {{shard_id}}, {{first...}} and {{last...}} "
+            "so that a replayed batch overwrites its own object",
+            field=field,
+        )

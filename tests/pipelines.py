@@ -1,0 +1,92 @@
+"""Helpers for tests that run real pipelines on the embedded local log (in-process or as a daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamfn.config import LoadedPipeline, load_pipeline
+from streamfn.engine.daemon import run_pipelines
+from streamfn.sources.local import LocalLog
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_pipeline(
+    folder: Path,
+    handler_code: str,
+    *,
+    name: str = "p",
+    shards: int = 4,
+    extra: str = "",
+    batching: str = "max_records = 10",
+    sinks: str = '[[sinks]]\ntype = "local"\npath = "out"\nfsync = false\n',
+    handler_module: str | None = None,
+) -> Path:
+    """A pipeline folder: ``pipeline.toml`` plus the handler module beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    module = handler_module or f"handler_{folder.name.replace('-', '_')}_{abs(hash(str(folder))) % 10**8}"
+    (folder / f"{module}.py").write_text(textwrap.dedent(handler_code))
+    config = folder / "pipeline.toml"
+    config.write_text(
+        f'name = "{name}"\nhandler = "{module}:handle"\nstate_dir = "state"\n{extra}\n'
+        f'[source]\ntype = "local"\nstream = "s"\nshards = {shards}\n'
+        f"[batching]\n{batching}\n[retry]\ninitial_delay = 0.01\nmax_delay = 0.05\n{sinks}"
+    )
+    return config
+
+
+def append(config: Path, records: Iterable[tuple[str, bytes]]) -> int:
+    loaded = load_pipeline(config)
+    source = loaded.config.source
+    log = LocalLog(loaded.context.state_dir / "log.sqlite3")
+    try:
+        log.create_stream(source.stream, source.shards)
+        return log.append(source.stream, list(records))
+    finally:
+        log.close()
+
+
+def run_until_caught_up(*configs: Path, timeout: float = 60.0) -> None:
+    loaded: list[LoadedPipeline] = [load_pipeline(c) for c in configs]
+
+    async def main() -> None:
+        async with asyncio.timeout(timeout):
+            await run_pipelines(loaded, until_caught_up=True, handle_signals=False)
+
+    asyncio.run(main())
+
+
+def output_objects(folder: Path) -> dict[str, list[Any]]:
+    """Every finished object under ``folder`` (temp files of an interrupted write excluded)."""
+    objects = {}
+    for path in sorted(folder.rglob("*.ndjson")):
+        if path.name.startswith(".tmp-"):
+            continue
+        objects[str(path.relative_to(folder))] = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    return objects
+
+
+def daemon(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamfn", "run", str(config), *args],
+        cwd=config.parent,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
