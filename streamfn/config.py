@@ -106,6 +106,9 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds per tumbling window (0: off; 1-900). Handler state is carried between the calls of a
     #: window, per shard, and kept with the checkpoint; the last call of a window is final.
     tumbling_window: float = 0.0
+    #: Lambda/EventBridge event patterns (tables or JSON strings), ORed; records matching none are
+    #: skipped and still checkpointed. Patterns see the record's metadata and its JSON data.
+    filters: list[dict[str, Any] | str] = msgspec.field(default_factory=list)
     sinks: list[SinkConfig] = msgspec.field(default_factory=list)
     checkpoints: CheckpointConfig | None = None
     on_failure: DestinationConfig | None = None
@@ -190,6 +193,15 @@ def load_pipeline(path: str | Path, env: Mapping[str, str] | None = None) -> Loa
 def check_components(loaded: LoadedPipeline) -> None:
     """Build-time checks a struct cannot express (templates, paths): errors name the file."""
     config, ctx = loaded.config, loaded.context
+    from .engine.filters import FilterSet
+
+    for index, pattern in enumerate(config.filters):
+        try:
+            FilterSet([pattern])
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=str(loaded.path), field=f"filters[{index}]") from None
+    if len(config.filters) > 10:
+        raise ConfigError("at most 10 filters", file=str(loaded.path), field="filters")
     for index, sink in enumerate(config.sinks):
         try:
             sink.build(ctx)

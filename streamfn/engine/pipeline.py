@@ -21,6 +21,7 @@ from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
 from .invoke import Invoker, load_handler
 from .policy import Backoff
+from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
 
 log = logging.getLogger("streamfn.pipeline")
@@ -83,6 +84,7 @@ class Pipeline:
             timeout=config.timeout,
             lanes=config.parallelization_factor,
             tumbling_window=config.tumbling_window,
+            accept=record_filter(config.filters, getattr(self.source, "filter_data_key", "data")),
         )
         self.assigner: Assigner = self._assigner()
         self.runners: dict[str, ShardRunner] = {}

@@ -110,11 +110,11 @@ class LaneWorker:
             self.stats.behind_ms = batcher.behind_ms
             self.stats.filtered = batcher.filtered
             if unit is None:
-                self.idle = True
                 window = self._window
                 if window is not None and time.time() >= window.end + FINAL_CALL_GRACE:
                     self.phase = "processing"
                     await self._close_window()
+                self.idle = True
                 continue
             self.phase = "processing"
             self.idle = False
@@ -203,7 +203,7 @@ class LaneWorker:
             try:
                 result = await env.invoker.call(Batch(self.shard_id, segment), context)
             except HandlerError as exc:
-                stats.handler_seconds += time.perf_counter() - started
+                stats.observe_handler(time.perf_counter() - started)
                 retry = self._after_failure(segment, attempts, exc)
                 if retry is None:
                     await self._dispose(segment, "RetryAttemptsExhausted", attempts + 1, str(exc))
@@ -213,7 +213,7 @@ class LaneWorker:
                 if len(retry) == 1:
                     await self._wait(backoff.next_delay())
                 continue
-            stats.handler_seconds += time.perf_counter() - started
+            stats.observe_handler(time.perf_counter() - started)
             if result.failed_at is None:
                 await self._emit(segment, result.items)
                 stats.handled += len(segment)
