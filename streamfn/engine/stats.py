@@ -6,6 +6,10 @@ The metrics endpoint and ``streamfn status`` read these; the engine never reads 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+
+#: Upper bounds (seconds) of the handler-duration histogram; one more bucket holds the rest.
+HANDLER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class ShardStats:
@@ -20,6 +24,8 @@ class ShardStats:
         "failed",
         "filtered",
         "handled",
+        "handler_buckets",
+        "handler_calls",
         "handler_seconds",
         "last_error",
         "oldest_unhandled_arrival",
@@ -42,6 +48,8 @@ class ShardStats:
         self.retries = 0
         self.attempt = 0
         self.handler_seconds = 0.0
+        self.handler_calls = 0
+        self.handler_buckets = [0] * (len(HANDLER_BUCKETS) + 1)
         self.sink_seconds = 0.0
         self.behind_ms: float | None = None
         self.checkpoint: str | None = None
@@ -49,6 +57,12 @@ class ShardStats:
         self.last_error: str | None = None
         self.started = time.time()
         self.oldest_unhandled_arrival: float | None = None
+
+    def observe_handler(self, seconds: float) -> None:
+        """Count one handler call that took ``seconds`` (the histogram the metrics endpoint shows)."""
+        self.handler_seconds += seconds
+        self.handler_calls += 1
+        self.handler_buckets[bisect_left(HANDLER_BUCKETS, seconds)] += 1
 
     def blocked_for(self) -> float:
         """Seconds this shard has been retrying the same records (0 when it is not)."""
