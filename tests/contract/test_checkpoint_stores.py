@@ -1,0 +1,69 @@
+"""The contract every CheckpointStore keeps (see streamfn/checkpoints/base.py).
+
+Each store is exercised through two instances over the same durable state: what one
+instance flushed (or recorded as pending) the other must load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from streamfn import Position
+from streamfn.checkpoints.base import Checkpoint, CheckpointStore
+from streamfn.checkpoints.local import LocalCheckpointStore
+
+StoreFactory = Callable[[], Awaitable[CheckpointStore]]
+
+
+@pytest.fixture(params=["local"])
+async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    opened: list[CheckpointStore] = []
+
+    async def make() -> CheckpointStore:
+        if request.param == "local":
+            store: CheckpointStore = LocalCheckpointStore(tmp_path / "cp.sqlite3", "pipeline-a")
+        else:  # pragma: no cover - a store was added to params without a factory
+            raise AssertionError(request.param)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+async def test_unknown_shard_has_no_checkpoint(new_store: StoreFactory) -> None:
+    store = await new_store()
+    assert await store.load("shard-x") is None
+
+
+async def test_flushed_checkpoint_survives_a_new_instance(new_store: StoreFactory) -> None:
+    first = await new_store()
+    await first.save("s1", Checkpoint(position=Position(5)))
+    await first.save("s1", Checkpoint(position=Position(9, 2), window_state=b"w"))
+    await first.save("s2", Checkpoint(position=Position(3), shard_end=True))
+    await first.flush()
+    second = await new_store()
+    loaded = await second.load("s1")
+    assert loaded is not None and loaded.position == Position(9, 2) and loaded.window_state == b"w"
+    ended = await second.load("s2")
+    assert ended is not None and ended.shard_end
+
+
+async def test_pending_bounds_are_durable_at_once_and_pruned_by_progress(new_store: StoreFactory) -> None:
+    first = await new_store()
+    await first.save("s1", Checkpoint(position=Position(10)))
+    await first.record_pending("s1", Position(11), Position(20))
+    await first.record_pending("s1", Position(21), Position(30))
+    seen = await (await new_store()).load("s1")
+    assert seen is not None
+    assert seen.pending == ((Position(11), Position(20)), (Position(21), Position(30)))
+    await first.save("s1", Checkpoint(position=Position(20)))
+    await first.flush()
+    after = await (await new_store()).load("s1")
+    assert after is not None and after.position == Position(20)
+    assert after.pending == ((Position(21), Position(30)),)
