@@ -7,12 +7,16 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from . import logs
 from .config import LoadedPipeline, json_schema, load_pipeline
 from .errors import ConfigError, HandlerLoadError, StreamfnError
+
+if TYPE_CHECKING:
+    from .metrics import MetricsConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -26,8 +30,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = _load_all(args.configs)
     install_event_loop_policy()
-    asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up))
+    asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=_metrics_config(args, loaded)))
     return EXIT_OK
+
+
+def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) -> MetricsConfig | None:
+    """``--metrics-port`` wins; else the first pipeline file whose ``[metrics]`` section is enabled."""
+    from .metrics import MetricsConfig
+
+    if args.metrics_port is not None:
+        return MetricsConfig(enabled=True, host=args.metrics_host, port=args.metrics_port)
+    for item in loaded:
+        section = getattr(item.config, "metrics", None)
+        if isinstance(section, MetricsConfig) and section.enabled:
+            return section
+    return None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -70,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT")
     run.add_argument("configs", nargs="+")
     run.add_argument("--until-caught-up", action="store_true", help="exit 0 once every shard is drained")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz on this port")
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     run.set_defaults(func=cmd_run)
 
     validate = verbs.add_parser("validate", help="check pipeline files and that their handlers import")

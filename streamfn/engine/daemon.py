@@ -7,9 +7,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..config import LoadedPipeline
 from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from ..metrics import MetricsConfig, OpsServer
 
 log = logging.getLogger("streamfn.daemon")
 
@@ -29,8 +33,12 @@ async def run_pipelines(
     until_caught_up: bool = False,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    metrics: MetricsConfig | None = None,
 ) -> None:
-    """Run every pipeline until a signal (or ``stop``), or until all are caught up."""
+    """Run every pipeline until a signal (or ``stop``), or until all are caught up.
+
+    With ``metrics`` enabled, /metrics, /healthz and /readyz are served while the pipelines run.
+    """
     stop = stop or asyncio.Event()
     pipelines = [Pipeline(item) for item in loaded]  # handler import errors surface here, before any read
     loop = asyncio.get_running_loop()
@@ -38,10 +46,17 @@ async def run_pipelines(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _on_signal, stop, signum)
     opened: list[Pipeline] = []
+    ops: OpsServer | None = None
     try:
+        if metrics is not None and metrics.enabled:  # -- ops endpoint (streamfn.metrics) --
+            from ..metrics import start_ops_server
+
+            ops = await start_ops_server(metrics, pipelines)
         for pipeline in pipelines:
             await pipeline.open()
             opened.append(pipeline)
+            if ops is not None:
+                ops.mark_started(pipeline.name)
         log.info("running", extra={"pipelines": [p.name for p in pipelines]})
         runs = [asyncio.create_task(p.run(stop, until_caught_up=until_caught_up)) for p in pipelines]
         done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
@@ -53,6 +68,8 @@ async def run_pipelines(
     finally:
         stop.set()
         await asyncio.gather(*(p.shutdown() for p in opened), return_exceptions=False)
+        if ops is not None:
+            await ops.close()
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
