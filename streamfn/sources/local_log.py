@@ -1,0 +1,323 @@
+"""The embedded sharded log: named streams of N shards in one SQLite file, stored in blocks.
+
+Layout. Each ``append`` writes, per shard, one row per chunk of at most
+``BLOCK_RECORDS`` records / ``BLOCK_BYTES`` bytes::
+
+    blocks(stream, shard, first_seq, last_seq, arrival, payload)
+
+``payload`` is msgpack of two columns ``[partition_keys, datas]``; every record of a block
+shares the block's ``arrival`` (a block is one append's chunk). An index on
+``(stream, shard, last_seq)`` makes "first block with last_seq > X" one lookup, and a read
+that starts inside a block slices the decoded columns. One row per record would cost a
+B-tree entry and a Python row tuple per record; blocks amortise both over ~1000 records.
+
+``shards(stream, shard, last_seq, last_arrival)`` keeps each shard's tip, so sequences
+never restart after ``trim`` and arrival times never go backwards within a shard.
+
+Durability. WAL journal with ``synchronous=NORMAL``: a committed append survives a
+``kill -9`` of any process (the WAL is in the OS page cache); it may not survive a power
+loss or kernel crash, which needs ``synchronous=FULL``. Readers in other processes see
+commits as they happen and never block the writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from pathlib import Path
+
+import msgspec
+
+from ..errors import SourceError
+from ..records import Record
+
+BLOCK_RECORDS = 1000
+BLOCK_BYTES = 1 << 20
+BUSY_TIMEOUT_MS = 10_000
+PAGE_SIZE = 16384
+# Reading blocks through mmap skips one copy per page; measured ~2x faster block fetches.
+MMAP_BYTES = 256 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    name TEXT PRIMARY KEY,
+    shard_count INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shards (
+    stream TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_arrival REAL NOT NULL,
+    PRIMARY KEY (stream, shard)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    stream TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    arrival REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS blocks_by_seq ON blocks (stream, shard, last_seq);
+CREATE INDEX IF NOT EXISTS blocks_by_arrival ON blocks (stream, shard, arrival, last_seq);
+"""
+
+
+def shard_id_of(index: int) -> str:
+    """The public id of shard number ``index``: ``shard-0000``."""
+    return f"shard-{index:04d}"
+
+
+def shard_index_of(shard_id: str) -> int:
+    """The shard number behind a ``shard-NNNN`` id."""
+    prefix, _, number = shard_id.partition("-")
+    if prefix != "shard" or not number.isdigit():
+        raise SourceError(f"not a local log shard id: {shard_id!r}")
+    return int(number)
+
+
+def shard_for_key(partition_key: str, shard_count: int) -> int:
+    """The shard a key routes to: MD5 of the key as a 128-bit int, split in even ranges.
+
+    The same rule as Kinesis' hash key ranges, and stable across processes and runs.
+    """
+    digest = hashlib.md5(partition_key.encode(), usedforsecurity=False).digest()
+    return (int.from_bytes(digest, "big") * shard_count) >> 128
+
+
+class LocalLog:
+    """Synchronous access to one log file. Safe to share between threads (one connection each)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(tuple[list[str], list[bytes]]).decode
+        self._shard_counts: dict[str, int] = {}
+        conn = self._conn()
+        # Before the first table exists: big pages keep a ~250 KB block on a short overflow chain.
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        with self._transaction(conn):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    # -- connections -------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise SourceError(f"local log {self.path} is closed")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    class _Txn:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _transaction(self, conn: sqlite3.Connection) -> LocalLog._Txn:
+        """A write transaction taken up front, so concurrent writers queue on busy_timeout."""
+        return LocalLog._Txn(conn)
+
+    def close(self) -> None:
+        """Close every connection this object opened, in any thread."""
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- streams -----------------------------------------------------------------------
+
+    def create_stream(self, name: str, shards: int) -> None:
+        """Create ``name`` with ``shards`` shards; a no-op if it exists with the same count."""
+        if shards < 1:
+            raise SourceError(f"stream {name!r}: shards must be >= 1, got {shards}")
+        conn = self._conn()
+        with self._transaction(conn):
+            row = conn.execute("SELECT shard_count FROM streams WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                if row[0] != shards:
+                    raise SourceError(f"stream {name!r} exists in {self.path} with {row[0]} shards, not {shards}")
+                return
+            conn.execute("INSERT INTO streams VALUES (?, ?, ?)", (name, shards, time.time()))
+            conn.executemany("INSERT INTO shards VALUES (?, ?, 0, 0.0)", [(name, i) for i in range(shards)])
+
+    def streams(self) -> dict[str, int]:
+        """Every stream and its shard count."""
+        return dict(self._conn().execute("SELECT name, shard_count FROM streams ORDER BY name"))
+
+    def shard_count(self, stream: str) -> int:
+        count = self._shard_counts.get(stream)
+        if count is None:
+            row = self._conn().execute("SELECT shard_count FROM streams WHERE name = ?", (stream,)).fetchone()
+            if row is None:
+                raise SourceError(f"no stream {stream!r} in {self.path}")
+            count = self._shard_counts[stream] = int(row[0])
+        return count
+
+    def shard_ids(self, stream: str) -> list[str]:
+        return [shard_id_of(i) for i in range(self.shard_count(stream))]
+
+    # -- writing -----------------------------------------------------------------------
+
+    def append(self, stream: str, records: Iterable[tuple[str, bytes]]) -> int:
+        """Append ``(partition_key, data)`` pairs in one transaction; returns how many.
+
+        Once this returns, every record is committed and will be readable after a crash.
+        """
+        shard_count = self.shard_count(stream)
+        keys: list[list[str]] = [[] for _ in range(shard_count)]
+        datas: list[list[bytes]] = [[] for _ in range(shard_count)]
+        total = 0
+        for key, data in records:
+            shard = shard_for_key(key, shard_count) if shard_count > 1 else 0
+            keys[shard].append(key)
+            datas[shard].append(data)
+            total += 1
+        if not total:
+            return 0
+        conn = self._conn()
+        with self._transaction(conn):
+            now = time.time()
+            for shard in range(shard_count):
+                if keys[shard]:
+                    self._append_shard(conn, stream, shard, keys[shard], datas[shard], now)
+        return total
+
+    def _append_shard(
+        self,
+        conn: sqlite3.Connection,
+        stream: str,
+        shard: int,
+        keys: list[str],
+        datas: list[bytes],
+        now: float,
+    ) -> None:
+        last_seq, last_arrival = conn.execute(
+            "SELECT last_seq, last_arrival FROM shards WHERE stream = ? AND shard = ?", (stream, shard)
+        ).fetchone()
+        arrival = max(now, last_arrival)  # a clock step back must not reorder arrivals
+        rows = []
+        seq = last_seq
+        for start, end in _chunks(datas):
+            payload = self._encode((keys[start:end], datas[start:end]))
+            rows.append((stream, shard, seq + 1, seq + end - start, arrival, payload))
+            seq += end - start
+        conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.execute(
+            "UPDATE shards SET last_seq = ?, last_arrival = ? WHERE stream = ? AND shard = ?",
+            (seq, arrival, stream, shard),
+        )
+
+    def trim(self, stream: str, before_timestamp: float) -> int:
+        """Drop whole blocks whose records all arrived before ``before_timestamp``; returns rows dropped."""
+        conn = self._conn()
+        with self._transaction(conn):
+            cursor = conn.execute("DELETE FROM blocks WHERE stream = ? AND arrival < ?", (stream, before_timestamp))
+            return cursor.rowcount
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, stream: str, shard_id: str, after_seq: int, max_records: int) -> list[Record]:
+        """Up to ``max_records`` records of one shard with sequence > ``after_seq``, in order.
+
+        Records trimmed away are skipped: the read starts at the oldest block left.
+        """
+        shard = shard_index_of(shard_id)
+        out: list[Record] = []
+        if max_records <= 0:
+            return out
+        rows = self._conn().execute(
+            "SELECT first_seq, arrival, payload FROM blocks"
+            " WHERE stream = ? AND shard = ? AND last_seq > ? ORDER BY last_seq",
+            (stream, shard, after_seq),
+        )  # iterated, not fetched: each unneeded block would cost a copy of its payload
+        try:
+            decode = self._decode
+            for first_seq, arrival, payload in rows:
+                keys, datas = decode(payload)
+                start = after_seq + 1 - first_seq if after_seq >= first_seq else 0
+                end = min(len(datas), start + max_records - len(out))
+                seq0 = first_seq + start
+                out.extend(
+                    map(
+                        Record,
+                        repeat(shard_id),
+                        range(seq0, seq0 + end - start),
+                        keys[start:end],
+                        datas[start:end],
+                        repeat(arrival),
+                    )
+                )
+                after_seq = first_seq + end - 1
+                if len(out) >= max_records:
+                    break
+        finally:
+            rows.close()
+        return out
+
+    def last_seq(self, stream: str, shard_id: str) -> int:
+        """The newest sequence of a shard, 0 when nothing was ever appended."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT last_seq FROM shards WHERE stream = ? AND shard = ?",
+                (stream, shard_index_of(shard_id)),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise SourceError(f"no shard {shard_id!r} in stream {stream!r} of {self.path}")
+        return int(row[0])
+
+    def first_seq_at_or_after(self, stream: str, shard_id: str, timestamp: float) -> int | None:
+        """The first retained sequence that arrived at or after ``timestamp``, None if none yet."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT first_seq FROM blocks WHERE stream = ? AND shard = ? AND arrival >= ?"
+                " ORDER BY arrival, last_seq LIMIT 1",
+                (stream, shard_index_of(shard_id), timestamp),
+            )
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
+
+def _chunks(datas: list[bytes]) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` ranges of at most BLOCK_RECORDS records and about BLOCK_BYTES bytes."""
+    start = 0
+    size = 0
+    for i, data in enumerate(datas):
+        if i > start and (i - start >= BLOCK_RECORDS or size + len(data) > BLOCK_BYTES):
+            yield start, i
+            start, size = i, 0
+        size += len(data)
+    if start < len(datas):
+        yield start, len(datas)
