@@ -21,7 +21,7 @@ REGION = "local"
 LOG_FILE = "log.sqlite3"
 # Reads of more pending records than this go to a worker thread; smaller ones cost less
 # than the thread hop (~50-100 us) and run on the event loop. See benchmarks/local_log_layout.py.
-DIRECT_READ_MAX = 500
+DIRECT_READ_MAX = 1000
 POLL_FIRST_SLEEP = 0.001
 POLL_MAX_SLEEP = 0.05
 

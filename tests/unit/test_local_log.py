@@ -52,6 +52,19 @@ def test_reads_slice_inside_blocks_and_across_them(log: LocalLog) -> None:
     assert [r.sequence for r in everything] == list(range(6, 2 * BLOCK_RECORDS + 11))
 
 
+def test_small_reads_walk_big_blocks_in_order(log: LocalLog) -> None:
+    log.create_stream("s", 1)
+    log.append("s", [("k", str(i).encode()) for i in range(2 * BLOCK_RECORDS + 1)])
+    seen: list[int] = []
+    after = 0
+    while batch := log.read("s", "shard-0000", after, 99):
+        assert len(batch) <= 99
+        seen.extend(int(r.data) for r in batch)
+        after = batch[-1].sequence
+    assert seen == list(range(2 * BLOCK_RECORDS + 1))
+    assert [r.sequence for r in log.read("s", "shard-0000", 150, 3)] == [151, 152, 153]
+
+
 def test_blocks_hold_at_most_the_block_size(log: LocalLog) -> None:
     log.create_stream("s", 1)
     log.append("s", [("k", b"x")] * (BLOCK_RECORDS * 2 + 1))
@@ -143,6 +156,10 @@ def test_reading_after_any_sequence_returns_exactly_the_later_records(
             want = records[after : after + limit]
             assert [(r.partition_key, r.data) for r in got] == want
             assert [r.sequence for r in got] == list(range(after + 1, after + 1 + len(want)))
+            # Continuing where that read stopped (possibly inside a cached block).
+            after = max(after, got[-1].sequence if got else after)
+            got = log.read("s", shard, after, limit)
+            assert [(r.partition_key, r.data) for r in got] == records[after : after + limit]
     finally:
         log.close()
 
