@@ -127,8 +127,10 @@ def lease_from_item(item: dict[str, Any], prefix: str) -> Lease | None:
 def checkpoint_update(checkpoint: Checkpoint) -> tuple[list[str], list[str], dict[str, Any]]:
     """(SET clauses, REMOVE attributes, values) writing ``checkpoint`` in KCL's columns."""
     sets = ["ownerSwitchesSinceCheckpoint = :zero"]
-    removes = ["streamfnStart", "streamfnStartTimestamp"]
+    removes: list[str] = []
     values: dict[str, Any] = {":zero": {"N": "0"}}
+    if checkpoint.shard_end or checkpoint.position is not None:
+        removes += ["streamfnStart", "streamfnStartTimestamp"]  # a reset is used up by real progress
     if checkpoint.shard_end:
         sets += ["checkpoint = :cp", "checkpointSubSequenceNumber = :zero"]
         values[":cp"] = {"S": SHARD_END}
