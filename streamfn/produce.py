@@ -11,7 +11,9 @@ from typing import BinaryIO
 
 from .config import LoadedPipeline
 from .errors import ConfigError
-from .sources.local import LocalLog, LocalSourceConfig, ndjson_records, synthetic_clicks
+from .sources.local import LocalSourceConfig
+from .sources.local_log import LocalLog
+from .sources.local_produce import ndjson_records, synthetic_clicks
 
 CHUNK = 5_000
 

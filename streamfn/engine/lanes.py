@@ -30,7 +30,7 @@ class Watermark:
     def __init__(self, lanes: int, start: Position | None) -> None:
         self._order: deque[tuple[Position, int]] = deque()
         self._done: list[Position | None] = [None] * lanes
-        self.position = start
+        self.position = start  # never moves back: records at or below it are not dispatched
 
     def dispatched(self, position: Position, lane: int) -> None:
         self._order.append((position, lane))

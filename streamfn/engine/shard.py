@@ -353,6 +353,13 @@ class LaneWorker:
         await self._on_progress(position, windows.dump(self._window))
 
 
+def _before(position: Position) -> Position:
+    """The position just before ``position``, for reading again from it."""
+    if position.sub_sequence:
+        return Position(position.sequence, position.sub_sequence - 1)
+    return Position(position.sequence - 1)
+
+
 def _show(position: Position | None) -> str | None:
     if position is None:
         return None
@@ -373,6 +380,7 @@ class ShardRunner:
         self._dispatcher: asyncio.Task[None] | None = None
         self._dispatcher_idle = True
         self._watermark: Watermark | None = None
+        self._done_through: Position | None = None
 
     @property
     def shard_id(self) -> str:
@@ -396,10 +404,15 @@ class ShardRunner:
             return
         position = checkpoint.position if checkpoint else None
         self.stats.checkpoint = _show(position)
+        # Batches whose output may exist past the checkpoint. With lanes one may start below it
+        # (its lane finished it while another lane lagged): reading then restarts at its first record.
         pending = sorted(
-            b for b in (checkpoint.pending if checkpoint else ()) if position is None or b[0] > position
+            b for b in (checkpoint.pending if checkpoint else ()) if position is None or b[1] > position
         )
-        reader = env.source.reader(self.shard, position, env.starting)
+        read_after = position
+        if pending and position is not None and pending[0][0] <= position:
+            read_after = _before(pending[0][0])
+        reader = env.source.reader(self.shard, read_after, env.starting)
         try:
             if env.lanes == 1:
                 batcher = Batcher(reader, env.limits, accept=env.accept, replay=deque(pending),
@@ -408,6 +421,7 @@ class ShardRunner:
                 self._workers = [LaneWorker(self.shard_id, env, batcher, self.stats, self._save, position, window)]
             else:
                 self._start_lanes(reader, position, pending)
+                self._done_through = position
             await self._run_workers()
             if all(w.finished for w in self._workers) and not self.stopping:
                 final = self._watermark.position if self._watermark else self._workers[0]._position
@@ -445,8 +459,9 @@ class ShardRunner:
         pending: deque[tuple[Position, Position]],
     ) -> None:
         """Read the shard and route each record to its key's lane, in shard order."""
-        lanes, watermark = len(queues), self._watermark
+        lanes, watermark, done_through = len(queues), self._watermark, self._done_through
         assert watermark is not None
+        replaying: dict[int, tuple[Position, Position]] = {}
         while True:
             result = await reader.read(self.env.limits.max_records, IDLE_WAIT)
             self._dispatcher_idle = not result.records
@@ -457,7 +472,13 @@ class ShardRunner:
                     bounds = pending.popleft()
                     if bounds[0] == position:  # a recorded batch starts here: its lane must form it again
                         replays[lane].append(bounds)
-                watermark.dispatched(position, lane)
+                        replaying[lane] = bounds
+                if done_through is not None and position <= done_through:
+                    bounds = replaying.get(lane)
+                    if bounds is None or position > bounds[1]:
+                        continue  # done before the restart, and no recorded batch needs it again
+                else:
+                    watermark.dispatched(position, lane)
                 queues[lane].put(record)
             if result.shard_end:
                 for queue in queues:
