@@ -16,7 +16,8 @@ import orjson
 
 from streamfn.config import LoadedPipeline, load_pipeline
 from streamfn.engine.daemon import run_pipelines
-from streamfn.sources.local import LocalLog
+from streamfn.sources.local import LocalSourceConfig
+from streamfn.sources.local_log import LocalLog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,13 +46,14 @@ def write_pipeline(
     return config
 
 
-def append(config: Path, records: Iterable[tuple[str, bytes]]) -> int:
+def append(config: Path, records: Iterable[tuple[str, bytes]], arrival_time: float | None = None) -> int:
     loaded = load_pipeline(config)
     source = loaded.config.source
+    assert isinstance(source, LocalSourceConfig)
     log = LocalLog(loaded.context.state_dir / "log.sqlite3")
     try:
         log.create_stream(source.stream, source.shards)
-        return log.append(source.stream, list(records))
+        return log.append(source.stream, list(records), arrival_time=arrival_time)
     finally:
         log.close()
 

@@ -188,10 +188,12 @@ class LocalLog:
 
     # -- writing -----------------------------------------------------------------------
 
-    def append(self, stream: str, records: Iterable[tuple[str, bytes]]) -> int:
+    def append(self, stream: str, records: Iterable[tuple[str, bytes]], arrival_time: float | None = None) -> int:
         """Append ``(partition_key, data)`` pairs in one transaction; returns how many.
 
         Once this returns, every record is committed and will be readable after a crash.
+        ``arrival_time`` (epoch seconds) replaces "now", e.g. when importing history; arrival
+        times still never go backwards within a shard.
         """
         shard_count = self.shard_count(stream)
         keys: list[list[str]] = [[] for _ in range(shard_count)]
@@ -206,7 +208,7 @@ class LocalLog:
             return 0
         conn = self._conn()
         with self._transaction(conn):
-            now = time.time()
+            now = time.time() if arrival_time is None else arrival_time
             for shard in range(shard_count):
                 if keys[shard]:
                     self._append_shard(conn, stream, shard, keys[shard], datas[shard], now)

@@ -84,7 +84,8 @@ def destined_values(folder: Path) -> list[int]:
 
 def checkpoints(folder: Path) -> dict[str, Checkpoint]:
     db = sqlite3.connect(folder / "state" / "checkpoints.sqlite3")
-    return {s: msgspec.msgpack.decode(b, type=Checkpoint) for s, b in db.execute("SELECT shard_id, state FROM checkpoints")}
+    rows = db.execute("SELECT shard_id, state FROM checkpoints")
+    return {shard: msgspec.msgpack.decode(state, type=Checkpoint) for shard, state in rows}
 
 
 def final_sequence(folder: Path) -> int:
@@ -151,6 +152,22 @@ def test_partial_failure_past_max_attempts_sends_the_rest(tmp_path: Path) -> Non
     (doc,) = destination(tmp_path)
     assert doc["responseContext"]["functionError"] is None
     assert final_sequence(tmp_path) == 10
+
+
+def test_max_record_age_sends_only_expired_records(tmp_path: Path) -> None:
+    import time
+
+    config = setup(tmp_path, 0, retry="max_record_age = 60", max_records=100)
+    append(config, [("k1", orjson.dumps({"v": v})) for v in range(5)], arrival_time=time.time() - 120)
+    append(config, [("k1", orjson.dumps({"v": v})) for v in range(5, 8)])
+    run_until_caught_up(config)
+    assert destined_values(tmp_path) == [0, 1, 2, 3, 4]
+    (doc,) = destination(tmp_path)
+    assert doc["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert "responseContext" not in doc
+    assert [c["values"] for c in calls(tmp_path)] == [[5, 6, 7]]
+    assert sorted(handled(tmp_path)) == [5, 6, 7]
+    assert final_sequence(tmp_path) == 8
 
 
 def test_filters_skip_records_but_the_checkpoint_passes_them(tmp_path: Path) -> None:
