@@ -78,6 +78,95 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- operators' verbs (streamfn.ops) ------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from .ops.status import render_table, status
+
+    loaded = _load_all(args.configs)
+    url = args.metrics_url if args.metrics_url is not None else _default_metrics_url(loaded)
+    rows, daemon_seen = status(loaded, metrics_url=url or None)
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(render_table(rows, daemon_seen=daemon_seen))
+        if not daemon_seen:
+            sys.stdout.write("(no daemon's /metrics answered: BLOCKED is unknown; see --metrics-url)\n")
+    return EXIT_OK
+
+
+def _default_metrics_url(loaded: Sequence[LoadedPipeline]) -> str | None:
+    for item in loaded:
+        section = getattr(item.config, "metrics", None)
+        if section is not None and getattr(section, "enabled", False):
+            host = "127.0.0.1" if section.host in ("0.0.0.0", "::", "") else section.host
+            return f"http://{host}:{section.port}"
+    return None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .engine.daemon import install_event_loop_policy
+    from .ops.parts import parse_moment
+    from .ops.replay import replay
+
+    loaded = load_pipeline(args.config)
+    start = None if args.start == "trim_horizon" else parse_moment(args.start)
+    until = None if args.until is None else parse_moment(args.until)
+    if start is not None and until is not None and until < start:
+        raise ConfigError("--to is before --from")
+    install_event_loop_policy()
+    count = asyncio.run(replay(loaded, start=start, until=until, progress=not args.quiet))
+    print(f"replayed {count:,} records of pipeline {loaded.config.name!r}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .ops.tail import starting_position, tail
+
+    loaded = load_pipeline(args.config)
+    asyncio.run(tail(loaded, start=starting_position(args.start), shards=args.shard or (), limit=args.count,
+                     as_json=args.json))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .ops.init import write_starter
+
+    for path in write_starter(Path(args.path), name=args.name, force=args.force):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = verbs.add_parser("status", help="per shard: checkpoint, lag, lease owner, blocked or not")
+    status.add_argument("configs", nargs="+")
+    status.add_argument("--metrics-url", default=None,
+                        help="a running daemon's metrics endpoint, for BLOCKED (default: from [metrics])")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=cmd_status)
+
+    replay = verbs.add_parser("replay", help="reprocess a past range of the source into the sinks")
+    replay.add_argument("config")
+    replay.add_argument("--from", dest="start", required=True,
+                        help="trim_horizon, or a time (epoch seconds or ISO 8601, UTC if no zone)")
+    replay.add_argument("--to", dest="until", default=None, help="last arrival time to include (default: the tip)")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(func=cmd_replay)
+
+    tail = verbs.add_parser("tail", help="print the source's records as they arrive")
+    tail.add_argument("config")
+    tail.add_argument("--from", dest="start", default="latest", help="latest (default), trim_horizon, or a time")
+    tail.add_argument("--shard", action="append", help="only this shard (repeatable)")
+    tail.add_argument("--count", type=int, default=None, help="exit after this many records")
+    tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.set_defaults(func=cmd_tail)
+
+    init = verbs.add_parser("init", help="write a commented starter pipeline and handler")
+    init.add_argument("path", nargs="?", default=".")
+    init.add_argument("--name", default="my-pipeline")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(func=cmd_init)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamfn", description=__doc__)
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -106,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = verbs.add_parser("schema", help="print the JSON Schema of pipeline files")
     schema.set_defaults(func=cmd_schema)
+    _add_ops_verbs(verbs)
     return parser
 
 

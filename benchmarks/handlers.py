@@ -1,0 +1,44 @@
+"""The handlers the benchmarks run, and the append-to-completion latencies they record when asked."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from streamfn import Batch, Context
+
+#: Set by the harness during the live phase: each call then records, per record, the seconds
+#: from its append to the end of the call. Off during the throughput phase, where it would cost.
+MEASURE = False
+LATENCIES: list[float] = []
+
+
+def _record(batch: Batch) -> None:
+    done = time.time()
+    LATENCIES.extend(done - record.arrival_time for record in batch.records)
+
+
+async def noop(batch: Batch, context: Context) -> None:
+    """Touches nothing: what is left is the engine's own cost."""
+    if MEASURE:
+        _record(batch)
+
+
+async def json(batch: Batch, context: Context) -> None:
+    """Decodes every record's JSON, the work the floor loop does."""
+    loads = orjson.loads
+    for record in batch.records:
+        loads(record.data)
+    if MEASURE:
+        _record(batch)
+
+
+def json_sync(batch: Batch, context: Context) -> Any:
+    """The same work as a plain ``def``: the engine runs it in a worker thread."""
+    loads = orjson.loads
+    for record in batch.records:
+        loads(record.data)
+    if MEASURE:
+        _record(batch)

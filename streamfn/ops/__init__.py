@@ -1,0 +1,1 @@
+"""Operators' verbs over a pipeline file: status, replay, tail and init (``streamfn <verb>``)."""

@@ -1,0 +1,61 @@
+"""What the operator verbs build from a pipeline file: its source, its checkpoint store, moments in time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..checkpoints.base import CheckpointStore
+from ..checkpoints.local import LocalCheckpointStoreConfig
+from ..config import LoadedPipeline
+from ..errors import ConfigError
+
+
+def build_source(loaded: LoadedPipeline) -> Any:
+    """The pipeline's source, not yet opened."""
+    return loaded.config.source.build(loaded.context)
+
+
+def build_store(loaded: LoadedPipeline, source: Any) -> CheckpointStore:
+    """The checkpoint store the daemon would use: configured, else the source's own, else local."""
+    config, ctx = loaded.config, loaded.context
+    if config.checkpoints is not None:
+        return config.checkpoints.build(ctx)
+    own = getattr(source, "checkpoint_store", None)
+    if own is not None:
+        return own()  # type: ignore[no-any-return]
+    return LocalCheckpointStoreConfig().build(ctx)
+
+
+def source_kind(config: Any) -> str | None:
+    """The ``type`` tag of a component config (``local``, ``kinesis``, ``kafka``...)."""
+    struct_config = getattr(config, "__struct_config__", None)
+    tag = getattr(struct_config, "tag", None)
+    return tag if isinstance(tag, str) else None
+
+
+def local_log_path(loaded: LoadedPipeline) -> Path | None:
+    """The local log file of a pipeline on the embedded log (None for any other source)."""
+    source = loaded.config.source
+    if source_kind(source) != "local":
+        return None
+    path = getattr(source, "path", None)
+    ctx = loaded.context
+    return ctx.resolve(path) if path else ctx.state_dir / "log.sqlite3"
+
+
+def parse_moment(text: str) -> float:
+    """Epoch seconds from ``1732790000(.5)`` or ISO 8601 (``2026-11-28T12:00:00Z``; naive means UTC)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"not a time: {text!r} (use epoch seconds or ISO 8601, e.g. 2026-11-28T12:00:00Z)"
+                          ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

@@ -1,0 +1,177 @@
+"""``streamfn status``: per shard, the checkpoint, the lag behind the source's tip, the lease owner, blocked or not.
+
+Checkpoints and tips come from the checkpoint store and the source, so this works with no daemon
+running. Whether a shard is blocked lives only in a running daemon: it is read from its
+``/metrics`` endpoint when one answers, else shown as unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..checkpoints.base import Checkpoint
+from ..config import LoadedPipeline
+from .parts import build_source, build_store
+
+
+class ShardStatus(msgspec.Struct, kw_only=True):
+    """One row of the status table."""
+
+    pipeline: str
+    shard_id: str
+    parents: tuple[str, ...] = ()
+    checkpoint: str | None = None
+    tip: int | None = None
+    lag: int | None = None
+    lease_owner: str | None = None
+    #: Seconds blocked on retries per a running daemon (0: not blocked; None: no daemon answered).
+    blocked_seconds: float | None = None
+    attempt: int | None = None
+
+
+def show_checkpoint(checkpoint: Checkpoint | None) -> str | None:
+    if checkpoint is None:
+        return None
+    if checkpoint.shard_end:
+        return "SHARD_END"
+    position = checkpoint.position
+    if position is None:
+        return None
+    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+
+
+def lag_of(checkpoint: Checkpoint | None, tip: int | None) -> int | None:
+    """Records between the checkpoint and the tip (sequences of the local log are dense)."""
+    if tip is None:
+        return None
+    if checkpoint is not None and checkpoint.shard_end:
+        return 0
+    done = checkpoint.position.sequence if checkpoint and checkpoint.position else 0
+    return max(0, tip - done)
+
+
+async def collect(loaded: LoadedPipeline) -> list[ShardStatus]:
+    """The status rows of one pipeline, read from its source and checkpoint store."""
+    source = build_source(loaded)
+    await source.open()
+    try:
+        shards = await source.list_shards()
+        store = build_store(loaded, source)
+        await store.open()
+        try:
+            owners = await _lease_owners(store)
+            tips = await _tips(source, [s.shard_id for s in shards])
+            rows = []
+            for shard in shards:
+                checkpoint = await store.load(shard.shard_id)
+                tip = tips.get(shard.shard_id)
+                rows.append(ShardStatus(
+                    pipeline=loaded.config.name, shard_id=shard.shard_id, parents=tuple(shard.parent_ids),
+                    checkpoint=show_checkpoint(checkpoint), tip=tip, lag=lag_of(checkpoint, tip),
+                    lease_owner=owners.get(shard.shard_id),
+                ))
+            return rows
+        finally:
+            await store.close()
+    finally:
+        await source.close()
+
+
+async def _lease_owners(store: Any) -> dict[str, str]:
+    """Lease owners when the store keeps leases (an optional ``lease_owners()`` coroutine)."""
+    owners = getattr(store, "lease_owners", None)
+    if owners is None:
+        return {}
+    return dict(await owners())
+
+
+async def _tips(source: Any, shard_ids: list[str]) -> dict[str, int]:
+    """The newest sequence of each shard: from the local log, or a source's optional ``shard_tip``."""
+    from ..sources.local import LocalSource
+
+    if isinstance(source, LocalSource):
+        return {shard_id: source.log.last_seq(source.name, shard_id) for shard_id in shard_ids}
+    tip = getattr(source, "shard_tip", None)
+    if tip is None:
+        return {}
+    found = {}
+    for shard_id in shard_ids:
+        value = await tip(shard_id)
+        if value is not None:
+            found[shard_id] = int(value)
+    return found
+
+
+def live_state(url: str, timeout: float = 2.0) -> dict[tuple[str, str], tuple[float, int]] | None:
+    """``(pipeline, shard) -> (blocked seconds, attempt)`` from a daemon's /metrics; None if it is unreachable."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    blocked: dict[tuple[str, str], float] = {}
+    attempts: dict[tuple[str, str], int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.labels.get("pipeline", ""), sample.labels.get("shard", ""))
+            if sample.name == "streamfn_shard_blocked_seconds":
+                blocked[key] = sample.value
+            elif sample.name == "streamfn_attempt":
+                attempts[key] = int(sample.value)
+    return {key: (seconds, attempts.get(key, 0)) for key, seconds in blocked.items()}
+
+
+def add_live_state(rows: list[ShardStatus], live: dict[tuple[str, str], tuple[float, int]]) -> None:
+    for row in rows:
+        state = live.get((row.pipeline, row.shard_id))
+        if state is not None:
+            row.blocked_seconds, row.attempt = state
+
+
+def _blocked_text(row: ShardStatus, daemon_seen: bool) -> str:
+    if row.blocked_seconds is None:
+        return "idle" if daemon_seen else "?"
+    if row.blocked_seconds <= 0:
+        return "no"
+    return f"YES {row.blocked_seconds:.0f}s (attempt {row.attempt})"
+
+
+def render_table(rows: Sequence[ShardStatus], *, daemon_seen: bool) -> str:
+    """A plain text table, one line per shard."""
+    header = ("PIPELINE", "SHARD", "CHECKPOINT", "TIP", "LAG", "LEASE OWNER", "BLOCKED")
+    lines = [header]
+    for row in rows:
+        lines.append((
+            row.pipeline, row.shard_id, row.checkpoint or "-", "-" if row.tip is None else str(row.tip),
+            "-" if row.lag is None else str(row.lag), row.lease_owner or "-", _blocked_text(row, daemon_seen),
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+                     for line in lines) + "\n"
+
+
+def status(configs: Sequence[LoadedPipeline], *, metrics_url: str | None) -> tuple[list[ShardStatus], bool]:
+    """Every pipeline's rows, with the daemon's live state merged in when ``metrics_url`` answers."""
+
+    async def gather() -> list[ShardStatus]:
+        rows: list[ShardStatus] = []
+        for loaded in configs:
+            rows.extend(await collect(loaded))
+        return rows
+
+    rows = asyncio.run(gather())
+    live = None
+    if metrics_url:
+        with contextlib.suppress(ValueError):
+            live = live_state(metrics_url)
+    if live is not None:
+        add_live_state(rows, live)
+    return rows, live is not None
