@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import orjson
 
 from . import logs
@@ -86,7 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.metrics_url if args.metrics_url is not None else _default_metrics_url(loaded)
     rows, daemon_seen = status(loaded, metrics_url=url or None)
     if args.json:
-        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows)).decode() + "\n")
     else:
         sys.stdout.write(render_table(rows, daemon_seen=daemon_seen))
         if not daemon_seen:
