@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,7 +146,7 @@ async def test_throttle_proxy_injects_exactly_n(clients: Any, kinesalite_endpoin
     assert proxy.pending() == 0
 
 
-def test_command_line_start_stop(tmp_path: Any) -> None:
+def test_command_line_start_stop(tmp_path: Path) -> None:
     """`python -m tests.servers start/stop` leaves endpoints in the env file and no process behind."""
     env_file = tmp_path / "servers.env"
     run = [sys.executable, "-m", "tests.servers"]
@@ -158,3 +160,18 @@ def test_command_line_start_stop(tmp_path: Any) -> None:
         subprocess.run([*run, "stop", "--env-file", str(env_file)], check=True, timeout=60)
     assert not servers.group_pids(pid)
     assert not (tmp_path / "servers.env.pids").exists()
+
+
+def test_refuses_a_busy_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(servers.ServerStartError, match="busy"):
+            servers.start_kinesalite(port=port)
+
+
+def test_missing_npm_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(servers, "NODE_MODULES", tmp_path)
+    with pytest.raises(servers.ServerNotInstalledError, match=r"\.ci/install\.sh"):
+        servers.start_kinesis_mock()
