@@ -80,6 +80,8 @@ class ThrottleProxy:
         if count < 1:
             raise ValueError("count must be at least 1")
         kind = error_type or DEFAULT_ERROR_TYPE.get(status, "InternalFailure")
+        if kind == "InternalFailure" and target.startswith("DynamoDB"):
+            kind = "InternalServerError"  # DynamoDB's name for its 500
         self.faults.append(Fault(target, count, status, kind, message))
 
     def pending(self) -> int:

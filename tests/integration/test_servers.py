@@ -175,3 +175,29 @@ def test_missing_npm_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(servers, "NODE_MODULES", tmp_path)
     with pytest.raises(servers.ServerNotInstalledError, match=r"\.ci/install\.sh"):
         servers.start_kinesis_mock()
+
+
+async def test_throttle_proxy_dynamodb_batch_write(clients: Any, moto_endpoint: str) -> None:
+    table = f"smoke-{uuid.uuid4().hex[:8]}"
+    target = "DynamoDB_20120810.BatchWriteItem"
+    async with ThrottleProxy(moto_endpoint) as proxy, clients("dynamodb", proxy.endpoint) as ddb:
+        await ddb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        proxy.inject(target, count=2)
+        proxy.inject(target, count=1, status=500)
+        request = {table: [{"PutRequest": {"Item": {"pk": {"S": "a"}}}}]}
+        codes = []
+        for _ in range(3):
+            with pytest.raises(ClientError) as caught:
+                await ddb.batch_write_item(RequestItems=request)
+            codes.append(caught.value.response["Error"]["Code"])
+        await ddb.batch_write_item(RequestItems=request)
+        item = await ddb.get_item(TableName=table, Key={"pk": {"S": "a"}}, ConsistentRead=True)
+    assert codes == [THROTTLE, THROTTLE, "InternalServerError"]
+    assert item["Item"] == {"pk": {"S": "a"}}
+    assert proxy.injected == {target: 3}
+    assert proxy.passed[target] == 1
