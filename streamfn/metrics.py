@@ -107,10 +107,13 @@ class ObservedPipeline(Protocol):
 
 
 def leases_held(pipeline: ObservedPipeline) -> int | None:
-    """Leases the pipeline's assigner reports holding (``leases_held`` int or method), if any."""
+    """Leases this worker holds: the assigner's ``leases_held`` (int or method), else the size of the
+    checkpoint store's ``held`` map (the DynamoDB lease store); None when nothing holds leases."""
     held = getattr(pipeline.assigner, "leases_held", None)
     if callable(held):
         held = held()
+    if held is None:
+        held = getattr(getattr(pipeline, "store", None), "held", None)
     if isinstance(held, (set, frozenset, list, tuple, dict)):
         return len(held)
     return held if isinstance(held, int) else None

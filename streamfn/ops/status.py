@@ -84,11 +84,15 @@ async def collect(loaded: LoadedPipeline) -> list[ShardStatus]:
 
 
 async def _lease_owners(store: Any) -> dict[str, str]:
-    """Lease owners when the store keeps leases (an optional ``lease_owners()`` coroutine)."""
+    """Lease owners when the store keeps leases: its ``lease_owners()`` coroutine, or a scan of its
+    lease table (the DynamoDB store's ``table.scan()``); empty for stores without leases."""
     owners = getattr(store, "lease_owners", None)
-    if owners is None:
+    if owners is not None:
+        return dict(await owners())
+    scan = getattr(getattr(store, "table", None), "scan", None)
+    if scan is None:
         return {}
-    return dict(await owners())
+    return {lease.shard_id: lease.owner for lease in await scan() if getattr(lease, "owner", None)}
 
 
 async def _tips(source: Any, shard_ids: list[str]) -> dict[str, int]:

@@ -188,3 +188,14 @@ async def test_scrape_after_a_real_pipeline_run(tmp_path: Path) -> None:
     assert total["streamfn_checkpoint_lag_records"] == 0
     assert got[("streamfn_shards_owned", (("pipeline", "clicks"),))] == 2
     assert got[("streamfn_pipeline_started", (("pipeline", "clicks"),))] == 1
+
+
+def test_leases_held_come_from_the_assigner_or_the_lease_store() -> None:
+    from streamfn.metrics import leases_held
+
+    assert leases_held(fake_pipeline("p")) is None, "no leases: no series rather than a zero"
+    assert leases_held(fake_pipeline("p", leases=3)) == 3
+    assert leases_held(fake_pipeline("p", leases=lambda: ["a", "b"])) == 2
+    with_store = fake_pipeline("p")
+    with_store.store = SimpleNamespace(held={"shard-1": object()})
+    assert leases_held(with_store) == 1
