@@ -60,7 +60,7 @@ class DynamoDBCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown
     take_interval: float | None = None
     #: Minimum seconds between two steals from busier workers; default take_interval.
     steal_interval: float | None = None
-    #: Leases stolen at most per steal (KCL's maxLeasesToStealAtOneTime).
+    #: Leases stolen at most per steal (KCL's maxLeasesToStealAtOneTime); 0 never steals.
     max_leases_to_steal: int = 1
     #: Cap of leases one worker holds (None: no cap).
     max_leases_per_worker: int | None = None

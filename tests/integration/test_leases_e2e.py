@@ -1,0 +1,238 @@
+"""Several daemon processes share one stream through the lease table (moto server DynamoDB).
+
+The stream here is the embedded local log, read by every worker from one file: it isolates
+the lease protocol from any Kinesis server. Output objects carry the pid of the worker that
+wrote them, so a zombie's late write would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streamfn.checkpoints.lease_table import Lease, LeaseTable
+from streamfn.errors import CheckpointError
+from tests.pipelines import append, kill, output_objects, write_pipeline
+
+from .test_leases import dynamodb_endpoint
+
+__all__ = ["dynamodb_endpoint"]
+
+HANDLER = """
+import os
+import time
+
+def handle(batch, context):
+    time.sleep(float(os.environ.get("BATCH_SLEEP", "0.05")))
+    return [{"v": r.json()["v"], "shard": r.shard_id, "pid": os.getpid()} for r in batch]
+"""
+
+WORKER = """
+import asyncio, os, sys
+import msgspec
+from streamfn import logs
+from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+from streamfn.config import load_pipeline
+from streamfn.engine.daemon import install_event_loop_policy, run_pipelines
+
+logs.configure("json", "INFO")
+loaded = load_pipeline(sys.argv[1])
+if not isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig):
+    # until pipeline files accept [checkpoints] type = "dynamodb", the test injects it
+    leases = msgspec.json.decode(os.environ["LEASES"], type=DynamoDBCheckpointStoreConfig)
+    loaded = msgspec.structs.replace(loaded, config=msgspec.structs.replace(loaded.config, checkpoints=leases))
+install_event_loop_policy()
+asyncio.run(run_pipelines([loaded]))
+"""
+
+
+class Cluster:
+    """Worker processes of one pipeline on one lease table."""
+
+    def __init__(self, folder: Path, endpoint: str, n: int, *, shards: int = 8, batch_sleep: float = 0.05,
+                 **leases: Any) -> None:
+        self.folder = folder
+        self.batch_sleep = batch_sleep
+        self.endpoint = endpoint
+        self.table = f"leases-{uuid.uuid4().hex[:8]}"
+        self.n = n
+        self.config = write_pipeline(folder, HANDLER, name="pipe", shards=shards, batching="max_records = 20")
+        self.script = folder / "worker.py"
+        self.script.write_text(textwrap.dedent(WORKER))
+        self.leases = {"type": "dynamodb", "table": self.table, "endpoint_url": endpoint, "failover_time": 3.0,
+                       "take_interval": 0.5, "steal_interval": 0.5, **leases}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        append(self.config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(n)])
+
+    def start(self, **overrides: Any) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "LEASES": orjson.dumps({**self.leases, **overrides}).decode(),
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "BATCH_SLEEP": str(self.batch_sleep), "PYTHONPATH": os.getcwd()}
+        log = open(self.folder / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - kept by the child
+        proc = subprocess.Popen([sys.executable, str(self.script), str(self.config)], cwd=self.folder, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return (self.folder / f"worker-{self.procs.index(proc)}.log").read_text(errors="replace")
+
+    def leases_now(self) -> list[Lease]:
+        async def scan() -> list[Lease]:
+            table = LeaseTable(self.table, prefix="pipe:", endpoint_url=self.endpoint)
+            await table.open()
+            try:
+                return await table.scan()
+            except CheckpointError as exc:
+                if "ResourceNotFound" in str(exc):  # no worker created the table yet
+                    return []
+                raise
+            finally:
+                await table.close()
+
+        return asyncio.run(scan())
+
+    def owners(self) -> Counter[str | None]:
+        return Counter(lease.owner for lease in self.leases_now())
+
+    def owner_of(self, proc: subprocess.Popen[bytes]) -> set[str]:
+        return {lease.shard_id for lease in self.leases_now()
+                if lease.owner is not None and lease.owner.split(":")[1] == str(proc.pid)}
+
+    def outputs(self) -> dict[str, list[Any]]:
+        return output_objects(self.folder / "out")
+
+    def handled(self) -> Counter[int]:
+        return Counter(item["v"] for items in self.outputs().values() for item in items)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            kill(proc, signal.SIGCONT)
+            kill(proc, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, dynamodb_endpoint: str) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(n: int, batch_sleep: float = 0.05, **leases: Any) -> Cluster:
+        cluster = Cluster(tmp_path, dynamodb_endpoint, n, batch_sleep=batch_sleep, **leases)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
+
+
+def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def assert_exactly_once(cluster: Cluster) -> None:
+    handled = cluster.handled()
+    duplicated = [v for v, count in handled.items() if count > 1]
+    assert not duplicated, f"records in more than one output object: {duplicated[:10]}"
+    assert sorted(handled) == list(range(cluster.n))
+
+
+def all_handled(cluster: Cluster) -> Callable[[], bool]:
+    return lambda: len(cluster.handled()) == cluster.n
+
+
+def spread(cluster: Cluster) -> list[int]:
+    return sorted(count for owner, count in cluster.owners().items() if owner is not None)
+
+
+def test_three_workers_spread_three_three_two_and_handle_everything(cluster_factory: Callable[..., Cluster]) -> None:
+    cluster = cluster_factory(4000)
+    procs = [cluster.start() for _ in range(3)]
+    wait_until(lambda: spread(cluster) == [2, 3, 3], 60, "a 3/3/2 spread of 8 leases")
+    wait_until(all_handled(cluster), 120, "every record handled")
+    assert_exactly_once(cluster)
+    pids = {item["pid"] for items in cluster.outputs().values() for item in items}
+    assert pids <= {p.pid for p in procs}
+    for proc in procs:
+        kill(proc, signal.SIGTERM)
+    for proc in procs:
+        assert proc.wait(30) == 0, cluster.log_of(proc)[-3000:]
+    assert set(cluster.owners()) == {None}  # a graceful stop releases every lease
+
+
+def test_a_killed_workers_shards_are_taken_over_after_failover(cluster_factory: Callable[..., Cluster]) -> None:
+    cluster = cluster_factory(8000, batch_sleep=0.3)  # 50 batches a shard: ~15 s of work
+    procs = [cluster.start() for _ in range(3)]
+    wait_until(lambda: spread(cluster) == [2, 3, 3], 60, "a 3/3/2 spread")
+    victim = procs[0]
+    orphaned = cluster.owner_of(victim)
+    assert orphaned and len(cluster.handled()) < cluster.n, "the kill lands while work remains"
+    kill(victim, signal.SIGKILL)
+    victim.wait(10)
+    wait_until(lambda: not cluster.owner_of(victim) and spread(cluster) == [4, 4], 30,
+               "the killed worker's leases taken over")
+    wait_until(all_handled(cluster), 120, "every record handled")
+    assert_exactly_once(cluster)
+
+
+def test_a_zombie_writes_nothing_after_losing_its_leases(cluster_factory: Callable[..., Cluster]) -> None:
+    # The zombie never steals: once its leases are taken, it must hold nothing and write nothing.
+    cluster = cluster_factory(8000, batch_sleep=0.3)
+    zombie = cluster.start(max_leases_per_worker=3, max_leases_to_steal=0)
+    wait_until(lambda: len(cluster.owner_of(zombie)) == 3, 30, "the zombie to hold 3 leases")
+    others = [cluster.start(), cluster.start()]
+    wait_until(lambda: spread(cluster) in ([2, 3, 3], [1, 3, 4]), 30, "all 8 leases held")
+    time.sleep(1.0)  # the zombie is in the middle of batches
+    kill(zombie, signal.SIGSTOP)
+    wait_until(lambda: not cluster.owner_of(zombie), 30, "the paused worker's leases taken over")
+    before = {lease.shard_id: lease for lease in cluster.leases_now()}
+    resumed_at = time.time()
+    kill(zombie, signal.SIGCONT)
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:  # it wakes with every timer overdue: watch it try
+        for lease in cluster.leases_now():
+            assert lease.owner is None or lease.owner.split(":")[1] != str(zombie.pid), "the zombie took a lease"
+            old = before[lease.shard_id].checkpoint.position
+            new = lease.checkpoint.position
+            assert lease.checkpoint.shard_end or old is None or (new is not None and new >= old)
+        time.sleep(0.2)
+    late = [name for name, items in cluster.outputs().items()
+            if items and items[0]["pid"] == zombie.pid
+            and (cluster.folder / "out" / name).stat().st_mtime > resumed_at]
+    assert not late, f"the zombie wrote output after losing its leases: {late[:5]}"
+    assert "lease lost" in cluster.log_of(zombie)
+    wait_until(all_handled(cluster), 120, "every record handled")
+    assert_exactly_once(cluster)
+    assert others[0].poll() is None and others[1].poll() is None
+
+
+def test_graceful_stop_hands_leases_over_without_waiting_for_failover(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cluster = cluster_factory(4000, failover_time=60.0)  # a takeover after failover would time the test out
+    leaving, staying = cluster.start(), cluster.start()
+    wait_until(lambda: spread(cluster) == [4, 4], 60, "a 4/4 spread")
+    handed = cluster.owner_of(leaving)
+    kill(leaving, signal.SIGTERM)
+    assert leaving.wait(30) == 0, cluster.log_of(leaving)[-3000:]
+    wait_until(lambda: handed <= cluster.owner_of(staying), 10, "the released leases taken at once")
+    wait_until(all_handled(cluster), 120, "every record handled")
+    assert_exactly_once(cluster)
