@@ -3,7 +3,8 @@
 Each server runs in its own process group on a free port and is proven to be ours before use
 (the listening socket must belong to the process we started), so a test never talks to a
 server it did not start. Handles stop their process group on `.stop()`, at interpreter exit,
-and (through PR_SET_PDEATHSIG) when the starting process dies without cleaning up.
+and (through PR_SET_PDEATHSIG) when the starting process dies without cleaning up. PR_SET_PDEATHSIG
+fires when the *thread* that started the server exits: start servers from a long-lived thread.
 
 As a script:
     python -m tests.servers start --env-file F   # start all four, write STREAMFN_TEST_* lines to F
@@ -150,17 +151,15 @@ def port_is_busy(port: int) -> bool:
     return False
 
 
-def _pdeathsig_preexec(enable: bool) -> Callable[[], None]:
-    """Child-side setup: own process group, and die with the parent unless detached."""
+_PR_SET_PDEATHSIG = 1
+# Resolved in the parent: after fork() the child must not dlopen (another thread may hold the loader lock).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
-    def preexec() -> None:
-        os.setpgid(0, 0)
-        if enable and sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
-    return preexec
+def _die_with_parent() -> None:
+    """Child-side (between fork and exec): SIGTERM this server when the process that started it dies."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -198,6 +197,32 @@ def group_pids(pgid: int) -> list[int]:
                 if int(fields[2]) == pgid and fields[0] != "Z":  # zombies are gone, just not reaped yet
                     pids.append(int(entry.name))
     return pids
+
+
+def _decode_address(hex_addr: str) -> str:
+    raw = bytes.fromhex(hex_addr)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    # /proc prints IPv6 as four host-order (little-endian) 32-bit words.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def listening_addresses(pgid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket the process group listens on, from /proc (Linux only)."""
+    inodes: set[str] = set()
+    for pid in group_pids(pgid):
+        inodes |= _socket_inodes(pid)
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    addr, port = fields[1].rsplit(":", 1)
+                    found.append((_decode_address(addr), int(port, 16)))
+    return sorted(found)
 
 
 def owns_listener(pgid: int, port: int) -> bool:
@@ -290,7 +315,8 @@ def _launch(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             cwd=cwd,
-            preexec_fn=_pdeathsig_preexec(not detached),
+            process_group=0,
+            preexec_fn=None if detached else _die_with_parent,
         )
     finally:
         log.close()

@@ -201,3 +201,17 @@ async def test_throttle_proxy_dynamodb_batch_write(clients: Any, moto_endpoint: 
     assert item["Item"] == {"pk": {"S": "a"}}
     assert proxy.injected == {target: 3}
     assert proxy.passed[target] == 1
+
+
+@pytest.mark.parametrize(
+    "start", [servers.start_kinesis_mock, servers.start_kinesalite, servers.start_moto, servers.start_tansu]
+)
+def test_servers_listen_on_loopback_only(start: Any) -> None:
+    """kinesis-mock binds 0.0.0.0 on its own (plain and TLS ports); the loopback.js preload must pin it."""
+    handle = start()
+    try:
+        listeners = servers.listening_addresses(handle.pid)
+    finally:
+        handle.stop()
+    assert (servers.HOST, handle.port) in listeners
+    assert {address for address, _port in listeners} == {servers.HOST}
