@@ -8,7 +8,9 @@ Two phases over one pipeline on a fresh log:
    of its call (p50/p99).
 
 ``python -m benchmarks.local_log --handler json --batch 1000 --shards 16`` prints one JSON object.
-The floor (a bare ``orjson.loads`` loop over the same records) is measured by ``floor()``.
+The floor, a bare ``orjson.loads`` loop over the same records read back from the log, is measured
+in the same process right after the pipeline ran (``floor_seconds``), so machine load that slows
+one slows the other.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import orjson
 
 from streamfn.config import LoadedPipeline, PipelineConfig
 from streamfn.engine.pipeline import Pipeline
-from streamfn.sources.local_log import LocalLog
+from streamfn.sources.local_log import LocalLog, shard_id_of
 from streamfn.sources.local_produce import synthetic_clicks
 
 from . import handlers
@@ -66,7 +68,22 @@ def floor(count: int, repeats: int = 3) -> float:
     """Seconds of the fastest bare ``orjson.loads`` loop over the same ``count`` records."""
     # A compact copy: each buffer orjson.dumps returns keeps ~4 KiB resident here, which would
     # make the floor's process, and every child forked from it, look big.
-    datas = [memoryview(data).tobytes() for _, data in synthetic_clicks(count, SEED)]
+    return decode_loop([memoryview(data).tobytes() for _, data in synthetic_clicks(count, SEED)], repeats)
+
+
+def logged_data(log: LocalLog, shards: int) -> list[bytes]:
+    """Every record's data in the log, shard by shard."""
+    datas: list[bytes] = []
+    for index in range(shards):
+        after = 0
+        while records := log.read(STREAM, shard_id_of(index), after, 50_000):
+            datas.extend(r.data for r in records)
+            after = records[-1].sequence
+    return datas
+
+
+def decode_loop(datas: list[bytes], repeats: int = 3) -> float:
+    """Seconds of the fastest of ``repeats`` bare decode loops over ``datas``."""
     best = float("inf")
     loads = orjson.loads
     for _ in range(repeats):
@@ -178,8 +195,10 @@ async def run(scenario: Scenario) -> dict[str, Any]:
             stop.set()
             await task
             await pipeline.shutdown()
-            log.close()
-    peak_kib = status_kib("VmHWM")  # not ru_maxrss: Linux carries that across exec from the parent
+        peak_kib = status_kib("VmHWM")  # not ru_maxrss: Linux carries that across exec from the parent
+        datas = logged_data(log, scenario.shards)  # the same records (and the live phase's)
+        floor_seconds = decode_loop(datas) * scenario.records / len(datas)
+        log.close()
     return {
         "scenario": scenario.label, "handler": scenario.handler, "batch": scenario.batch,
         "shards": scenario.shards, "records": scenario.records, "seconds": elapsed,
@@ -189,7 +208,7 @@ async def run(scenario: Scenario) -> dict[str, Any]:
         "cpu_seconds": cpu, "peak_rss_mib": peak_kib / 1024, "peak_anon_mib": memory.peak / 1024,
         "anon_per_shard_kib": max(0, memory.peak - baseline_kib) / scenario.shards,
         "latency_p50_ms": percentile(latencies, 50) * 1000, "latency_p99_ms": percentile(latencies, 99) * 1000,
-        "latency_samples": len(latencies),
+        "latency_samples": len(latencies), "floor_seconds": floor_seconds,
     }
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from .engine.stats import HANDLER_BUCKETS, ShardStats
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -287,7 +288,11 @@ class OpsServer:
 
     async def start(self) -> None:
         self._registry = build_registry(self._collector)
-        self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
+                              field="metrics.port") from None
         log.info("metrics endpoint listening", extra={"host": self.config.host, "port": self.port})
 
     async def close(self) -> None:

@@ -199,3 +199,16 @@ def test_leases_held_come_from_the_assigner_or_the_lease_store() -> None:
     with_store = fake_pipeline("p")
     with_store.store = SimpleNamespace(held={"shard-1": object()})
     assert leases_held(with_store) == 1
+
+
+async def test_a_busy_port_is_a_config_error() -> None:
+    from streamfn.errors import ConfigError
+
+    first = OpsServer(MetricsConfig(enabled=True, port=0), list)
+    await first.start()
+    try:
+        second = OpsServer(MetricsConfig(enabled=True, port=first.port), list)
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            await second.start()
+    finally:
+        await first.close()
