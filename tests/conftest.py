@@ -42,10 +42,13 @@ def _server_endpoint(name: str, start: Callable[[], servers.ServerHandle]) -> It
     if preset:
         yield preset
         return
+    missing = None
     try:
         handle = start()
     except servers.ServerNotInstalledError as exc:
-        pytest.fail(f"{name} is not installed: {exc}", pytrace=False)
+        missing = str(exc)
+    if missing is not None:
+        pytest.fail(f"{name} is not installed: {missing}", pytrace=False)
     try:
         yield handle.endpoint
     finally:
