@@ -36,6 +36,12 @@ class Context:
     state exceeded the size limit and was dropped).
     """
 
+    __slots__ = ("_deadline", "_request_id", "attempt", "is_final", "pipeline", "shard_id", "state",
+                 "terminated_early", "window")
+
+    function_version = "$LATEST"
+    memory_limit_in_mb = 0
+
     def __init__(
         self,
         *,
@@ -56,13 +62,30 @@ class Context:
         self.is_final = is_final
         self.terminated_early = terminated_early
         self._deadline = time.monotonic() + timeout
-        self.function_name = pipeline
-        self.function_version = "$LATEST"
-        self.aws_request_id = str(uuid.uuid4())
-        self.memory_limit_in_mb = 0
-        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{pipeline}"
-        self.log_group_name = f"/streamfn/{pipeline}"
-        self.log_stream_name = shard_id
+        self._request_id: str | None = None
+
+    @property
+    def function_name(self) -> str:
+        return self.pipeline
+
+    @property
+    def aws_request_id(self) -> str:
+        """A fresh id per call, made only when asked for (uuid4 costs more than the rest of a call)."""
+        if self._request_id is None:
+            self._request_id = str(uuid.uuid4())
+        return self._request_id
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.pipeline}"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/streamfn/{self.pipeline}"
+
+    @property
+    def log_stream_name(self) -> str:
+        return self.shard_id
 
     @property
     def window_start(self) -> float | None:

@@ -2,8 +2,10 @@
 
 WAL mode with ``synchronous=NORMAL``: a committed transaction survives ``kill -9`` of the
 process (not a power cut, which needs ``synchronous=FULL``: set ``durable_against_power_loss``).
-Saves are coalesced: every shard's latest checkpoint is written in one transaction per
-flush, so many shards cost one commit, and a shard never waits on the disk between batches.
+Saves are coalesced: every shard's latest checkpoint is written in one transaction at most
+every ``interval`` seconds, so many shards and many batches cost one commit, and a shard never
+waits on the disk between batches. Pending batch bounds are written at once: they guard a
+sink write.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ class LocalCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fi
     """Checkpoints in ``<state_dir>/checkpoints.sqlite3`` (or ``path``)."""
 
     path: str | None = None
-    #: Seconds between coalesced checkpoint commits; 0 commits as soon as the loop is free.
-    interval: float = 0.0
+    #: At most one commit per this many seconds, holding every shard's latest checkpoint: a
+    #: crash replays at most this much (idempotently). 0 commits as soon as the loop is free.
+    interval: float = 0.05
     #: fsync every commit (survives a power cut, costs a disk flush per commit).
     durable_against_power_loss: bool = False
 
@@ -54,7 +57,7 @@ class LocalCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fi
 class LocalCheckpointStore:
     """CheckpointStore on SQLite (see the module docstring for its durability)."""
 
-    def __init__(self, path: Path, pipeline: str, *, interval: float = 0.0, full_sync: bool = False) -> None:
+    def __init__(self, path: Path, pipeline: str, *, interval: float = 0.05, full_sync: bool = False) -> None:
         self._path = path
         self._pipeline = pipeline
         self._interval = interval

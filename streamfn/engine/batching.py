@@ -7,6 +7,7 @@ are replayed first, so a batch whose output may already exist is formed again ex
 
 from __future__ import annotations
 
+import operator
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from ..records import Position, Record
 from ..sources.base import ShardReader
 
 RecordFilter = Callable[[Record], bool]
+_data = operator.attrgetter("data")
 
 #: How long one read may wait for a first record when no batching window is set. Short enough
 #: that an idle shard notices a stop request promptly; readers poll cheaply underneath.
@@ -133,7 +135,7 @@ class Batcher:
         room = limits.max_records - len(records)
         if self._accept is None and not self._window_size:
             chunk = buffer[start : start + room]
-            size = sum(len(r.data) for r in chunk)
+            size = sum(map(len, map(_data, chunk)))
             if nbytes + size > limits.max_bytes:
                 return self._take_each(records, nbytes, through)
             if chunk:

@@ -119,6 +119,9 @@ class LaneWorker:
             self.phase = "processing"
             self.idle = False
             await self._handle_unit(unit)
+            # Yield once per batch: with records always ready and an async handler nothing else
+            # would suspend, and other shards, the checkpoint flusher and signals would starve.
+            await asyncio.sleep(0)
             if unit.shard_end:
                 if self._window is not None:
                     await self._close_window()
