@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from .checkpoints.local import LocalCheckpointStoreConfig
 from .components import BuildContext
 from .destinations.local import LocalDestinationConfig
@@ -29,7 +30,7 @@ from .sources.local import LocalSourceConfig
 
 SourceConfig = LocalSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig
-CheckpointConfig = LocalCheckpointStoreConfig
+CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig
 DestinationConfig = LocalDestinationConfig
 
 
