@@ -1,0 +1,89 @@
+"""Helpers for the AWS connector tests: clients on the test servers, streams, puts, drains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from streamfn.records import Record
+from streamfn.sources.base import ShardReader
+
+MAX_HASH = 2**128 - 1
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.asynccontextmanager
+async def client(service: str, endpoint: str, **config: Any) -> AsyncIterator[Any]:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    cfg = AioConfig(s3={"addressing_style": "path"}, **config) if service == "s3" else AioConfig(**config)
+    async with get_session().create_client(service, endpoint_url=endpoint, region_name="us-east-1",
+                                           aws_access_key_id="testing", aws_secret_access_key="testing",
+                                           config=cfg) as c:
+        yield c
+
+
+async def create_stream(kinesis: Any, name: str, shards: int) -> None:
+    await kinesis.create_stream(StreamName=name, ShardCount=shards)
+    await wait_active(kinesis, name)
+
+
+async def wait_active(kinesis: Any, name: str) -> None:
+    for _ in range(200):
+        summary = await kinesis.describe_stream_summary(StreamName=name)
+        if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"stream {name} never became ACTIVE")
+
+
+async def shard_hash_starts(kinesis: Any, name: str) -> dict[str, int]:
+    """Open shards and the first hash key each owns (put with it as the explicit hash key)."""
+    shards = (await kinesis.list_shards(StreamName=name))["Shards"]
+    return {
+        s["ShardId"]: int(s["HashKeyRange"]["StartingHashKey"])
+        for s in shards
+        if "EndingSequenceNumber" not in s.get("SequenceNumberRange", {})
+    }
+
+
+async def put(kinesis: Any, name: str, records: Sequence[tuple[str, bytes, int | None]]) -> list[tuple[str, int]]:
+    """PutRecords in chunks of 500 (in order, one chunk at a time); (shard, sequence) per record."""
+    out: list[tuple[str, int]] = []
+    for start in range(0, len(records), 500):
+        entries = []
+        for key, data, hash_key in records[start:start + 500]:
+            entry: dict[str, Any] = {"PartitionKey": key, "Data": data}
+            if hash_key is not None:
+                entry["ExplicitHashKey"] = str(hash_key)
+            entries.append(entry)
+        answer = await kinesis.put_records(StreamName=name, Records=entries)
+        assert answer.get("FailedRecordCount", 0) == 0, answer
+        out.extend((r["ShardId"], int(r["SequenceNumber"])) for r in answer["Records"])
+    return out
+
+
+async def drain(reader: ShardReader, *, max_records: int = 100, wait: float = 0.3,
+                until_end: bool = False, expect: int | None = None, timeout: float = 30.0) -> tuple[list[Record], bool]:
+    """Read until an empty answer (or the shard's end, or ``expect`` records); (records, ended)."""
+    records: list[Record] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            result = await reader.read(max_records, wait)
+            assert len(result.records) <= max_records
+            records.extend(result.records)
+            if result.shard_end:
+                return records, True
+            if expect is not None:
+                if len(records) >= expect:
+                    return records, False
+                continue
+            if not result.records and not until_end:
+                return records, False
