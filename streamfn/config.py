@@ -20,6 +20,8 @@ from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from .checkpoints.local import LocalCheckpointStoreConfig
 from .components import BuildContext
 from .destinations.local import LocalDestinationConfig
+from .destinations.s3 import S3DestinationConfig
+from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig, LocalLogDestinationConfig
 from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
 from .errors import ConfigError
@@ -31,7 +33,10 @@ from .sources.local import LocalSourceConfig
 SourceConfig = LocalSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig
 CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig
-DestinationConfig = LocalDestinationConfig
+DestinationConfig = (
+    LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
+    | KafkaDestinationConfig
+)
 
 
 class BatchingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

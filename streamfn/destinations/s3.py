@@ -1,0 +1,48 @@
+"""On-failure records as S3 objects, keyed like Lambda's S3 destination but deterministically."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import orjson
+
+from ..errors import SinkError
+from .base import FailedBatch
+from .local import failure_key
+from .shape import failure_record
+
+if TYPE_CHECKING:
+    from ..aws import AwsClient
+    from ..components import BuildContext
+
+
+class S3DestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="s3"):
+    """``s3://bucket/<prefix>aws/lambda/<pipeline>/<shard>/YYYY/MM/DD/<first>-<last>.json``, records included."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    def build(self, ctx: BuildContext) -> S3Destination:
+        from ..aws import AwsClient
+
+        return S3Destination(AwsClient("s3", endpoint_url=self.endpoint_url, region=self.region), self.bucket,
+                             self.prefix)
+
+
+class S3Destination:
+    def __init__(self, client: AwsClient, bucket: str, prefix: str) -> None:
+        self._client, self._bucket, self._prefix = client, bucket, prefix
+
+    async def open(self) -> None:
+        await self._client.open()
+
+    async def send(self, failure: FailedBatch) -> None:
+        body = orjson.dumps(failure_record(failure))
+        await self._client.call("put_object", SinkError, Bucket=self._bucket, Key=self._prefix + failure_key(failure),
+                                Body=body, ContentType="application/json")
+
+    async def close(self) -> None:
+        await self._client.close()
