@@ -39,7 +39,7 @@ DECODING = {"json", "json-sync"}
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=300_000, help="records per scenario (default 300000)")
+    parser.add_argument("--records", type=int, default=500_000, help="records per scenario (default 500000)")
     parser.add_argument("--handlers", default="noop,json", help="noop,json,json-sync")
     parser.add_argument("--batches", default="100,1000,10000")
     parser.add_argument("--shards", default="1,16")
@@ -80,7 +80,8 @@ def against_floor(result: dict[str, Any], records: int) -> dict[str, Any]:
     floor_rate = records / floor_seconds
     per_record_us = floor_seconds / records * 1e6
     handler_us = per_record_us * result["mean_batch"] if result["handler"] in DECODING else 0.0
-    return {**result, "floor_records_per_s": floor_rate, "ratio_to_floor": result["records_per_s"] / floor_rate,
+    cpu_rate = result["records"] / result["cpu_seconds"] if result["cpu_seconds"] > 0 else float("nan")
+    return {**result, "floor_records_per_s": floor_rate, "records_per_cpu_s": cpu_rate, "ratio_to_floor": result["records_per_s"] / floor_rate,
             "overhead_us_per_batch": result["us_per_batch"] - handler_us}
 
 
@@ -107,6 +108,7 @@ def run_connector(name: str) -> list[dict[str, Any]] | None:
 COLUMNS = (
     ("scenario", "scenario", "{}"), ("records/s", "records_per_s", "{:,.0f}"),
     ("floor/s", "floor_records_per_s", "{:,.0f}"), ("x floor", "ratio_to_floor", "{:.2f}"),
+    ("records/CPU s", "records_per_cpu_s", "{:,.0f}"),
     ("µs/batch", "us_per_batch", "{:,.0f}"), ("overhead µs/batch", "overhead_us_per_batch", "{:,.0f}"),
     ("mean batch", "mean_batch", "{:,.0f}"), ("p50 ms", "latency_p50_ms", "{:.1f}"),
     ("p99 ms", "latency_p99_ms", "{:.1f}"), ("CPU s", "cpu_seconds", "{:.2f}"),
@@ -135,11 +137,16 @@ def machine() -> dict[str, Any]:
     except ImportError:
         loop = "asyncio"
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "loop": loop, "processor": platform.processor() or platform.machine()}
+            "loop": loop, "processor": platform.processor() or platform.machine(),
+            "load_average_1m": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.1f} before starting: wall-clock figures will be noisy "
+              "(records/CPU s less so)", file=sys.stderr)
     rows = []
     started = time.monotonic()
     for handler in args.handlers.split(","):
