@@ -81,7 +81,8 @@ def against_floor(result: dict[str, Any], records: int) -> dict[str, Any]:
     per_record_us = floor_seconds / records * 1e6
     handler_us = per_record_us * result["mean_batch"] if result["handler"] in DECODING else 0.0
     cpu_rate = result["records"] / result["cpu_seconds"] if result["cpu_seconds"] > 0 else float("nan")
-    return {**result, "floor_records_per_s": floor_rate, "records_per_cpu_s": cpu_rate, "ratio_to_floor": result["records_per_s"] / floor_rate,
+    return {**result, "floor_records_per_s": floor_rate, "records_per_cpu_s": cpu_rate,
+            "ratio_to_floor": result["records_per_s"] / floor_rate,
             "overhead_us_per_batch": result["us_per_batch"] - handler_us}
 
 
