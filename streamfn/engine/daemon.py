@@ -67,9 +67,11 @@ async def run_pipelines(
                 raise task.exception()  # type: ignore[misc]
     finally:
         stop.set()
-        await asyncio.gather(*(p.shutdown() for p in opened), return_exceptions=False)
-        if ops is not None:
-            await ops.close()
+        try:
+            await asyncio.gather(*(p.shutdown() for p in opened), return_exceptions=False)
+        finally:
+            if ops is not None:
+                await ops.close()
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
