@@ -43,3 +43,40 @@ def kinesis_event(
             for r in batch.records
         ]
     }
+
+
+def kafka_event(
+    batch: Batch,
+    bootstrap_servers: str,
+    event_source_arn: str | None = None,
+    event_source: str = "aws:kafka",
+) -> dict[str, Any]:
+    """The event Lambda's Kafka event source mapping sends (MSK shape by default).
+
+    Records are grouped under ``"<topic>-<partition>"``; key and value are base64, headers a
+    list of ``{name: [byte, ...]}``, timestamps in epoch milliseconds. The record attributes
+    the Kafka source sets (``topic``, ``partition``, ``key``, ``headers``, ``timestamp_type``)
+    are read back here, so a batch from any other source gets an event with empty metadata.
+    """
+    records: dict[str, list[dict[str, Any]]] = {}
+    for r in batch.records:
+        attributes = r.attributes or {}
+        topic = attributes.get("topic", "")
+        partition = attributes.get("partition", 0)
+        entry: dict[str, Any] = {
+            "topic": topic,
+            "partition": partition,
+            "offset": r.sequence,
+            "timestamp": round(r.arrival_time * 1000),
+            "timestampType": attributes.get("timestamp_type", "CREATE_TIME"),
+            "value": b64encode(r.data).decode("ascii"),
+            "headers": [{name: list(value)} for name, value in attributes.get("headers", ())],
+        }
+        key = attributes.get("key")
+        if key is not None:
+            entry["key"] = b64encode(key).decode("ascii")
+        records.setdefault(f"{topic}-{partition}", []).append(entry)
+    event: dict[str, Any] = {"eventSource": event_source, "bootstrapServers": bootstrap_servers, "records": records}
+    if event_source_arn is not None:
+        event["eventSourceArn"] = event_source_arn
+    return event

@@ -1,0 +1,412 @@
+"""The Kafka source: a topic is a stream, each partition a shard, read through one consumer per worker.
+
+One ``AIOKafkaConsumer`` (auto-commit off) serves every partition this worker owns. A fetch task
+calls ``getmany`` and files records into a bounded feed per partition; each shard's reader takes
+from its feed. A feed that fills up pauses its partition (``consumer.pause``) and resumes it once
+its reader drained it to half. The engine needs no other signal: while a shard retries a batch it
+does not read, so its feed fills and the partition pauses, while the fetch task keeps polling for
+the others and the member never looks idle to the group. Offsets are committed by the Kafka
+checkpoint store (``streamfn.checkpoints.kafka``) and partitions are assigned by the consumer
+group (``streamfn.sources.kafka_group``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from ..lambda_shapes import kafka_event
+from ..records import Batch, Position, Record
+from .base import ReadResult, ShardInfo, StartingPosition
+
+if TYPE_CHECKING:
+    from ..checkpoints.kafka import KafkaCheckpointStore, KafkaCheckpointStoreConfig
+    from ..components import BuildContext
+    from .kafka_group import KafkaGroupAssigner
+
+log = logging.getLogger("streamfn.kafka")
+
+TIMESTAMP_TYPES = ("CREATE_TIME", "LOG_APPEND_TIME")
+
+
+class KafkaSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="kafka"):
+    """A Kafka topic read by a consumer group: run several daemons with one ``group_id`` to split it."""
+
+    bootstrap_servers: str
+    """``host:port[,host:port...]`` of the brokers to bootstrap from."""
+    topic: str
+    group_id: str
+    """The consumer group: offsets are committed under it, partitions shared among its members."""
+    client_id: str = "streamfn"
+    starting_position: Literal["earliest", "latest", "at_timestamp"] | None = None
+    """Where a partition with no committed offset starts; default: the pipeline's
+    ``starting_position`` (``trim_horizon`` is ``earliest``)."""
+    starting_timestamp: float | None = None
+    """Epoch seconds, with ``starting_position = "at_timestamp"`` (found with ``offsets_for_times``)."""
+    session_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    """Without a heartbeat for this long, the group gives this worker's partitions to others."""
+    heartbeat_interval_ms: Annotated[int, msgspec.Meta(ge=1)] = 3_000
+    max_poll_interval_ms: Annotated[int, msgspec.Meta(ge=1)] = 300_000
+    """Also the time other members wait for this one during a rebalance."""
+    revoke_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """Seconds a rebalance waits for in-flight batches of revoked partitions before abandoning them."""
+    fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
+    fetch_min_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1
+    fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 52_428_800
+    max_partition_fetch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1_048_576
+    max_poll_records: Annotated[int, msgspec.Meta(ge=1)] = 5_000
+    """Records one ``getmany`` may return, over all partitions."""
+    queue_max_records: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    """Records buffered per partition before it is paused (it resumes when half is read)."""
+    isolation_level: Literal["read_uncommitted", "read_committed"] = "read_uncommitted"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] = "PLAIN"
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.starting_position == "at_timestamp" and self.starting_timestamp is None:
+            raise ValueError("starting_position 'at_timestamp' needs starting_timestamp")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+
+    def build(self, ctx: BuildContext) -> KafkaSource:
+        return KafkaSource(self, pipeline=ctx.pipeline, resolve=lambda p: str(ctx.resolve(p)))
+
+    def consumer_options(self, resolve: Any = str) -> dict[str, Any]:
+        """Keyword arguments for ``AIOKafkaConsumer`` (SSL files resolved against the config's folder)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            # Only used when a reader has not positioned its partition yet; readers seek explicitly.
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "fetch_min_bytes": self.fetch_min_bytes,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "max_poll_records": self.max_poll_records,
+            "isolation_level": self.isolation_level,
+            "security_protocol": self.security_protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_plain_username,
+            "sasl_plain_password": self.sasl_plain_password,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=resolve(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=resolve(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=resolve(self.ssl_keyfile) if self.ssl_keyfile else None,
+                password=self.ssl_password,
+            )
+        return options
+
+
+def shard_id_of(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+def partition_of(topic: str, shard_id: str) -> int:
+    """The partition number in ``"<topic>-<partition>"`` (the topic may itself contain dashes)."""
+    prefix, sep, number = shard_id.rpartition("-")
+    if not sep or prefix != topic or not number.isdigit():
+        raise ValueError(f"shard id {shard_id!r} is not a partition of topic {topic!r}")
+    return int(number)
+
+
+def to_record(shard_id: str, message: Any) -> Record:
+    """A streamfn Record from an aiokafka ConsumerRecord (None key/value become "" / b"")."""
+    key: bytes | None = message.key
+    value: bytes | None = message.value
+    timestamp_type = message.timestamp_type
+    return Record(
+        shard_id,
+        message.offset,
+        "" if key is None else key.decode("utf-8", "replace"),
+        b"" if value is None else value,
+        max(message.timestamp, 0) / 1000.0,
+        0,
+        {
+            "topic": message.topic,
+            "partition": message.partition,
+            "key": key,
+            "headers": list(message.headers),
+            "timestamp_type": TIMESTAMP_TYPES[timestamp_type] if timestamp_type in (0, 1) else "NO_TIMESTAMP_TYPE",
+        },
+    )
+
+
+class PartitionFeed:
+    """Records fetched for one partition and not yet read, bounded by a record count.
+
+    ``next_offset`` drops anything the consumer returns from before the reader's position
+    (a stale fetch after a seek): the reader sees each offset once and in order.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.next_offset: int | None = None  # None: the reader has not positioned the partition yet
+        self.size = 0
+        self.paused_full = False
+        self._chunks: deque[list[Any]] = deque()
+        self._head = 0
+        self.arrived = asyncio.Event()
+
+    @property
+    def positioned(self) -> bool:
+        return self.next_offset is not None
+
+    def put(self, messages: list[Any]) -> bool:
+        """File ``messages`` (one partition, in order); True when the feed is now full."""
+        expected = self.next_offset
+        if expected is None:
+            return False
+        if messages[0].offset < expected:
+            messages = [m for m in messages if m.offset >= expected]
+            if not messages:
+                return self.size >= self.capacity
+        self._chunks.append(messages)
+        self.size += len(messages)
+        self.next_offset = messages[-1].offset + 1
+        self.arrived.set()
+        return self.size >= self.capacity
+
+    def take(self, limit: int) -> list[Any]:
+        """Up to ``limit`` messages, oldest first."""
+        taken: list[Any] = []
+        chunks = self._chunks
+        while chunks and len(taken) < limit:
+            chunk, head = chunks[0], self._head
+            end = head + limit - len(taken)
+            part = chunk[head:end]
+            taken.extend(part)
+            if end >= len(chunk):
+                chunks.popleft()
+                self._head = 0
+            else:
+                self._head = end
+        self.size -= len(taken)
+        if not chunks:
+            self.arrived.clear()
+        return taken
+
+    def reset(self, next_offset: int) -> None:
+        self._chunks.clear()
+        self._head = 0
+        self.size = 0
+        self.next_offset = next_offset
+        self.arrived.clear()
+
+
+class KafkaSource:
+    """One topic through one consumer; readers per partition, fed by one fetch task (see module doc)."""
+
+    kind = "kafka"
+    filter_data_key = "value"
+
+    def __init__(self, config: KafkaSourceConfig, *, pipeline: str = "", resolve: Any = str) -> None:
+        self.config = config
+        self.name = config.topic
+        self.pipeline = pipeline
+        self._resolve = resolve
+        self._consumer: Any = None
+        self._feeds: dict[Any, PartitionFeed] = {}
+        self._store: KafkaCheckpointStore | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def consumer(self) -> Any:
+        """The started AIOKafkaConsumer (after ``open``)."""
+        if self._consumer is None:
+            raise RuntimeError("KafkaSource used before open()")
+        return self._consumer
+
+    async def open(self) -> None:
+        if self._consumer is not None:
+            return
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(**self.config.consumer_options(self._resolve))
+        await consumer.start()
+        self._consumer = consumer
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    # -- parts that come with this source ----------------------------------------------------
+    def assigner(self) -> KafkaGroupAssigner:
+        """The consumer group decides which partitions this worker runs."""
+        from .kafka_group import KafkaGroupAssigner
+
+        return KafkaGroupAssigner(self, revoke_timeout=self.config.revoke_timeout)
+
+    def checkpoint_store(self, config: KafkaCheckpointStoreConfig | None = None) -> KafkaCheckpointStore:
+        """Checkpoints as the group's committed offsets, committed through this source's consumer."""
+        from ..checkpoints.kafka import KafkaCheckpointStore, KafkaCheckpointStoreConfig
+
+        self._store = KafkaCheckpointStore(self, **(config or KafkaCheckpointStoreConfig()).store_options())
+        return self._store
+
+    @property
+    def store(self) -> KafkaCheckpointStore | None:
+        return self._store
+
+    # -- Source protocol ---------------------------------------------------------------------
+    async def list_shards(self) -> list[ShardInfo]:
+        await self.consumer.topics()  # refreshes metadata
+        partitions = self.consumer.partitions_for_topic(self.name) or set()
+        return [ShardInfo(shard_id_of(self.name, p)) for p in sorted(partitions)]
+
+    def reader(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> KafkaPartitionReader:
+        tp = self.topic_partition(shard.shard_id)
+        feed = PartitionFeed(self.config.queue_max_records)
+        self._feeds[tp] = feed  # replaces a previous reader's feed: that reader is done
+        with contextlib.suppress(Exception):  # not assigned (any more): the reader finds out when it seeks
+            self.consumer.pause(tp)
+        return KafkaPartitionReader(self, tp, shard.shard_id, feed, after, self._starting(start))
+
+    def lambda_event(self, batch: Batch) -> dict[str, Any]:
+        return kafka_event(batch, self.config.bootstrap_servers)
+
+    # -- helpers for readers, the assigner and the checkpoint store -------------------------------
+    def topic_partition(self, shard_id: str) -> Any:
+        from aiokafka import TopicPartition
+
+        return TopicPartition(self.name, partition_of(self.name, shard_id))
+
+    def assigned(self) -> set[Any]:
+        return set(self.consumer.assignment())
+
+    def _starting(self, start: StartingPosition) -> StartingPosition:
+        kind = self.config.starting_position
+        if kind is None:
+            return start
+        return StartingPosition("trim_horizon" if kind == "earliest" else kind, self.config.starting_timestamp)
+
+    async def start_offset(self, tp: Any, after: Position | None, start: StartingPosition) -> int:
+        """The first offset a reader reads: just after its checkpoint, else by the starting position."""
+        if after is not None:
+            return max(after.sequence + 1, 0)
+        consumer = self.consumer
+        if start.kind == "at_timestamp":
+            assert start.timestamp is not None
+            found = (await consumer.offsets_for_times({tp: int(start.timestamp * 1000)})).get(tp)
+            if found is not None:
+                return int(found.offset)
+            start = StartingPosition("latest")  # nothing at or after the timestamp yet
+        if start.kind == "latest":
+            return int((await consumer.end_offsets([tp]))[tp])
+        return int((await consumer.beginning_offsets([tp]))[tp])
+
+    def detach(self, tp: Any, feed: PartitionFeed) -> None:
+        """A reader closed: stop fetching its partition (unless a newer reader took it over)."""
+        if self._feeds.get(tp) is feed:
+            del self._feeds[tp]
+            with contextlib.suppress(Exception):
+                self.consumer.pause(tp)
+
+    def drained(self, tp: Any, feed: PartitionFeed) -> None:
+        """A reader took records: resume a partition paused because its feed was full."""
+        if feed.paused_full and feed.size <= feed.capacity // 2 and self._feeds.get(tp) is feed:
+            feed.paused_full = False
+            with contextlib.suppress(Exception):
+                self.consumer.resume(tp)
+
+    # -- the fetch task (run by the group assigner once subscribed) -------------------------------
+    async def fetch(self) -> None:
+        """Poll the consumer forever and file records into the partitions' feeds.
+
+        Polling never stops, even when every partition is paused, so the group keeps seeing a
+        live member (``max_poll_interval_ms``) while shards wait on retries.
+        """
+        consumer, config = self.consumer, self.config
+        from aiokafka.errors import KafkaError
+
+        delay = 0.1
+        while True:
+            try:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=config.max_poll_records)
+            except KafkaError as exc:
+                log.warning("kafka fetch failed; retrying in %.1fs", delay,
+                            extra={"pipeline": self.pipeline, "stream": self.name, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            for tp, messages in fetched.items():
+                feed = self._feeds.get(tp)
+                if feed is None or not messages:
+                    continue  # no reader: the partition's next reader seeks to its own start
+                if feed.put(messages) and not feed.paused_full:
+                    feed.paused_full = True
+                    consumer.pause(tp)
+
+
+class KafkaPartitionReader:
+    """Reads one partition from its feed, in offset order; positions the partition on first read."""
+
+    def __init__(
+        self, source: KafkaSource, tp: Any, shard_id: str, feed: PartitionFeed,
+        after: Position | None, start: StartingPosition,
+    ) -> None:
+        self._source = source
+        self._tp = tp
+        self._shard_id = shard_id
+        self._feed = feed
+        self._after = after
+        self._start = start
+
+    async def _position(self) -> bool:
+        """Seek the partition to this reader's start and let the fetch task fill the feed."""
+        from aiokafka.errors import IllegalStateError, KafkaError
+
+        source, tp = self._source, self._tp
+        try:
+            offset = await source.start_offset(tp, self._after, self._start)
+            source.consumer.seek(tp, offset)
+        except (IllegalStateError, KafkaError) as exc:  # revoked meanwhile, or a transient error
+            log.warning("cannot position partition yet", extra={"pipeline": source.pipeline,
+                                                                 "shard": self._shard_id, "error": repr(exc)})
+            return False
+        self._feed.reset(offset)
+        source.consumer.resume(tp)
+        return True
+
+    async def read(self, max_records: int, wait: float) -> ReadResult:
+        feed = self._feed
+        if not feed.positioned and not await self._position():
+            await asyncio.sleep(min(wait, 0.5))
+            return ReadResult([])
+        if not feed.size and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await feed.arrived.wait()
+        messages = feed.take(max_records)
+        self._source.drained(self._tp, feed)
+        if not messages:
+            return ReadResult([], behind_ms=0.0 if not feed.paused_full else None)
+        shard_id = self._shard_id
+        records = [to_record(shard_id, m) for m in messages]
+        behind = max(0.0, (time.time() - records[-1].arrival_time) * 1000.0) if feed.size else 0.0
+        return ReadResult(records, behind_ms=behind)
+
+    async def close(self) -> None:
+        self._source.detach(self._tp, self._feed)
