@@ -131,6 +131,7 @@ def checkpoint_sequence(text: str | None) -> float:
 
 
 def checkpoint_lag(stats: ShardStats) -> int:
+    """Records read but not yet handled or disposed of: the batch in flight and its retries."""
     return max(0, stats.read - stats.handled - stats.sent_to_destination)
 
 
