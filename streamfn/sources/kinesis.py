@@ -1,11 +1,10 @@
 """The Kinesis source: polling ``GetRecords`` per shard, as a Lambda event source mapping does.
 
-Each shard reader owns an iterator and follows the per-shard read discipline: at most
-``max_reads_per_second`` calls, ``NextShardIterator`` kept even from empty answers, backoff with
-jitter on throttling and transient failures (never an error for the engine), and an expired
-iterator re-acquired ``AFTER_SEQUENCE_NUMBER`` of the last record *delivered* (never from the
-starting position). A closed shard ends when its answer has no ``NextShardIterator``; the engine
-then checkpoints ``SHARD_END`` and starts the children listed with it as parents.
+Each shard reader owns an iterator and follows the read discipline of ``polling`` (rate limit,
+backoff, iterator expiry after the last delivered record). KPL aggregates are expanded into
+user records with sub-sequence numbers; a checkpoint may sit between two of them. A closed shard
+ends when its answer has no ``NextShardIterator``; the engine then checkpoints ``SHARD_END`` and
+starts the children that list it as a parent.
 """
 
 from __future__ import annotations
@@ -17,13 +16,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from ..aws import AwsClient, error_code
+from ..aws import AwsClient
 from ..backoff import Backoff
 from ..errors import RetryableError, SourceError
 from ..lambda_shapes import DEFAULT_INVOKE_IDENTITY_ARN, kinesis_event
 from ..records import Batch, Position, Record
-from .base import ReadResult, ShardInfo, StartingPosition
-from .kinesis_decode import KinesisPage, decode_kinesis, install_raw_get_records, raw_body
+from .base import ShardInfo, StartingPosition
+from .kinesis_decode import decode_kinesis, install_raw_get_records
+from .polling import Page, PollingShardReader, ReadSettings
 
 if TYPE_CHECKING:
     from ..components import BuildContext
@@ -76,6 +76,11 @@ class KinesisSource:
         self.aws = AwsClient("kinesis", endpoint_url=config.endpoint_url, region=config.region,
                              timeout=config.request_timeout, max_pool_connections=256)
         self.hash_ranges: dict[str, tuple[int, int]] = {}
+        self.read_settings = ReadSettings(
+            max_reads_per_second=config.max_reads_per_second, idle_interval=config.idle_interval,
+            read_limit=config.read_limit, iterator_lifetime=config.iterator_lifetime,
+            backoff_initial=config.backoff_initial, backoff_max=config.backoff_max,
+        )
 
     @property
     def region(self) -> str:
@@ -93,6 +98,7 @@ class KinesisSource:
                 summary = await self.aws.call("describe_stream_summary", SourceError, StreamName=self.name)
                 self.stream_arn = summary["StreamDescriptionSummary"]["StreamARN"]
             except SourceError as exc:
+                await self.aws.close()
                 if "ResourceNotFound" in str(exc):
                     raise SourceError(f"Kinesis stream {self.name!r} does not exist") from exc
                 raise
@@ -155,115 +161,25 @@ def parents_first(shards: list[ShardInfo]) -> list[ShardInfo]:
     return out
 
 
-class KinesisShardReader:
-    """Reads one shard after a position; see the module docstring for the discipline."""
+class KinesisShardReader(PollingShardReader):
+    """Reads one Kinesis shard after a position (see ``polling`` for the read discipline)."""
 
     def __init__(self, source: KinesisSource, shard_id: str, after: Position | None, start: StartingPosition,
                  hash_range: tuple[int, int] | None = None) -> None:
+        super().__init__(source.aws, source.read_settings, shard_id, after, start)
         self._source = source
-        self._config = source.config
-        self.shard_id = shard_id
-        self._start = start
-        #: The last record handed to the engine: re-reads resume strictly after it.
-        self._delivered = after
-        self._iterator: str | None = None
-        self._iterator_at = 0.0
-        self._first_acquired_at: float | None = None  # wall clock of the first LATEST acquisition
-        self._pending: list[Record] = []
-        self._closed = False  # the last answer had no NextShardIterator: the shard is drained once pending is
-        self._next_call = 0.0
-        self._min_interval = 1.0 / self._config.max_reads_per_second
-        self._backoff = Backoff(self._config.backoff_initial, max(self._config.backoff_max,
-                                                                  self._config.backoff_initial))
         self._hash_range = hash_range
-        self.behind_ms: float | None = None
-        self.iterator_acquisitions = 0
-        self.retries = 0
+        self._first_acquired_at: float | None = None  # wall clock of the first LATEST acquisition
 
-    async def read(self, max_records: int, wait: float) -> ReadResult:
-        if self._pending:
-            return self._take(max_records)
-        if self._closed:
-            return ReadResult([], shard_end=True, behind_ms=0.0)
-        deadline = time.monotonic() + wait
-        while True:
-            page = await self._get_records(min(max_records, self._config.read_limit), deadline)
-            if page is None:
-                return ReadResult([], behind_ms=self.behind_ms)
-            if page.next_iterator is None:
-                self._closed = True
-            if page.records:
-                self._pending = self._after_delivered(page.records)
-                if self._pending:
-                    return self._take(max_records)
-            if self._closed:
-                return ReadResult([], shard_end=True, behind_ms=0.0)
-            if page.behind_ms:  # more data past an empty stretch: keep reading at the allowed rate
-                continue
-            self._next_call = max(self._next_call, time.monotonic() + self._config.idle_interval)
-            if self._next_call > deadline:
-                return ReadResult([], behind_ms=self.behind_ms)
+    def decode(self, body: bytes) -> Page:
+        page = decode_kinesis(body, self.shard_id, deaggregate_kpl=self._source.config.deaggregate,
+                              hash_range=self._hash_range)
+        return Page(page.records, page.next_iterator, page.behind_ms)
 
-    def _take(self, max_records: int) -> ReadResult:
-        records, self._pending = self._pending[:max_records], self._pending[max_records:]
-        self._delivered = records[-1].position
-        end = self._closed and not self._pending
-        return ReadResult(records, shard_end=end, behind_ms=0.0 if end else self.behind_ms)
-
-    def _after_delivered(self, records: list[Record]) -> list[Record]:
-        """Drop what was already delivered (a re-read of an aggregate after a sub-record checkpoint)."""
-        delivered = self._delivered
-        if delivered is None or records[0].position > delivered:
-            return records
-        return [r for r in records if r.position > delivered]
-
-    async def _get_records(self, limit: int, deadline: float) -> KinesisPage | None:
-        """One successful answer, or None when retries and rate limits ran past ``deadline``."""
-        while True:
-            now = time.monotonic()
-            if self._next_call > now:
-                if self._next_call > deadline:
-                    return None
-                await asyncio.sleep(self._next_call - now)
-            if self._iterator is None or time.monotonic() - self._iterator_at > self._config.iterator_lifetime:
-                await self._acquire_iterator()
-            self._next_call = time.monotonic() + self._min_interval
-            try:
-                answer = await self._source.aws.call("get_records", SourceError, ShardIterator=self._iterator,
-                                                     Limit=limit)
-            except RetryableError as exc:
-                self.retries += 1
-                delay = self._backoff.next_delay()
-                log.debug("GetRecords throttled or failed; retrying in %.2fs", delay,
-                          extra={"shard": self.shard_id, "error": str(exc)})
-                self._next_call = max(self._next_call, time.monotonic() + delay)
-                continue
-            except SourceError as exc:
-                if error_code(exc.__cause__ or exc) == "ExpiredIteratorException":
-                    log.info("shard iterator expired; re-acquiring after the last delivered record",
-                             extra={"shard": self.shard_id})
-                    self._iterator = None
-                    continue
-                raise
-            self._backoff.reset()
-            page = decode_kinesis(raw_body(answer), self.shard_id, deaggregate_kpl=self._config.deaggregate,
-                                  hash_range=self._hash_range)
-            self._iterator = page.next_iterator
-            self._iterator_at = time.monotonic()
-            if page.behind_ms is not None:
-                self.behind_ms = page.behind_ms
-            return page
-
-    async def _acquire_iterator(self) -> None:
-        """An iterator strictly after the last delivered record, else at the starting position.
-
-        Buffered but undelivered records are dropped: the new iterator reads them again.
-        """
-        self._pending = []
+    def iterator_request(self, delivered: Position | None, record: Record | None) -> dict[str, Any]:
         args: dict[str, Any] = {**self._source.stream_args(), "ShardId": self.shard_id}
-        delivered = self._delivered
         if delivered is not None and delivered.sub_sequence:
-            # Resume inside an aggregate: read it again and skip the delivered sub-records.
+            # Resume inside an aggregate: read it again; the delivered sub-records are skipped.
             args.update(ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=str(delivered.sequence))
         elif delivered is not None:
             args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=str(delivered.sequence))
@@ -277,16 +193,4 @@ class KinesisShardReader:
         else:
             self._first_acquired_at = time.time()
             args.update(ShardIteratorType="LATEST")
-        backoff = Backoff(self._config.backoff_initial, max(self._config.backoff_max, self._config.backoff_initial))
-        while True:
-            try:
-                answer = await self._source.aws.call("get_shard_iterator", SourceError, **args)
-                break
-            except RetryableError:
-                await asyncio.sleep(backoff.next_delay())
-        self.iterator_acquisitions += 1
-        self._iterator = answer["ShardIterator"]
-        self._iterator_at = time.monotonic()
-
-    async def close(self) -> None:
-        """Nothing to release: the client belongs to the source."""
+        return args
