@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/streamfn: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -c constraints.txt
 	touch $@
 
 tests/node_modules/.installed: tests/package.json tests/package-lock.json
