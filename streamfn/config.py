@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+from .checkpoints.kafka import KafkaCheckpointStoreConfig
 from .checkpoints.local import LocalCheckpointStoreConfig
 from .components import BuildContext
 from .destinations.local import LocalDestinationConfig
@@ -28,11 +29,13 @@ from .errors import ConfigError
 from .interpolate import MissingVariable, interpolate
 from .sinks.local import LocalSinkConfig
 from .sinks.stdout import StdoutSinkConfig
+from .sources.kafka import KafkaSourceConfig
+from .sources.kinesis import KinesisSourceConfig
 from .sources.local import LocalSourceConfig
 
-SourceConfig = LocalSourceConfig
+SourceConfig = LocalSourceConfig | KinesisSourceConfig | KafkaSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig
-CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig
+CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig | KafkaCheckpointStoreConfig
 DestinationConfig = (
     LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
     | KafkaDestinationConfig
@@ -134,6 +137,13 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("timeout must be positive")
         if self.starting_position == "at_timestamp" and self.starting_timestamp is None:
             raise ValueError("starting_position 'at_timestamp' needs starting_timestamp")
+        kafka_source = isinstance(self.source, KafkaSourceConfig)
+        kafka_checkpoints = isinstance(self.checkpoints, KafkaCheckpointStoreConfig)
+        if kafka_source and self.checkpoints is not None and not kafka_checkpoints:
+            raise ValueError("a kafka source keeps its checkpoints as committed offsets: "
+                             "use [checkpoints] type = 'kafka'")
+        if kafka_checkpoints and not kafka_source:
+            raise ValueError("[checkpoints] type = 'kafka' needs a source of type 'kafka'")
         if self.retry.policy().has_limit and self.on_failure is None:
             raise ValueError(
                 "retry.max_attempts / retry.max_record_age need an on_failure destination: "

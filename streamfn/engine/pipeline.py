@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..checkpoints.base import CheckpointStore
+from ..checkpoints.kafka import KafkaCheckpointStoreConfig
 from ..checkpoints.local import LocalCheckpointStoreConfig
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError
@@ -92,11 +93,13 @@ class Pipeline:
         self.failed: BaseException | None = None
 
     def _checkpoint_store(self, ctx: Any) -> CheckpointStore:
-        if self.config.checkpoints is not None:
-            return self.config.checkpoints.build(ctx)
+        """The configured store; a source that keeps its own checkpoints (Kafka) builds it itself."""
+        configured = self.config.checkpoints
         own = getattr(self.source, "checkpoint_store", None)
-        if own is not None:
-            return own()  # type: ignore[no-any-return]
+        if own is not None and (configured is None or isinstance(configured, KafkaCheckpointStoreConfig)):
+            return own(configured)  # type: ignore[no-any-return]
+        if configured is not None:
+            return configured.build(ctx)
         return LocalCheckpointStoreConfig().build(ctx)
 
     def _assigner(self) -> Assigner:
