@@ -80,3 +80,28 @@ def kafka_event(
     if event_source_arn is not None:
         event["eventSourceArn"] = event_source_arn
     return event
+
+
+def dynamodb_streams_event(batch: Batch, stream_arn: str, region: str) -> dict[str, Any]:
+    """The ``{"Records": [...]}`` event Lambda's DynamoDB Streams mapping sends.
+
+    The DynamoDB Streams source keeps each record's Lambda-shaped form in ``attributes``
+    (``eventID``, ``eventName``, ``dynamodb`` with Keys/NewImage/OldImage/SequenceNumber/
+    SizeBytes/StreamViewType/ApproximateCreationDateTime...), so the event is rebuilt as it was read.
+    """
+    records = []
+    for r in batch.records:
+        attributes = r.attributes or {}
+        record = dict(attributes) if "dynamodb" in attributes else {
+            "eventID": f"{batch.shard_id}:{r.sequence}",
+            "eventName": "INSERT",
+            "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb",
+            "awsRegion": region,
+            "dynamodb": {"SequenceNumber": str(r.sequence), "SizeBytes": len(r.data),
+                         "ApproximateCreationDateTime": r.arrival_time},
+        }
+        record.setdefault("awsRegion", region)
+        record["eventSourceARN"] = stream_arn
+        records.append(record)
+    return {"Records": records}

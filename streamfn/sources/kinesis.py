@@ -176,6 +176,9 @@ class KinesisShardReader(PollingShardReader):
                               hash_range=self._hash_range)
         return Page(page.records, page.next_iterator, page.behind_ms)
 
+    def exact_restart(self) -> bool:
+        return True  # LATEST is re-acquired AT_TIMESTAMP of the first acquisition
+
     def iterator_request(self, delivered: Position | None, record: Record | None) -> dict[str, Any]:
         args: dict[str, Any] = {**self._source.stream_args(), "ShardId": self.shard_id}
         if delivered is not None and delivered.sub_sequence:

@@ -79,6 +79,11 @@ class PollingShardReader(ABC):
     def decode(self, body: bytes) -> Page:
         """Records of one raw ``GetRecords`` body, in shard order."""
 
+    def exact_restart(self) -> bool:
+        """Whether a new iterator would start exactly where the current one is (else keep it
+        until the service says it expired: a LATEST iterator cannot be re-acquired in place)."""
+        return self._delivered is not None or self._start.kind == "trim_horizon"
+
     # -- the read loop ------------------------------------------------------------------------
     async def read(self, max_records: int, wait: float) -> ReadResult:
         if self._pending:
@@ -128,7 +133,8 @@ class PollingShardReader(ABC):
                 if self._next_call > deadline:
                     return None
                 await asyncio.sleep(self._next_call - now)
-            if self._iterator is None or time.monotonic() - self._iterator_at > self._settings.iterator_lifetime:
+            if self._iterator is None or (time.monotonic() - self._iterator_at > self._settings.iterator_lifetime
+                                          and self.exact_restart()):
                 await self._acquire_iterator()
             self._next_call = time.monotonic() + self._min_interval
             try:
