@@ -477,8 +477,8 @@ class ShardRunner:
                         replays[lane].append(bounds)
                         replaying[lane] = bounds
                 if done_through is not None and position <= done_through:
-                    bounds = replaying.get(lane)
-                    if bounds is None or position > bounds[1]:
+                    covering = replaying.get(lane)
+                    if covering is None or position > covering[1]:
                         continue  # done before the restart, and no recorded batch needs it again
                 else:
                     watermark.dispatched(position, lane)

@@ -74,7 +74,8 @@ async def test_window_gathers_reads_until_it_expires() -> None:
 
 
 async def test_filter_skips_but_moves_through() -> None:
-    batcher = Batcher(ListReader(records(10), chunk=100), BatchLimits(max_records=100), accept=lambda r: r.sequence % 2 == 0)
+    batcher = Batcher(ListReader(records(10), chunk=100), BatchLimits(max_records=100),
+                      accept=lambda r: r.sequence % 2 == 0)
     unit = await batcher.next()
     assert unit is not None
     assert [r.sequence for r in unit.records] == [2, 4, 6, 8, 10]
@@ -108,7 +109,9 @@ async def test_replay_forms_recorded_batches_then_batches_normally() -> None:
     chunk=st.integers(1, 9),
     cuts=st.lists(st.integers(1, 60), max_size=6),
 )
-async def test_replay_property_every_record_once_in_order(n: int, max_records: int, chunk: int, cuts: list[int]) -> None:
+async def test_replay_property_every_record_once_in_order(
+    n: int, max_records: int, chunk: int, cuts: list[int]
+) -> None:
     bounds = sorted({c for c in cuts if c <= n})
     replay = deque((Position(a), Position(b)) for a, b in zip(bounds[::2], bounds[1::2], strict=False))
     batches = await drain(Batcher(ListReader(records(n), chunk=chunk), BatchLimits(max_records=max_records),
