@@ -37,6 +37,7 @@ class KafkaGroupAssigner:
         self.revoke_timeout = revoke_timeout
         #: True once the group assigned partitions to this worker (read by ``--until-caught-up``).
         self.settled = False
+        #: Rebalances that took partitions away from this worker (the first join is not one).
         self.rebalances = 0
 
     async def run(self, controller: ShardController) -> None:
@@ -46,7 +47,8 @@ class KafkaGroupAssigner:
 
     async def revoked(self, controller: ShardController, partitions: set[Any]) -> None:
         self.settled = False
-        self.rebalances += 1
+        if partitions:
+            self.rebalances += 1
         running = controller.running_shards()
         shard_ids = sorted(s for s in (shard_id_of(tp.topic, tp.partition) for tp in partitions) if s in running)
         if shard_ids:
