@@ -218,5 +218,8 @@ class LeaseAssigner:
             shard_id = await self.store.lost.get()
             # Even if the lease was taken back meanwhile, the runner restarts from the table's
             # checkpoint: its own progress may be older than what the other worker wrote.
-            await controller.stop_shard(shard_id, abandon=True)
+            try:
+                await controller.stop_shard(shard_id, abandon=True)
+            except Exception:
+                log.exception("stopping a shard whose lease was lost failed", extra={"shard": shard_id})
             self.wake.set()
