@@ -3,8 +3,9 @@
 The replay is an ordinary pipeline run with three changes: it starts at ``--from`` (a time or
 the trim horizon), it keeps its checkpoints in a private file so the live pipeline's progress is
 untouched, and every shard reader ends at ``--to`` (or at the tip once caught up). Each shard is
-read by this process alone (no lease or group is joined). Sink keys derive from shard and
-sequence range, so a batch formed with the same bounds lands on the same object.
+read by this process alone: no lease is taken and no consumer group joined (``standalone.py``).
+Sink keys derive from shard and sequence range, so a batch formed with the same bounds lands on
+the same object; a batch formed with other bounds (the live run cut it smaller) lands beside it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import msgspec
 
 from ..checkpoints.local import LocalCheckpointStoreConfig
 from ..config import LoadedPipeline
-from ..engine.pipeline import AllShardsAssigner, Pipeline
+from ..engine.pipeline import Pipeline
 from ..records import Position
 from ..sources.base import ReadResult, ShardInfo, StartingPosition
+from ..sources.local import LocalSourceConfig
 from ..sources.local_log import LocalLog
 from .parts import local_log_path
+from .standalone import StandaloneAssigner
 
 
 class BoundedReader:
@@ -72,33 +75,44 @@ class BoundedSource:
         return BoundedReader(self._inner.reader(shard, after, start), self._until, self)
 
 
-def replay_config(loaded: LoadedPipeline, start: float | None, checkpoints: Path) -> LoadedPipeline:
-    """The pipeline file's config, starting at ``start`` (None: trim horizon), with private checkpoints."""
-    config = loaded.config
+def replay_config(loaded: LoadedPipeline, start: float | None) -> LoadedPipeline:
+    """The pipeline file's config, starting at ``start`` (None: the trim horizon)."""
     config = msgspec.structs.replace(
-        config,
+        loaded.config,
         starting_position="trim_horizon" if start is None else "at_timestamp",
         starting_timestamp=start,
-        checkpoints=LocalCheckpointStoreConfig(path=str(checkpoints)),
     )
     return LoadedPipeline(config=config, path=loaded.path)
 
 
 def replay_pipeline(loaded: LoadedPipeline, start: float | None, until: float | None, checkpoints: Path) -> Pipeline:
-    """A Pipeline over the replay range whose shards all run here (no lease, no consumer group)."""
-    pipeline = Pipeline(replay_config(loaded, start, checkpoints))
-    pipeline.source = cast(Any, BoundedSource(pipeline.source, until))
-    pipeline.env = dataclasses.replace(pipeline.env, source=pipeline.source)
-    pipeline.assigner = AllShardsAssigner(pipeline.source)
+    """A Pipeline over the replay range whose shards all run here (no lease, no consumer group).
+
+    Built as the daemon builds it, then three parts are swapped: the source (bounded at
+    ``until``), the checkpoint store (a private file; the configured one is never opened) and
+    the assigner (every shard here).
+    """
+    replayed = replay_config(loaded, start)
+    pipeline = Pipeline(replayed)
+    inner: Any = pipeline.source
+    own = getattr(inner, "config", None)
+    if own is not None and getattr(own, "starting_position", None) is not None:
+        # a source's own starting position (Kafka has one) would win over --from
+        inner.config = msgspec.structs.replace(own, starting_position=None)
+    pipeline.source = cast(Any, BoundedSource(inner, until))
+    pipeline.store = LocalCheckpointStoreConfig(path=str(checkpoints)).build(replayed.context)
+    pipeline.env = dataclasses.replace(pipeline.env, source=pipeline.source, store=pipeline.store)
+    pipeline.assigner = StandaloneAssigner(pipeline.source)
     return pipeline
 
 
 def expected_records(loaded: LoadedPipeline, start: float | None, until: float | None) -> int | None:
     """How many records the range holds, when the source can tell (the local log can)."""
     path = local_log_path(loaded)
-    if path is None or not path.exists():
+    source = loaded.config.source
+    if path is None or not path.exists() or not isinstance(source, LocalSourceConfig):
         return None
-    stream = loaded.config.source.stream
+    stream = source.stream
     log = LocalLog(path)
     try:
         total = 0

@@ -13,6 +13,7 @@ from ..config import LoadedPipeline
 from ..records import Record
 from ..sources.base import ShardInfo, StartingPosition
 from .parts import build_source, parse_moment
+from .standalone import start_feeding, stop_feeding
 
 #: How long one read may wait for records; short so that ``--count`` and Ctrl-C end promptly.
 READ_WAIT = 0.5
@@ -72,6 +73,7 @@ async def tail(
     try:
         listed = await source.list_shards()
         chosen = [s for s in listed if not shards or s.shard_id in shards]
+        feeding = await start_feeding(source, chosen)
         tasks = [asyncio.create_task(_follow(source, shard, start, printer)) for shard in chosen]
         waiter = asyncio.create_task(printer.done.wait())
         try:
@@ -85,6 +87,7 @@ async def tail(
             for task in (*tasks, waiter):
                 task.cancel()
             await asyncio.gather(*tasks, waiter, return_exceptions=True)
+            await stop_feeding(feeding)
     finally:
         await source.close()
     return printer.printed

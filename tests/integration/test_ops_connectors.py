@@ -1,0 +1,94 @@
+"""status, tail and replay on real servers: a Kinesis stream (kinesis-mock) and a Kafka topic (Tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.integration import kafka_util
+from tests.integration.aws_support import client, create_stream, put, unique
+from tests.integration.test_ops_cli import CALLS_LOG, ok, streamfn, table_rows
+
+SINK = '[[sinks]]\ntype = "local"\npath = "out"\nfsync = false\n'
+
+
+def write_config(folder: Path, source: str, extra: str = "") -> Path:
+    (folder / "ops_handler.py").write_text(textwrap.dedent(CALLS_LOG))
+    config = folder / "pipeline.toml"
+    config.write_text(
+        f'name = "ops"\nhandler = "ops_handler:handle"\nstate_dir = "state"\n{extra}\n'
+        f"[source]\n{source}\n[batching]\nmax_records = 10\n"
+        f"[retry]\ninitial_delay = 0.01\nmax_delay = 0.05\n{SINK}"
+    )
+    return config
+
+
+def handled_values(folder: Path) -> list[int]:
+    return sorted(int(line.split()[2]) for line in (folder / "calls.log").read_text().splitlines())
+
+
+async def in_thread(*args: str, cwd: Path, timeout: float = 90) -> str:
+    return ok(await asyncio.to_thread(streamfn, *args, cwd=cwd, timeout=timeout))
+
+
+async def kinesis_config(endpoint: str, folder: Path, records: int) -> Path:
+    name = unique("ops")
+    async with client("kinesis", endpoint) as kinesis:
+        await create_stream(kinesis, name, 2)
+        await put(kinesis, name, [(f"k{i}", orjson.dumps({"v": i}), None) for i in range(records)])
+    return write_config(folder, f'type = "kinesis"\nstream = "{name}"\nendpoint_url = "{endpoint}"\n'
+                                "idle_interval = 0.05\nmax_reads_per_second = 50.0\n")
+
+
+async def test_status_and_tail_on_kinesis(kinesis_endpoint: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    config = await kinesis_config(kinesis_endpoint, tmp_path, 30)
+    before = table_rows(await in_thread("status", str(config), cwd=tmp_path))
+    assert len(before) == 2 and all(cells[2] == "-" and cells[4] == "-" for cells in before.values()), before
+    lines = await in_thread("tail", str(config), "--from", "trim_horizon", "--count", "30", "--json", cwd=tmp_path)
+    assert sorted(orjson.loads(line)["data"]["v"] for line in lines.splitlines()) == list(range(30))
+
+
+@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired,
+                   reason="the local checkpoint store encodes positions as msgpack ints, and Kinesis sequence "
+                          "numbers exceed 64 bits: run and replay retry the checkpoint write forever")
+async def test_run_and_replay_on_kinesis(kinesis_endpoint: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    config = await kinesis_config(kinesis_endpoint, tmp_path, 30)
+    await in_thread("run", str(config), "--until-caught-up", cwd=tmp_path, timeout=30)
+    assert handled_values(tmp_path) == list(range(30))
+    after = table_rows(await in_thread("status", str(config), cwd=tmp_path))
+    assert all(cells[2].isdigit() and int(cells[2]) > 0 for cells in after.values()), after
+    (tmp_path / "calls.log").unlink()
+    await in_thread("replay", str(config), "--from", "trim_horizon", "--quiet", cwd=tmp_path, timeout=30)
+    assert handled_values(tmp_path) == list(range(30))
+    assert table_rows(await in_thread("status", str(config), cwd=tmp_path)) == after, "live checkpoints untouched"
+
+
+async def test_status_tail_replay_on_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = await kafka_util.create_topic(kafka_bootstrap, partitions=2, prefix="ops")
+    await kafka_util.produce(kafka_bootstrap, topic,
+                             [(i % 2, f"k{i}".encode(), orjson.dumps({"v": i})) for i in range(30)])
+    group = kafka_util.unique("ops-group")
+    config = write_config(tmp_path, f'type = "kafka"\nbootstrap_servers = "{kafka_bootstrap}"\ntopic = "{topic}"\n'
+                                    f'group_id = "{group}"\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n'
+                                    "fetch_max_wait_ms = 50\n")
+    before = table_rows(await in_thread("status", str(config), cwd=tmp_path))
+    assert sorted(before) == [f"{topic}-0", f"{topic}-1"] and all(c[2] == "-" for c in before.values()), before
+
+    lines = await in_thread("tail", str(config), "--from", "trim_horizon", "--count", "30", "--json", cwd=tmp_path)
+    assert sorted(orjson.loads(line)["data"]["v"] for line in lines.splitlines()) == list(range(30))
+    assert await kafka_util.committed_offsets(kafka_bootstrap, group, topic, 2) == {0: None, 1: None}
+
+    await in_thread("run", str(config), "--until-caught-up", cwd=tmp_path, timeout=120)
+    assert handled_values(tmp_path) == list(range(30))
+    after = table_rows(await in_thread("status", str(config), cwd=tmp_path))
+    assert {cells[2] for cells in after.values()} == {"14"}, after  # last offset done in each partition
+
+    (tmp_path / "calls.log").unlink()
+    await in_thread("replay", str(config), "--from", "trim_horizon", "--quiet", cwd=tmp_path)
+    assert handled_values(tmp_path) == list(range(30))
+    assert table_rows(await in_thread("status", str(config), cwd=tmp_path)) == after, "committed offsets untouched"
