@@ -49,7 +49,7 @@ class KinesisSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     idle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     """Seconds between polls of a shard that is caught up."""
     read_limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = MAX_LIMIT
-    """The most records one GetRecords asks for (also capped by the batch size)."""
+    """GetRecords `Limit`; what a batch does not take waits in the reader for the next batch."""
     iterator_lifetime: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_ITERATOR_LIFETIME
     """Seconds an iterator is assumed valid; an older one is re-acquired after the last delivered record."""
     deaggregate: bool = True

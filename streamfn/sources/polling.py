@@ -92,7 +92,8 @@ class PollingShardReader(ABC):
             return ReadResult([], shard_end=True, behind_ms=0.0)
         deadline = time.monotonic() + wait
         while True:
-            page = await self._get_records(min(max_records, self._settings.read_limit), deadline)
+            # The batch size does not cap the request: a big answer is served over several reads.
+            page = await self._get_records(self._settings.read_limit, deadline)
             if page is None:
                 return ReadResult([], behind_ms=self.behind_ms)
             if page.next_iterator is None:
