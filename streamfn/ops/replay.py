@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -49,7 +50,8 @@ class BoundedReader:
         result: ReadResult = await self._inner.read(max_records, wait)
         records = result.records
         if self._until is not None and records and records[-1].arrival_time > self._until:
-            records = [r for r in records if r.arrival_time <= self._until]
+            until = self._until  # a prefix: never a gap, even if arrival times are not monotonic
+            records = list(itertools.takewhile(lambda r: r.arrival_time <= until, records))
             self._ended = True
             result = ReadResult(records, shard_end=True, behind_ms=result.behind_ms)
         self._source.delivered += len(records)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -46,14 +46,21 @@ def show_checkpoint(checkpoint: Checkpoint | None) -> str | None:
     return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
 
 
-def lag_of(checkpoint: Checkpoint | None, tip: int | None) -> int | None:
-    """Records between the checkpoint and the tip (sequences of the local log are dense)."""
+class Tip(NamedTuple):
+    """A shard's newest sequence and the sequence just before its oldest retained record."""
+
+    last: int
+    before_first: int = 0
+
+
+def lag_of(checkpoint: Checkpoint | None, tip: Tip | None) -> int | None:
+    """Records between the checkpoint and the tip, for sources with dense sequences (local log, Kafka)."""
     if tip is None:
         return None
     if checkpoint is not None and checkpoint.shard_end:
         return 0
-    done = checkpoint.position.sequence if checkpoint and checkpoint.position else 0
-    return max(0, tip - done)
+    done = checkpoint.position.sequence if checkpoint and checkpoint.position else tip.before_first
+    return max(0, tip.last - max(done, tip.before_first))
 
 
 async def collect(loaded: LoadedPipeline) -> list[ShardStatus]:
@@ -73,7 +80,8 @@ async def collect(loaded: LoadedPipeline) -> list[ShardStatus]:
                 tip = tips.get(shard.shard_id)
                 rows.append(ShardStatus(
                     pipeline=loaded.config.name, shard_id=shard.shard_id, parents=tuple(shard.parent_ids),
-                    checkpoint=show_checkpoint(checkpoint), tip=tip, lag=lag_of(checkpoint, tip),
+                    checkpoint=show_checkpoint(checkpoint), tip=None if tip is None else tip.last,
+                    lag=lag_of(checkpoint, tip),
                     lease_owner=owners.get(shard.shard_id),
                 ))
             return rows
@@ -95,12 +103,18 @@ async def _lease_owners(store: Any) -> dict[str, str]:
     return {lease.shard_id: lease.owner for lease in await scan() if getattr(lease, "owner", None)}
 
 
-async def _tips(source: Any, shard_ids: list[str]) -> dict[str, int]:
-    """The newest sequence of each shard: from the local log, or a source's optional ``shard_tip``."""
+async def _tips(source: Any, shard_ids: list[str]) -> dict[str, Tip]:
+    """Each shard's tip where the source can tell cheaply: the local log, Kafka's end offsets, or a
+    source's own ``shard_tip(shard_id) -> int | None`` coroutine. Kinesis cannot (no cheap tip)."""
     from ..sources.local import LocalSource
 
     if isinstance(source, LocalSource):
-        return {shard_id: source.log.last_seq(source.name, shard_id) for shard_id in shard_ids}
+        return {shard_id: Tip(source.log.last_seq(source.name, shard_id)) for shard_id in shard_ids}
+    if getattr(source, "kind", None) == "kafka":
+        partitions = {shard_id: source.topic_partition(shard_id) for shard_id in shard_ids}
+        ends = await source.consumer.end_offsets(list(partitions.values()))
+        starts = await source.consumer.beginning_offsets(list(partitions.values()))
+        return {shard_id: Tip(int(ends[tp]) - 1, int(starts[tp]) - 1) for shard_id, tp in partitions.items()}
     tip = getattr(source, "shard_tip", None)
     if tip is None:
         return {}
@@ -108,7 +122,7 @@ async def _tips(source: Any, shard_ids: list[str]) -> dict[str, int]:
     for shard_id in shard_ids:
         value = await tip(shard_id)
         if value is not None:
-            found[shard_id] = int(value)
+            found[shard_id] = Tip(int(value))
     return found
 
 

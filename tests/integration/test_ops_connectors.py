@@ -58,7 +58,7 @@ async def test_status_and_tail_on_kinesis(kinesis_endpoint: str, aws_env: dict[s
                           "numbers exceed 64 bits: run and replay retry the checkpoint write forever")
 async def test_run_and_replay_on_kinesis(kinesis_endpoint: str, aws_env: dict[str, str], tmp_path: Path) -> None:
     config = await kinesis_config(kinesis_endpoint, tmp_path, 30)
-    await in_thread("run", str(config), "--until-caught-up", cwd=tmp_path, timeout=30)
+    await in_thread("run", str(config), "--until-caught-up", cwd=tmp_path, timeout=15)
     assert handled_values(tmp_path) == list(range(30))
     after = table_rows(await in_thread("status", str(config), cwd=tmp_path))
     assert all(cells[2].isdigit() and int(cells[2]) > 0 for cells in after.values()), after
@@ -77,7 +77,9 @@ async def test_status_tail_replay_on_kafka(kafka_bootstrap: str, tmp_path: Path)
                                     f'group_id = "{group}"\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n'
                                     "fetch_max_wait_ms = 50\n")
     before = table_rows(await in_thread("status", str(config), cwd=tmp_path))
-    assert sorted(before) == [f"{topic}-0", f"{topic}-1"] and all(c[2] == "-" for c in before.values()), before
+    assert sorted(before) == [f"{topic}-0", f"{topic}-1"], before
+    # the tip comes from end_offsets, which Tansu under-reports for batched produces: only its presence is checked
+    assert all(c[2] == "-" and c[3].isdigit() and c[4].isdigit() for c in before.values()), before
 
     lines = await in_thread("tail", str(config), "--from", "trim_horizon", "--count", "30", "--json", cwd=tmp_path)
     assert sorted(orjson.loads(line)["data"]["v"] for line in lines.splitlines()) == list(range(30))
@@ -86,7 +88,7 @@ async def test_status_tail_replay_on_kafka(kafka_bootstrap: str, tmp_path: Path)
     await in_thread("run", str(config), "--until-caught-up", cwd=tmp_path, timeout=120)
     assert handled_values(tmp_path) == list(range(30))
     after = table_rows(await in_thread("status", str(config), cwd=tmp_path))
-    assert {cells[2] for cells in after.values()} == {"14"}, after  # last offset done in each partition
+    assert {(cells[2], cells[4]) for cells in after.values()} == {("14", "0")}, after  # last offset done, no lag
 
     (tmp_path / "calls.log").unlink()
     await in_thread("replay", str(config), "--from", "trim_horizon", "--quiet", cwd=tmp_path)
