@@ -48,13 +48,14 @@ class BoundedReader:
         if self._ended:
             return ReadResult([], shard_end=True)
         result: ReadResult = await self._inner.read(max_records, wait)
-        records = result.records
-        if self._until is not None and records and records[-1].arrival_time > self._until:
-            until = self._until  # a prefix: never a gap, even if arrival times are not monotonic
-            records = list(itertools.takewhile(lambda r: r.arrival_time <= until, records))
-            self._ended = True
-            result = ReadResult(records, shard_end=True, behind_ms=result.behind_ms)
-        self._source.delivered += len(records)
+        records, until = result.records, self._until
+        if until is not None:
+            # a prefix: the range never has a gap, even where arrival times are not monotonic
+            in_range = list(itertools.takewhile(lambda r: r.arrival_time <= until, records))
+            if len(in_range) < len(records):
+                self._ended = True
+                result = ReadResult(in_range, shard_end=True, behind_ms=result.behind_ms)
+        self._source.delivered += len(result.records)
         return result
 
     async def close(self) -> None:
