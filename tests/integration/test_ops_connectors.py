@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -12,7 +15,8 @@ import pytest
 
 from tests.integration import kafka_util
 from tests.integration.aws_support import client, create_stream, put, unique
-from tests.integration.test_ops_cli import CALLS_LOG, ok, streamfn, table_rows
+from tests.integration.test_ops_cli import CALLS_LOG, free_port, ok, streamfn, table_rows
+from tests.pipelines import REPO, append, daemon, kill, write_pipeline
 
 SINK = '[[sinks]]\ntype = "local"\npath = "out"\nfsync = false\n'
 
@@ -94,3 +98,30 @@ async def test_status_tail_replay_on_kafka(kafka_bootstrap: str, tmp_path: Path)
     await in_thread("replay", str(config), "--from", "trim_horizon", "--quiet", cwd=tmp_path)
     assert handled_values(tmp_path) == list(range(30))
     assert table_rows(await in_thread("status", str(config), cwd=tmp_path)) == after, "committed offsets untouched"
+
+
+def test_status_and_metrics_show_dynamodb_leases(moto_endpoint: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    table = kafka_util.unique("ops-leases")
+    leases = (f'[checkpoints]\ntype = "dynamodb"\ntable = "{table}"\nendpoint_url = "{moto_endpoint}"\n'
+              'worker_id = "worker-a"\nfailover_time = 3.0\ntake_interval = 0.5\n')
+    config = write_pipeline(tmp_path, CALLS_LOG, shards=2, extra=leases)
+    append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(20)])
+    port = free_port()
+    process = daemon(config, "--metrics-port", str(port), env={"PYTHONPATH": str(REPO)})
+    try:
+        deadline, rows = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            rows = table_rows(ok(streamfn("status", str(config), "--metrics-url", f"http://127.0.0.1:{port}",
+                                          cwd=tmp_path)))
+            owned = len(rows) == 2 and all(cells[5] == "worker-a" for cells in rows.values())
+            if owned and sum(int(c[2]) for c in rows.values() if c[2].isdigit()) == 20:
+                break
+        assert len(rows) == 2 and all(cells[5] == "worker-a" and cells[6] == "no" for cells in rows.values()), rows
+        assert sum(int(cells[2]) for cells in rows.values()) == 20 and all(c[4] == "0" for c in rows.values()), rows
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert 'streamfn_leases_held{pipeline="p"} 2.0' in text
+    finally:
+        kill(process, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
