@@ -116,7 +116,7 @@ class AwsPipelineConfig(PipelineConfig, kw_only=True, forbid_unknown_fields=True
     source: KinesisSourceConfig | DynamoDBStreamsSourceConfig  # type: ignore[assignment]
     sinks: list[S3SinkConfig | DynamoDBSinkConfig | LocalSinkConfig] = msgspec.field(  # type: ignore[assignment]
         default_factory=list)
-    checkpoints: DynamoDBCheckpointStoreConfig | LocalCheckpointStoreConfig | None = None  # type: ignore[assignment]
+    checkpoints: DynamoDBCheckpointStoreConfig | LocalCheckpointStoreConfig | None = None
 
 
 def load_aws_pipeline(path: Path) -> LoadedPipeline:

@@ -95,7 +95,8 @@ class Setup:
         return out
 
     async def s3_items(self) -> tuple[list[str], list[dict[str, Any]]]:
-        keys, items = [], []
+        keys: list[str] = []
+        items: list[dict[str, Any]] = []
         async with client("s3", self.moto) as s3:
             listing = await s3.list_objects_v2(Bucket=self.bucket)
             for entry in sorted(listing.get("Contents", ()), key=lambda e: e["Key"]):

@@ -25,7 +25,8 @@ def test_round_trip(value: Any) -> None:
 
 
 def test_stream_image_from_raw_json() -> None:
-    image = {"id": {"S": "a"}, "n": {"N": "10"}, "f": {"N": "1.5"}, "b": {"B": base64.b64encode(b"\x01").decode()},
+    image: dict[str, Any] = {
+             "id": {"S": "a"}, "n": {"N": "10"}, "f": {"N": "1.5"}, "b": {"B": base64.b64encode(b"\x01").decode()},
              "ok": {"BOOL": True}, "none": {"NULL": True}, "l": {"L": [{"N": "1"}, {"S": "x"}]},
              "m": {"M": {"k": {"SS": ["a", "b"]}}}, "ns": {"NS": ["1", "2.5"]},
              "bs": {"BS": [base64.b64encode(b"z").decode()]}}
