@@ -255,3 +255,23 @@ def test_parents_first_orders_children_after_listed_parents() -> None:
 
     shards = [ShardInfo("c", ("a", "b")), ShardInfo("b", ("gone",)), ShardInfo("a")]
     assert [s.shard_id for s in parents_first(shards)] == ["b", "a", "c"]
+
+
+async def test_endpoint_from_environment_and_stream_by_arn(
+    kinesis_endpoint: str, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique("env")
+    async with client("kinesis", kinesis_endpoint) as kinesis:
+        await create_stream(kinesis, name, 1)
+        await put(kinesis, name, [("k", b"x", None)])
+        arn = (await kinesis.describe_stream_summary(StreamName=name))["StreamDescriptionSummary"]["StreamARN"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesis_endpoint)
+    for stream in (name, arn):
+        src = KinesisSourceConfig(stream=stream, idle_interval=0.05).build(None)  # type: ignore[arg-type]
+        await src.open()
+        try:
+            assert src.stream_arn == arn and src.name == name
+            records, _ = await drain(src.reader((await src.list_shards())[0], None, TRIM), expect=1)
+            assert [r.data for r in records] == [b"x"]
+        finally:
+            await src.close()
