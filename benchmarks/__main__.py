@@ -130,6 +130,20 @@ def table(rows: list[dict[str, Any]], *, markdown: bool = False) -> str:
                      for line in cells) + "\n"
 
 
+def generic_table(rows: list[dict[str, Any]]) -> str:
+    """A connector benchmark's rows, whatever their keys (those of the first row, in its order)."""
+    keys = list(rows[0]) if rows else []
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.2f}"
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    cells = [keys] + [[cell(row.get(key, "")) for key in keys] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells) + "\n"
+
+
 def machine() -> dict[str, Any]:
     try:
         import uvloop  # noqa: F401
@@ -163,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(table(rows, markdown=True))
     for name, found in connectors.items():
-        print(f"{name}:")
-        for row in found:
-            print("  " + orjson.dumps(row).decode())
+        print(f"{name} (against its raw client loop):\n")
+        print(generic_table(found))
     floor_rate = statistics.median(row["floor_records_per_s"] for row in rows)
     print(f"floor (bare orjson.loads over the same records, median of the scenarios): {floor_rate:,.0f} records/s\n")
     report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
