@@ -288,7 +288,11 @@ class OpsServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._registry = build_registry(self._collector)
+        try:
+            self._registry = build_registry(self._collector)
+        except ImportError:
+            raise ConfigError("the metrics endpoint needs prometheus-client: pip install 'streamfn[metrics]'",
+                              field="metrics") from None
         try:
             self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
         except OSError as exc:
