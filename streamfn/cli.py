@@ -137,7 +137,49 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    """Show or edit the lease table's checkpoints (pipelines with ``[checkpoints] type = "dynamodb"``)."""
+    from .checkpoints import admin
+    from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+    from .ops.parts import parse_moment
+    from .sources.base import StartingPosition
+
+    loaded = load_pipeline(args.config)
+    store = loaded.config.checkpoints
+    if not isinstance(store, DynamoDBCheckpointStoreConfig):
+        raise ConfigError("checkpoints show/reset/set edit a DynamoDB lease table; this pipeline keeps its "
+                          "checkpoints elsewhere (see `streamfn status`)", file=str(loaded.path), field="checkpoints")
+    name = loaded.config.name
+    if args.action == "show":
+        print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
+    elif args.action == "reset":
+        if args.to in ("trim_horizon", "latest"):
+            to = StartingPosition(args.to)
+        else:
+            to = StartingPosition("at_timestamp", parse_moment(args.to))
+        done = asyncio.run(admin.reset_checkpoints(store, name, to, shards=args.shard, force=args.force))
+        print(f"reset {len(done)} shard(s) to {args.to}: {', '.join(done)}")
+    else:
+        if not args.shard or len(args.shard) != 1 or args.sequence is None:
+            raise ConfigError("checkpoints set needs exactly one --shard and --sequence")
+        asyncio.run(admin.set_checkpoint(store, name, args.shard[0], args.sequence, args.sub_sequence,
+                                         force=args.force))
+        print(f"{args.shard[0]}: resumes after {args.sequence}")
+    return EXIT_OK
+
+
 def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints in a lease table")
+    checkpoints.add_argument("action", choices=["show", "reset", "set"])
+    checkpoints.add_argument("config")
+    checkpoints.add_argument("--to", default="trim_horizon",
+                             help="reset: trim_horizon (default), latest, or a time (epoch seconds or ISO 8601)")
+    checkpoints.add_argument("--shard", action="append", help="only this shard (repeatable; set: exactly one)")
+    checkpoints.add_argument("--sequence", type=int, default=None, help="set: resume strictly after this sequence")
+    checkpoints.add_argument("--sub-sequence", type=int, default=0)
+    checkpoints.add_argument("--force", action="store_true", help="edit even while workers hold the leases")
+    checkpoints.set_defaults(func=cmd_checkpoints)
+
     status = verbs.add_parser("status", help="per shard: checkpoint, lag, lease owner, blocked or not")
     status.add_argument("configs", nargs="+")
     status.add_argument("--metrics-url", default=None,

@@ -1,0 +1,51 @@
+"""``streamfn checkpoints show|reset|set`` on a real lease table (moto server's DynamoDB)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import orjson
+
+from tests.pipelines import append, run_until_caught_up, write_pipeline
+
+ECHO = "def handle(batch, context):\n    return [r.sequence for r in batch]\n"
+
+
+def cli(config: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamfn", "checkpoints", *args, str(config)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+
+
+def test_show_reset_and_set(tmp_path: Path, moto_endpoint: str, aws_env: dict[str, str]) -> None:
+    table = f"leases-{uuid.uuid4().hex[:8]}"
+    config = write_pipeline(tmp_path, ECHO, shards=2, sinks="",
+                            extra=f'[checkpoints]\ntype = "dynamodb"\ntable = "{table}"\n'
+                                  f'endpoint_url = "{moto_endpoint}"\nfailover_time = 2.0\n')
+    append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(40)])
+    run_until_caught_up(config)
+
+    shown = cli(config, "show", env=aws_env)
+    assert shown.returncode == 0, shown.stderr
+    assert "shard-0000" in shown.stdout and "shard-0001" in shown.stdout
+    assert "TRIM_HORIZON" not in shown.stdout
+
+    reset = cli(config, "reset", "--to", "trim_horizon", env=aws_env)
+    assert reset.returncode == 0, reset.stderr
+    assert "reset 2 shard(s)" in reset.stdout
+    assert cli(config, "show", env=aws_env).stdout.count("TRIM_HORIZON") == 2
+
+    changed = cli(config, "set", "--shard", "shard-0001", "--sequence", "7", env=aws_env)
+    assert changed.returncode == 0, changed.stderr
+    rows = {line.split()[0]: line.split() for line in cli(config, "show", env=aws_env).stdout.splitlines()[1:]}
+    assert "7" in rows["shard-0001"]
+
+
+def test_refuses_a_pipeline_without_a_lease_table(tmp_path: Path) -> None:
+    config = write_pipeline(tmp_path, ECHO, shards=1, sinks="")
+    done = cli(config, "show", env={})
+    assert done.returncode == 2
+    assert "lease table" in done.stderr
