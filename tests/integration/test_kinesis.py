@@ -108,7 +108,7 @@ async def test_forced_iterator_expiry_reacquires_after_the_last_delivered(
     async with client("kinesis", kinesis_endpoint) as kinesis:
         await create_stream(kinesis, name, 1)
         await put(kinesis, name, [("k", b"%d" % i, None) for i in range(30)])
-    src = source(kinesis_endpoint, name, iterator_lifetime=0.0)
+    src = source(kinesis_endpoint, name, iterator_lifetime=0.0, read_limit=4)
     await src.open()
     try:
         shard = (await src.list_shards())[0]
