@@ -335,6 +335,10 @@ class DynamoDBCheckpointStore:
             if isinstance(result, Exception):
                 log.warning("lease release failed; it will expire instead", extra={"error": repr(result)})
 
+    def forfeit(self, held: HeldLease, reason: str) -> None:
+        """Treat ``held`` as lost (another worker was seen holding it): its shard stops, unwritten."""
+        self._lose(held, reason)
+
     def _lose(self, held: HeldLease, reason: str) -> None:
         if held.lost:
             return

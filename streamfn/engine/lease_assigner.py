@@ -173,6 +173,7 @@ class LeaseAssigner:
         now = time.monotonic()
         self.clock.observe(leases, now)
         by_shard = {lease.shard_id: lease for lease in leases}
+        self._drop_taken_away(leases)
         expired = {lease.key for lease in leases if self.clock.expired(lease, now)}
         may_steal = now - self._last_steal >= self.settings.steal_interval
         plan = plan_takes(
@@ -187,6 +188,14 @@ class LeaseAssigner:
         if plan.steal:
             self._last_steal = now
         await self._start_ready(controller, by_shard)
+
+    def _drop_taken_away(self, leases: list[Lease]) -> None:
+        """A held lease the scan shows under another owner is lost now, not at the next renewal
+        (which may be failover/3 away). A scan older than our own take shows a lower counter."""
+        for lease in leases:
+            held = self.store.held.get(lease.shard_id)
+            if held is not None and lease.owner != self.store.worker_id and lease.counter >= held.counter:
+                self.store.forfeit(held, f"the table shows it held by {lease.owner}")
 
     async def _create_missing(self, source: Source, leases: list[Lease]) -> bool:
         """Give every listed shard a lease (parents first, so a child never runs before them)."""

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -122,10 +123,11 @@ class StoreFactory:
         self.stores: list[DynamoDBCheckpointStore] = []
 
     async def __call__(self, worker: str, *, failover: float = 2.0, take: float = 0.3,
-                       steal: float | None = None, renew: float | None = None) -> DynamoDBCheckpointStore:
+                       steal: float | None = None, renew: float | None = None,
+                       **settings: Any) -> DynamoDBCheckpointStore:
         config = DynamoDBCheckpointStoreConfig(
             table=self.table, worker_id=worker, failover_time=failover, take_interval=take,
-            steal_interval=steal, renew_interval=renew, endpoint_url=self.endpoint,
+            steal_interval=steal, renew_interval=renew, endpoint_url=self.endpoint, **settings,
         )
         store = DynamoDBCheckpointStore(config.settings("pipe"))
         await store.open()
@@ -277,8 +279,8 @@ async def test_eight_leases_spread_three_three_two(workers: StoreFactory) -> Non
 async def test_steals_one_lease_at_a_time_from_the_busiest(workers: StoreFactory) -> None:
     source = FakeSource(shards(6))
     busy, newcomer = await workers("busy", failover=30.0), await workers("newcomer", failover=30.0, steal=0.0)
-    busy_controller = FakeController()
-    await LeaseAssigner(busy, source).round(busy_controller, source, sync=True)
+    busy_controller, busy_assigner = FakeController(), LeaseAssigner(busy, source)
+    await busy_assigner.round(busy_controller, source, sync=True)
     assert len(busy.held) == 6
     assigner, controller = LeaseAssigner(newcomer, source), FakeController()
     counts = []
@@ -287,7 +289,8 @@ async def test_steals_one_lease_at_a_time_from_the_busiest(workers: StoreFactory
         counts.append(len(newcomer.held))
     assert counts == [1, 2, 3, 3]  # none expired: one steal a round, up to ceil(6 / 2)
     assert controller.running == set(newcomer.held)
-    await busy.renew_all()  # the busy worker learns it lost three leases at its next renewal
+    # The busy worker learns it lost three leases from its next scan (its renewal is 10 s away).
+    await busy_assigner.round(busy_controller, source)
     lost = {busy.lost.get_nowait() for _ in range(3)}
     assert lost == set(newcomer.held) and len(busy.held) == 3
 
@@ -313,13 +316,13 @@ async def test_lost_lease_stops_its_shard_without_checkpoint(workers: StoreFacto
 async def test_graceful_release_hands_over_without_waiting_for_failover(workers: StoreFactory) -> None:
     source = FakeSource(shards(4))
     leaving = await workers("leaving", failover=60.0)
-    staying = await workers("staying", failover=60.0)
+    staying = await workers("staying", failover=60.0, max_leases_to_steal=0)
     await LeaseAssigner(leaving, source).round(FakeController(), source, sync=True)
     for shard in list(leaving.held):
         await leaving.save(shard, Checkpoint(position=Position(7)))
     staying_assigner, controller = LeaseAssigner(staying, source), FakeController()
     await staying_assigner.round(controller, source)
-    assert len(staying.held) == 0  # all live, failover 60 s, no steal yet: nothing to take
+    assert len(staying.held) == 0  # all live, failover 60 s, no stealing: nothing to take
 
     await LeaseAssigner(leaving, source).release()
     await staying_assigner.round(controller, source)

@@ -25,7 +25,8 @@ import pytest
 
 from streamfn.checkpoints.lease_table import Lease, LeaseTable
 from streamfn.errors import CheckpointError
-from tests.pipelines import append, kill, output_objects, write_pipeline
+from tests.integration.aws_support import client, create_stream, put, shard_hash_starts, unique
+from tests.pipelines import REPO, append, kill, output_objects
 
 from .test_leases import dynamodb_endpoint
 
@@ -37,53 +38,56 @@ import time
 
 def handle(batch, context):
     time.sleep(float(os.environ.get("BATCH_SLEEP", "0.05")))
+    with open(os.environ["HANDLED_LOG"], "a") as log:  # one short append per call: whole lines
+        log.write(f"{batch.shard_id} {batch.first.sequence} {batch.last.sequence} {time.time()} {os.getpid()}\\n")
     return [{"v": r.json()["v"], "shard": r.shard_id, "pid": os.getpid()} for r in batch]
-"""
-
-WORKER = """
-import asyncio, os, sys
-import msgspec
-from streamfn import logs
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
-from streamfn.config import load_pipeline
-from streamfn.engine.daemon import install_event_loop_policy, run_pipelines
-
-logs.configure("json", "INFO")
-loaded = load_pipeline(sys.argv[1])
-if not isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig):
-    # until pipeline files accept [checkpoints] type = "dynamodb", the test injects it
-    leases = msgspec.json.decode(os.environ["LEASES"], type=DynamoDBCheckpointStoreConfig)
-    loaded = msgspec.structs.replace(loaded, config=msgspec.structs.replace(loaded.config, checkpoints=leases))
-install_event_loop_policy()
-asyncio.run(run_pipelines([loaded]))
 """
 
 
 class Cluster:
-    """Worker processes of one pipeline on one lease table."""
+    """Daemon processes (``streamfn run``) of one pipeline on one lease table."""
 
-    def __init__(self, folder: Path, endpoint: str, n: int, *, shards: int = 8, batch_sleep: float = 0.05,
-                 **leases: Any) -> None:
+    def __init__(self, folder: Path, endpoint: str, n: int, *, source: str = "", batch_sleep: float = 0.05,
+                 max_records: int = 20, **leases: Any) -> None:
         self.folder = folder
-        self.batch_sleep = batch_sleep
         self.endpoint = endpoint
+        self.batch_sleep = batch_sleep
         self.table = f"leases-{uuid.uuid4().hex[:8]}"
         self.n = n
-        self.config = write_pipeline(folder, HANDLER, name="pipe", shards=shards, batching="max_records = 20")
-        self.script = folder / "worker.py"
-        self.script.write_text(textwrap.dedent(WORKER))
-        self.leases = {"type": "dynamodb", "table": self.table, "endpoint_url": endpoint, "failover_time": 3.0,
-                       "take_interval": 0.5, "steal_interval": 0.5, **leases}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "lease_handler.py").write_text(textwrap.dedent(HANDLER))
+        self.source = source or LOCAL_SOURCE
+        self.max_records = max_records
+        self.settings = {"table": self.table, "endpoint_url": endpoint, "failover_time": 3.0, "take_interval": 0.5,
+                         "steal_interval": 0.5, "shard_sync_interval": 1.0, **leases}
+        self.config = self.write_config("pipeline.toml", {})
         self.procs: list[subprocess.Popen[bytes]] = []
-        append(self.config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(n)])
+
+    def write_config(self, name: str, overrides: dict[str, Any]) -> Path:
+        settings = {**self.settings, **overrides}
+        checkpoints = "\n".join(f"{key} = {orjson.dumps(value).decode()}" for key, value in settings.items())
+        path = self.folder / name
+        path.write_text(
+            'name = "pipe"\nhandler = "lease_handler:handle"\nstate_dir = "state"\n'
+            f"{self.source}\n"
+            f'[checkpoints]\ntype = "dynamodb"\n{checkpoints}\n'
+            f"[batching]\nmax_records = {self.max_records}\n"
+            '[retry]\ninitial_delay = 0.01\nmax_delay = 0.05\n'
+            '[[sinks]]\ntype = "local"\npath = "out"\nfsync = false\n'
+        )
+        return path
 
     def start(self, **overrides: Any) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "LEASES": orjson.dumps({**self.leases, **overrides}).decode(),
-               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "BATCH_SLEEP": str(self.batch_sleep), "PYTHONPATH": os.getcwd()}
+        """A worker; ``overrides`` change its [checkpoints] settings (same table, same pipeline)."""
+        config = self.write_config(f"pipeline-{len(self.procs)}.toml", overrides) if overrides else self.config
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "BATCH_SLEEP": str(self.batch_sleep),
+               "HANDLED_LOG": str(self.folder / "handled.log"), "PYTHONPATH": str(REPO)}
         log = open(self.folder / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - kept by the child
-        proc = subprocess.Popen([sys.executable, str(self.script), str(self.config)], cwd=self.folder, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamfn", "--log-format", "json", "run", str(config)],
+            cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
         log.close()
         self.procs.append(proc)
         return proc
@@ -107,7 +111,7 @@ class Cluster:
         return asyncio.run(scan())
 
     def owners(self) -> Counter[str | None]:
-        return Counter(lease.owner for lease in self.leases_now())
+        return Counter(lease.owner for lease in self.leases_now() if not lease.finished)
 
     def owner_of(self, proc: subprocess.Popen[bytes]) -> set[str]:
         return {lease.shard_id for lease in self.leases_now()
@@ -119,6 +123,14 @@ class Cluster:
     def handled(self) -> Counter[int]:
         return Counter(item["v"] for items in self.outputs().values() for item in items)
 
+    def calls(self) -> list[tuple[str, int, int, float, int]]:
+        """Every handler call: (shard, first sequence, last sequence, wall time, pid)."""
+        path = self.folder / "handled.log"
+        if not path.exists():
+            return []
+        rows = [line.split() for line in path.read_text().splitlines()]
+        return [(shard, int(a), int(b), float(t), int(pid)) for shard, a, b, t, pid in rows]
+
     def stop_all(self) -> None:
         for proc in self.procs:
             kill(proc, signal.SIGCONT)
@@ -126,12 +138,55 @@ class Cluster:
             proc.wait(10)
 
 
-@pytest.fixture
-def cluster_factory(tmp_path: Path, dynamodb_endpoint: str) -> Iterator[Callable[..., Cluster]]:
+LOCAL_SOURCE = '[source]\ntype = "local"\nstream = "s"\nshards = 8\n'
+
+
+def local_cluster(folder: Path, endpoint: str, n: int, **options: Any) -> Cluster:
+    cluster = Cluster(folder, endpoint, n, **options)
+    append(cluster.config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(n)])
+    return cluster
+
+
+KINESIS_SOURCE = """[source]
+type = "kinesis"
+stream = "{stream}"
+endpoint_url = "{endpoint}"
+idle_interval = 0.1
+max_reads_per_second = 20.0
+backoff_initial = 0.05
+backoff_max = 0.5
+"""
+
+
+def kinesis_cluster(folder: Path, dynamodb: str, kinesis: str, n: int, shards: int = 8,
+                    **options: Any) -> Cluster:
+    """A cluster on a new kinesis-mock stream holding records 0..n-1, spread evenly over its shards."""
+    stream = unique("leases")
+
+    async def fill() -> None:
+        async with client("kinesis", kinesis) as api:
+            await create_stream(api, stream, shards)
+            starts = list((await shard_hash_starts(api, stream)).values())
+            await put(api, stream, [(f"k{i}", orjson.dumps({"v": i}), starts[i % shards]) for i in range(n)])
+
+    asyncio.run(fill())
+    return Cluster(folder, dynamodb, n, source=KINESIS_SOURCE.format(stream=stream, endpoint=kinesis), **options)
+
+
+@pytest.fixture(params=["local", "kinesis"])
+def cluster_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, dynamodb_endpoint: str,
+) -> Iterator[Callable[..., Cluster]]:
+    """Clusters on the local log, and on an 8-shard kinesis-mock stream."""
     made: list[Cluster] = []
 
-    def make(n: int, batch_sleep: float = 0.05, **leases: Any) -> Cluster:
-        cluster = Cluster(tmp_path, dynamodb_endpoint, n, batch_sleep=batch_sleep, **leases)
+    def make(n: int, **options: Any) -> Cluster:
+        if request.param == "kinesis":
+            request.getfixturevalue("aws_env")
+            kinesis = request.getfixturevalue("kinesis_endpoint")
+            cluster = kinesis_cluster(tmp_path, dynamodb_endpoint, kinesis, n, **options)
+        else:
+            cluster = local_cluster(tmp_path, dynamodb_endpoint, n, **options)
         made.append(cluster)
         return cluster
 
@@ -140,9 +195,14 @@ def cluster_factory(tmp_path: Path, dynamodb_endpoint: str) -> Iterator[Callable
         cluster.stop_all()
 
 
-def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
+def wait_until(predicate: Callable[[], bool], within: float, what: str,
+               alive: list[subprocess.Popen[bytes]] = ()) -> None:  # type: ignore[assignment]
+    """Poll ``predicate``; fail at once if a worker that should be running exited."""
     deadline = time.monotonic() + within
     while not predicate():
+        for proc in alive:
+            if proc.poll() is not None:
+                raise AssertionError(f"worker {proc.pid} exited with {proc.returncode} while waiting for {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         time.sleep(0.2)
