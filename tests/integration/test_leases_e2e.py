@@ -25,7 +25,7 @@ import pytest
 
 from streamfn.checkpoints.lease_table import Lease, LeaseTable
 from streamfn.errors import CheckpointError
-from tests.integration.aws_support import client, create_stream, put, shard_hash_starts, unique
+from tests.integration.aws_support import client, create_stream, put, shard_hash_starts, unique, wait_active
 from tests.pipelines import REPO, append, kill, output_objects
 
 from .test_leases import dynamodb_endpoint
@@ -62,6 +62,7 @@ class Cluster:
                          "steal_interval": 0.5, "shard_sync_interval": 1.0, **leases}
         self.config = self.write_config("pipeline.toml", {})
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.stream = ""
 
     def write_config(self, name: str, overrides: dict[str, Any]) -> Path:
         settings = {**self.settings, **overrides}
@@ -170,7 +171,9 @@ def kinesis_cluster(folder: Path, dynamodb: str, kinesis: str, n: int, shards: i
             await put(api, stream, [(f"k{i}", orjson.dumps({"v": i}), starts[i % shards]) for i in range(n)])
 
     asyncio.run(fill())
-    return Cluster(folder, dynamodb, n, source=KINESIS_SOURCE.format(stream=stream, endpoint=kinesis), **options)
+    cluster = Cluster(folder, dynamodb, n, source=KINESIS_SOURCE.format(stream=stream, endpoint=kinesis), **options)
+    cluster.stream = stream
+    return cluster
 
 
 @pytest.fixture(params=["local", "kinesis"])
@@ -296,3 +299,56 @@ def test_graceful_stop_hands_leases_over_without_waiting_for_failover(
     wait_until(lambda: handed <= cluster.owner_of(staying), 10, "the released leases taken at once")
     wait_until(all_handled(cluster), 120, "every record handled")
     assert_exactly_once(cluster)
+
+
+def test_resharding_with_two_workers_runs_parents_before_children(
+    tmp_path: Path, dynamodb_endpoint: str, kinesis_endpoint: str, aws_env: dict[str, str],
+) -> None:
+    cluster = kinesis_cluster(tmp_path, dynamodb_endpoint, kinesis_endpoint, 400, shards=2, batch_sleep=0.1,
+                              max_records=10)
+    procs = [cluster.start(), cluster.start()]
+    try:
+        wait_until(lambda: spread(cluster) == [1, 1], 60, "one lease each", procs)
+
+        async def reshard() -> dict[str, tuple[str, ...]]:
+            """Split shard 0, then merge its upper child with shard 1, putting records at each step."""
+            async with client("kinesis", kinesis_endpoint) as api:
+                shards = (await api.list_shards(StreamName=cluster.stream))["Shards"]
+                first = next(s for s in shards if s["ShardId"] == "shardId-000000000000")
+                low, high = (int(first["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+                await api.split_shard(StreamName=cluster.stream, ShardToSplit="shardId-000000000000",
+                                      NewStartingHashKey=str((low + high + 1) // 2))
+                await wait_active(api, cluster.stream)
+                await put_spread(api, 400, 200)
+                open_shards = await shard_hash_starts(api, cluster.stream)
+                upper = max((s for s in open_shards if s != "shardId-000000000001"), key=open_shards.__getitem__)
+                await api.merge_shards(StreamName=cluster.stream, ShardToMerge=upper,
+                                       AdjacentShardToMerge="shardId-000000000001")
+                await wait_active(api, cluster.stream)
+                await put_spread(api, 600, 200)
+                listed = (await api.list_shards(StreamName=cluster.stream))["Shards"]
+                return {s["ShardId"]: tuple(p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p)
+                        for s in listed}
+
+        async def put_spread(api: Any, first: int, count: int) -> None:
+            starts = list((await shard_hash_starts(api, cluster.stream)).values())
+            await put(api, cluster.stream, [(f"k{v}", orjson.dumps({"v": v}), starts[v % len(starts)])
+                                            for v in range(first, first + count)])
+
+        parents_of = asyncio.run(reshard())
+        cluster.n = 800
+        assert len(parents_of) == 5 and sum(len(p) == 2 for p in parents_of.values()) == 1  # one merge
+        wait_until(all_handled(cluster), 120, "every record handled, children included", procs)
+        assert_exactly_once(cluster)
+        calls = cluster.calls()
+        first_call = {shard: min(t for s, _, _, t, _ in calls if s == shard) for shard in parents_of}
+        last_call = {shard: max(t for s, _, _, t, _ in calls if s == shard) for shard in parents_of}
+        for child, parents in parents_of.items():
+            for parent in parents:
+                assert last_call[parent] < first_call[child], f"{child} started before its parent {parent} ended"
+        ended = {lease.shard_id for lease in cluster.leases_now() if lease.finished}
+        assert ended == {shard for parents in parents_of.values() for shard in parents}
+        workers_seen = {pid for *_, pid in calls}
+        assert workers_seen <= {p.pid for p in procs}
+    finally:
+        cluster.stop_all()
