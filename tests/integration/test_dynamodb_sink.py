@@ -91,3 +91,20 @@ async def test_bad_items_and_missing_table_are_errors(moto_endpoint: str, aws_en
         await sink.close()
     with pytest.raises(SinkError, match="ResourceNotFound"):
         await open_sink(moto_endpoint, unique("missing"))
+
+
+async def test_throttled_batch_write_is_retryable(moto_endpoint: str, aws_env: dict[str, str]) -> None:
+    from streamfn.errors import RetryableError
+    from tests.throttle_proxy import ThrottleProxy
+
+    table = await make_table(moto_endpoint)
+    async with ThrottleProxy(moto_endpoint) as proxy:
+        sink = await open_sink(proxy.endpoint, table)
+        try:
+            proxy.inject("DynamoDB_20120810.BatchWriteItem", 1)
+            with pytest.raises(RetryableError, match="ProvisionedThroughputExceeded"):
+                await sink.write(batch([{"id": "a"}]))
+            await sink.write(batch([{"id": "a"}]))
+        finally:
+            await sink.close()
+    assert list(await scan(moto_endpoint, table)) == ["a"]

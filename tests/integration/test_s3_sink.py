@@ -105,3 +105,21 @@ async def test_missing_bucket_fails_and_bad_template_is_a_config_error(
         await sink.close()
     with pytest.raises(ConfigError):
         S3SinkConfig(bucket="b", key="{pipeline}/fixed").build(CTX)
+
+
+async def test_slow_down_is_retryable_and_a_retry_lands_once(moto_endpoint: str, aws_env: dict[str, str]) -> None:
+    from streamfn.errors import RetryableError
+    from tests.throttle_proxy import ANY, ThrottleProxy
+
+    bucket = unique("b")
+    async with ThrottleProxy(moto_endpoint) as proxy:
+        sink = S3SinkConfig(bucket=bucket, endpoint_url=proxy.endpoint, create_bucket=True).build(CTX)
+        await sink.open()
+        try:
+            proxy.inject(ANY, 1, status=503, error_type="SlowDown")
+            with pytest.raises(RetryableError):
+                await sink.write(batch([{"a": 1}]))
+            await sink.write(batch([{"a": 1}]))  # what the engine does next
+        finally:
+            await sink.close()
+    assert list(await objects(moto_endpoint, bucket)) == [sink.key_for(batch([]))]
