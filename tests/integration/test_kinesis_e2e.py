@@ -294,3 +294,29 @@ async def test_s3_and_dynamodb_outputs_have_no_duplicates_after_kill_9(
     assert len(ids) == n, f"{len(ids) - n} duplicated records across {len(keys)} objects"
     table_ids = await setup.table_ids()
     assert sorted(table_ids) == sorted(f"r{i}" for i in range(n))
+
+
+async def test_the_cli_runs_a_kinesis_pipeline_file(
+    tmp_path: Path, kinesis_endpoint: str, moto_endpoint: str, aws_env: dict[str, str]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    stream = unique("cli")
+    async with client("kinesis", kinesis_endpoint) as kinesis:
+        await create_stream(kinesis, stream, 2)
+        starts = list((await shard_hash_starts(kinesis, stream)).values())
+        await put(kinesis, stream, [(f"k{i}", b"r%d" % i, starts[i % 2]) for i in range(40)])
+    setup = Setup(tmp_path, stream, "${KINESIS_URL}", moto_endpoint, sinks=())
+    with setup.config.open("a") as config:
+        config.write('[[sinks]]\ntype = "local"\npath = "out"\nfsync = false\n')
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "streamfn", "run", str(setup.config), "--until-caught-up"],
+        cwd=tmp_path, capture_output=True, timeout=90,
+        env={**os.environ, "KINESIS_URL": kinesis_endpoint, "HANDLED_LOG": str(setup.log)},
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    items = [orjson.loads(line) for path in sorted((tmp_path / "out").rglob("*.ndjson"))
+             for line in path.read_bytes().splitlines()]
+    assert sorted(item["id"] for item in items) == sorted(f"r{i}" for i in range(40))
