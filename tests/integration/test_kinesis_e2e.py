@@ -320,3 +320,30 @@ async def test_the_cli_runs_a_kinesis_pipeline_file(
     items = [orjson.loads(line) for path in sorted((tmp_path / "out").rglob("*.ndjson"))
              for line in path.read_bytes().splitlines()]
     assert sorted(item["id"] for item in items) == sorted(f"r{i}" for i in range(40))
+
+
+async def test_kpl_aggregates_resume_between_sub_records_after_a_stop(
+    tmp_path: Path, kinesis_endpoint: str, moto_endpoint: str, aws_env: dict[str, str]
+) -> None:
+    from streamfn.sources.kpl import UserRecord, aggregate
+
+    stream = unique("kpl")
+    async with client("kinesis", kinesis_endpoint) as kinesis:
+        await create_stream(kinesis, stream, 1)
+        await put(kinesis, stream, [(f"agg{a}", aggregate([UserRecord(f"u{a}-{i}", b"r%d-%d" % (a, i))
+                                                             for i in range(7)]), None) for a in range(4)])
+    setup = Setup(tmp_path, stream, kinesis_endpoint, moto_endpoint, max_records=3)
+    proc = start_pipeline(setup.config, env=setup.env(BATCH_SLEEP="0.3"))
+    try:
+        await wait_for(lambda: len(setup.handled()) >= 4, 60, "the pipeline never got going")
+    finally:
+        kill(proc, 15)  # graceful: the batch in flight finishes and is checkpointed
+    assert proc.returncode == 0
+    first_run = setup.handled()
+    assert 4 <= len(first_run) < 28 and len(first_run) % 7 != 0, "the stop should fall inside an aggregate"
+    await asyncio.to_thread(run_caught_up, setup.config, env=setup.env())
+    handled = setup.handled()
+    assert [ident for _, _, _, ident, _ in handled] == [f"r{a}-{i}" for a in range(4) for i in range(7)]
+    assert [sub for _, _, sub, _, _ in handled] == list(range(7)) * 4
+    _, items = await setup.s3_items()
+    assert sorted(item["id"] for item in items) == sorted(f"r{a}-{i}" for a in range(4) for i in range(7))
