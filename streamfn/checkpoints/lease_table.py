@@ -3,7 +3,7 @@
 Column names are the Kinesis Client Library's (``leaseKey``, ``leaseOwner``, ``leaseCounter``,
 ``checkpoint``, ``checkpointSubSequenceNumber``, ``parentShardId``,
 ``ownerSwitchesSinceCheckpoint``), so a KCL table can be read as it is. What only streamfn
-needs lives in ``streamfn*`` columns that KCL ignores. This module only talks to DynamoDB;
+needs lives in ``streamfn*`` columns, which KCL does not use. This module only talks to DynamoDB;
 who takes which lease is decided in ``streamfn.engine.lease_assigner``.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
-from ..errors import CheckpointError, LeaseLostError, RetryableError
+from ..aws import AwsClient, classify, error_code
+from ..errors import CheckpointError, LeaseLostError, RetryableError, StreamfnError
 from ..records import Position
 from ..sources.base import StartingPosition
 from .base import Checkpoint
@@ -48,10 +48,6 @@ def _decode_pending(text: str) -> tuple[tuple[Position, Position], ...]:
     bounds = (part.split("-") for part in text.split())
     return tuple((_decode_position(a), _decode_position(b)) for a, b in bounds)
 
-_RETRYABLE_CODES = frozenset({
-    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
-    "InternalServerError", "ServiceUnavailable", "LimitExceededException", "TransactionConflictException",
-})
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,28 +154,8 @@ def update_expression(sets: list[str], removes: list[str]) -> str:
     return expression
 
 
-def error_code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        return str(code) if code is not None else None
-    return None
-
-
 def is_condition_failure(exc: BaseException) -> bool:
     return error_code(exc) == "ConditionalCheckFailedException"
-
-
-def classify(exc: Exception) -> Exception:
-    """Map a botocore failure to streamfn's errors: transient ones become RetryableError."""
-    code = error_code(exc)
-    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) \
-        if isinstance(getattr(exc, "response", None), dict) else 0
-    if code in _RETRYABLE_CODES or (isinstance(status, int) and status >= 500):
-        return RetryableError(f"DynamoDB: {exc}")
-    if code is None:  # connection errors, timeouts: botocore raises them without a response
-        return RetryableError(f"DynamoDB: {exc!r}")
-    return CheckpointError(f"DynamoDB: {exc}")
 
 
 class LeaseTable:
@@ -189,49 +165,26 @@ class LeaseTable:
                  request_timeout: float = 10.0) -> None:
         self.table = table
         self.prefix = prefix
-        self._endpoint_url = endpoint_url
-        self._region = region
         self._timeout = request_timeout
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._client: Any = None
+        self.aws = AwsClient("dynamodb", endpoint_url=endpoint_url, region=region, timeout=request_timeout)
 
     async def open(self) -> None:
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
-
-        stack = contextlib.AsyncExitStack()
-        config = AioConfig(connect_timeout=self._timeout, read_timeout=self._timeout,
-                           retries={"max_attempts": 2, "mode": "standard"})
-        region = self._region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self._client = await stack.enter_async_context(
-            get_session().create_client("dynamodb", endpoint_url=self._endpoint_url, region_name=region,
-                                        config=config)
-        )
-        self._stack = stack
+        await self.aws.open()
 
     async def close(self) -> None:
-        if self._stack is not None:
-            await self._stack.aclose()
-            self._stack = None
-            self._client = None
-
-    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        if self._client is None:
-            raise CheckpointError("lease table used before open()")
-        async with asyncio.timeout(self._timeout * 2):
-            result: dict[str, Any] = await getattr(self._client, operation)(**kwargs)
-        return result
+        await self.aws.close()
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One request; a failed condition is re-raised as is, other failures are classified."""
+        """One request; a failed condition is re-raised as is, other failures are classified
+        (RetryableError for throttling, timeouts and 5xx; CheckpointError otherwise)."""
         try:
-            return await self._call(operation, **kwargs)
+            async with asyncio.timeout(self._timeout + 5.0):
+                result: dict[str, Any] = await getattr(self.aws.client, operation)(**kwargs)
         except Exception as exc:
-            if is_condition_failure(exc):
+            if is_condition_failure(exc) or isinstance(exc, StreamfnError):
                 raise
-            if isinstance(exc, TimeoutError):
-                raise RetryableError(f"DynamoDB {operation} timed out") from exc
-            raise classify(exc) from exc
+            raise classify(exc, "dynamodb", operation, CheckpointError) from exc
+        return result
 
     # -- table -------------------------------------------------------------------------
     async def ensure_table(self, *, create: bool) -> None:

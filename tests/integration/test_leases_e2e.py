@@ -16,7 +16,7 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,7 @@ def cluster_factory(
 
 
 def wait_until(predicate: Callable[[], bool], within: float, what: str,
-               alive: list[subprocess.Popen[bytes]] = ()) -> None:  # type: ignore[assignment]
+               alive: Sequence[subprocess.Popen[bytes]] = ()) -> None:
     """Poll ``predicate``; fail at once if a worker that should be running exited."""
     deadline = time.monotonic() + within
     while not predicate():
@@ -229,8 +229,8 @@ def spread(cluster: Cluster) -> list[int]:
 def test_three_workers_spread_three_three_two_and_handle_everything(cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory(4000)
     procs = [cluster.start() for _ in range(3)]
-    wait_until(lambda: spread(cluster) == [2, 3, 3], 60, "a 3/3/2 spread of 8 leases")
-    wait_until(all_handled(cluster), 120, "every record handled")
+    wait_until(lambda: spread(cluster) == [2, 3, 3], 60, "a 3/3/2 spread of 8 leases", procs)
+    wait_until(all_handled(cluster), 120, "every record handled", procs)
     assert_exactly_once(cluster)
     pids = {item["pid"] for items in cluster.outputs().values() for item in items}
     assert pids <= {p.pid for p in procs}
@@ -251,8 +251,8 @@ def test_a_killed_workers_shards_are_taken_over_after_failover(cluster_factory: 
     kill(victim, signal.SIGKILL)
     victim.wait(10)
     wait_until(lambda: not cluster.owner_of(victim) and spread(cluster) == [4, 4], 30,
-               "the killed worker's leases taken over")
-    wait_until(all_handled(cluster), 120, "every record handled")
+               "the killed worker's leases taken over", procs[1:])
+    wait_until(all_handled(cluster), 120, "every record handled", procs[1:])
     assert_exactly_once(cluster)
 
 
