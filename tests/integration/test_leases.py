@@ -366,7 +366,7 @@ async def test_children_start_only_after_their_parents_ended(workers: StoreFacto
 async def test_reads_a_table_written_by_the_kinesis_client_library(workers: StoreFactory) -> None:
     store = await workers("w")
     kcl = DynamoDBCheckpointStore(LeaseSettings(table=workers.table, prefix="", worker_id="streamfn",
-                                                endpoint_url=workers.endpoint))
+                                                endpoint_url=workers.endpoint, failover_time=1.0))
     await kcl.open()
     workers.stores.append(kcl)
     sequence = "49590338271490256608559692538361571095921575989136588898"
@@ -379,3 +379,20 @@ async def test_reads_a_table_written_by_the_kinesis_client_library(workers: Stor
     assert await kcl.load("shardId-000000000003") == Checkpoint(position=Position(int(sequence), 2))
     (lease,) = await kcl.table.scan()
     assert lease.owner == "kcl-worker-1" and lease.parent_ids == ("shardId-000000000001",)
+
+    # Migration: once the KCL workers are stopped, their leases expire and streamfn takes them
+    # with their progress; the missing parent lease does not block the shard.
+    source = FakeSource([ShardInfo("shardId-000000000003", ("shardId-000000000001",))])
+    assigner, controller = LeaseAssigner(kcl, source), FakeController()
+    await assigner.round(controller, source)
+    assert kcl.held == {}  # the KCL owner counts as live until seen idle for the failover time
+    await asyncio.sleep(kcl.settings.failover_time + 0.2)
+    await assigner.round(controller, source)
+    assert controller.running == {"shardId-000000000003"}
+    assert await kcl.load("shardId-000000000003") == Checkpoint(position=Position(int(sequence), 2))
+    await kcl.save("shardId-000000000003", Checkpoint(position=Position(int(sequence) + 1)))
+    await kcl.flush()
+    item = (await kcl.table.call("get_item", TableName=workers.table,
+                                 Key={"leaseKey": {"S": "shardId-000000000003"}}))["Item"]
+    assert item["checkpoint"] == {"S": str(int(sequence) + 1)} and item["leaseOwner"] == {"S": "streamfn"}
+    assert item["checkpointSubSequenceNumber"] == {"N": "0"} and item["ownerSwitchesSinceCheckpoint"] == {"N": "0"}

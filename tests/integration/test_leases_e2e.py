@@ -281,6 +281,8 @@ def test_a_zombie_writes_nothing_after_losing_its_leases(cluster_factory: Callab
             if items and items[0]["pid"] == zombie.pid
             and (cluster.folder / "out" / name).stat().st_mtime > resumed_at]
     assert not late, f"the zombie wrote output after losing its leases: {late[:5]}"
+    finished_late = [call for call in cluster.calls() if call[4] == zombie.pid and call[3] > resumed_at]
+    assert finished_late, "the zombie had a batch in flight: its handler returned after the pause"
     assert "lease lost" in cluster.log_of(zombie)
     wait_until(all_handled(cluster), 120, "every record handled")
     assert_exactly_once(cluster)
