@@ -1,11 +1,11 @@
 """The Kafka source: a topic is a stream, each partition a shard, read through one consumer per worker.
 
 One ``AIOKafkaConsumer`` (auto-commit off) serves every partition this worker owns. A fetch task
-calls ``getmany`` and files records into a bounded feed per partition; each shard's reader takes
-from its feed. A feed that fills up pauses its partition (``consumer.pause``) and resumes it once
-its reader drained it to half. The engine needs no other signal: while a shard retries a batch it
-does not read, so its feed fills and the partition pauses, while the fetch task keeps polling for
-the others and the member never looks idle to the group. Offsets are committed by the Kafka
+calls ``getmany`` for the partitions whose bounded feed has room; each shard's reader takes from
+its feed. A feed that stays full has its partition paused (``consumer.pause``) until its reader
+drained half of it. The engine needs no other signal: while a shard retries a batch it does not
+read, so its feed fills and the partition pauses, while the fetch task keeps polling for the
+others and the member never looks idle to the group. Offsets are committed by the Kafka
 checkpoint store (``streamfn.checkpoints.kafka``) and partitions are assigned by the consumer
 group (``streamfn.sources.kafka_group``).
 """
@@ -32,7 +32,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamfn.kafka")
 
-TIMESTAMP_TYPES = ("CREATE_TIME", "LOG_APPEND_TIME")
+#: Seconds a partition's feed may stay full before the partition is paused (its shard is stuck).
+PAUSE_AFTER = 0.5
+#: Sleep of the fetch task while every partition with a reader is full but not yet paused.
+POLL_WHILE_BLOCKED = 0.005
+#: While some feed is full, ``getmany`` waits this briefly, so a feed that regains room is refilled
+#: before its reader runs dry (nothing can wake a waiting ``getmany`` early).
+BLOCKED_POLL_MS = 5
+
+_TIMESTAMP_NAMES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
 
 
 class KafkaSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="kafka"):
@@ -130,41 +138,55 @@ def partition_of(topic: str, shard_id: str) -> int:
     return int(number)
 
 
-def to_record(shard_id: str, message: Any) -> Record:
-    """A streamfn Record from an aiokafka ConsumerRecord (None key/value become "" / b"")."""
-    key: bytes | None = message.key
-    value: bytes | None = message.value
-    timestamp_type = message.timestamp_type
-    return Record(
-        shard_id,
-        message.offset,
-        "" if key is None else key.decode("utf-8", "replace"),
-        b"" if value is None else value,
-        max(message.timestamp, 0) / 1000.0,
-        0,
-        {
-            "topic": message.topic,
-            "partition": message.partition,
-            "key": key,
-            "headers": list(message.headers),
-            "timestamp_type": TIMESTAMP_TYPES[timestamp_type] if timestamp_type in (0, 1) else "NO_TIMESTAMP_TYPE",
-        },
-    )
+def to_records(shard_id: str, messages: list[Any]) -> list[Record]:
+    """streamfn Records from aiokafka ConsumerRecords (a None key/value becomes "" / b"").
+
+    The per-record cost here adds directly to the consumer's own, so the loop is written flat.
+    ``headers`` is the consumer's tuple of ``(name, value)`` pairs as it is: immutable like the
+    record, and it keeps the attributes dict free of containers the garbage collector must track.
+    """
+    records: list[Record] = []
+    append = records.append
+    names = _TIMESTAMP_NAMES
+    for m in messages:
+        key, value, timestamp = m.key, m.value, m.timestamp
+        append(Record(
+            shard_id,
+            m.offset,
+            "" if key is None else key.decode("utf-8", "replace"),
+            b"" if value is None else value,
+            timestamp / 1000.0 if timestamp > 0 else 0.0,
+            0,
+            {
+                "topic": m.topic,
+                "partition": m.partition,
+                "key": key,
+                "headers": m.headers,
+                "timestamp_type": names.get(m.timestamp_type, "NO_TIMESTAMP_TYPE"),
+            },
+        ))
+    return records
 
 
 class PartitionFeed:
     """Records fetched for one partition and not yet read, bounded by a record count.
 
     ``next_offset`` drops anything the consumer returns from before the reader's position
-    (a stale fetch after a seek): the reader sees each offset once and in order.
+    (a stale fetch after a seek): the reader sees each offset once and in order. Messages are
+    turned into Records as they arrive: Records are invisible to the garbage collector, so a
+    full feed costs no collector time, and the consumer's own objects die young.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, shard_id: str, capacity: int) -> None:
+        self.shard_id = shard_id
         self.capacity = capacity
         self.next_offset: int | None = None  # None: the reader has not positioned the partition yet
         self.size = 0
-        self.paused_full = False
-        self._chunks: deque[list[Any]] = deque()
+        #: Since when the feed has been full (None: it has room).
+        self.full_since: float | None = None
+        #: The partition is paused because this feed stayed full.
+        self.paused = False
+        self._chunks: deque[list[Record]] = deque()
         self._head = 0
         self.arrived = asyncio.Event()
 
@@ -172,24 +194,23 @@ class PartitionFeed:
     def positioned(self) -> bool:
         return self.next_offset is not None
 
-    def put(self, messages: list[Any]) -> bool:
-        """File ``messages`` (one partition, in order); True when the feed is now full."""
+    def put(self, messages: list[Any]) -> None:
+        """File ``messages`` (one partition, in order)."""
         expected = self.next_offset
         if expected is None:
-            return False
+            return
         if messages[0].offset < expected:
             messages = [m for m in messages if m.offset >= expected]
             if not messages:
-                return self.size >= self.capacity
-        self._chunks.append(messages)
+                return
+        self._chunks.append(to_records(self.shard_id, messages))
         self.size += len(messages)
         self.next_offset = messages[-1].offset + 1
         self.arrived.set()
-        return self.size >= self.capacity
 
-    def take(self, limit: int) -> list[Any]:
-        """Up to ``limit`` messages, oldest first."""
-        taken: list[Any] = []
+    def take(self, limit: int) -> list[Record]:
+        """Up to ``limit`` records, oldest first."""
+        taken: list[Record] = []
         chunks = self._chunks
         while chunks and len(taken) < limit:
             chunk, head = chunks[0], self._head
@@ -202,6 +223,8 @@ class PartitionFeed:
             else:
                 self._head = end
         self.size -= len(taken)
+        if self.size < self.capacity:
+            self.full_since = None
         if not chunks:
             self.arrived.clear()
         return taken
@@ -210,6 +233,7 @@ class PartitionFeed:
         self._chunks.clear()
         self._head = 0
         self.size = 0
+        self.full_since = None
         self.next_offset = next_offset
         self.arrived.clear()
 
@@ -277,7 +301,7 @@ class KafkaSource:
 
     def reader(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> KafkaPartitionReader:
         tp = self.topic_partition(shard.shard_id)
-        feed = PartitionFeed(self.config.queue_max_records)
+        feed = PartitionFeed(shard.shard_id, self.config.queue_max_records)
         self._feeds[tp] = feed  # replaces a previous reader's feed: that reader is done
         with contextlib.suppress(Exception):  # not assigned (any more): the reader finds out when it seeks
             self.consumer.pause(tp)
@@ -309,7 +333,7 @@ class KafkaSource:
         if start.kind == "at_timestamp":
             assert start.timestamp is not None
             found = (await consumer.offsets_for_times({tp: int(start.timestamp * 1000)})).get(tp)
-            if found is not None:
+            if found is not None and found.offset >= 0 and found.timestamp >= 0:
                 return int(found.offset)
             start = StartingPosition("latest")  # nothing at or after the timestamp yet
         if start.kind == "latest":
@@ -324,9 +348,9 @@ class KafkaSource:
                 self.consumer.pause(tp)
 
     def drained(self, tp: Any, feed: PartitionFeed) -> None:
-        """A reader took records: resume a partition paused because its feed was full."""
-        if feed.paused_full and feed.size <= feed.capacity // 2 and self._feeds.get(tp) is feed:
-            feed.paused_full = False
+        """A reader took records: resume a partition paused because its feed stayed full."""
+        if feed.paused and feed.size <= feed.capacity // 2 and self._feeds.get(tp) is feed:
+            feed.paused = False
             with contextlib.suppress(Exception):
                 self.consumer.resume(tp)
 
@@ -334,16 +358,24 @@ class KafkaSource:
     async def fetch(self) -> None:
         """Poll the consumer forever and file records into the partitions' feeds.
 
-        Polling never stops, even when every partition is paused, so the group keeps seeing a
-        live member (``max_poll_interval_ms``) while shards wait on retries.
+        Only partitions whose feed has room are asked for records: the others' records wait in
+        the consumer's buffer, which holds one fetch per partition. A feed that stays full for
+        ``PAUSE_AFTER`` (its shard is not reading: a batch is being retried) gets its partition
+        paused, and resumed once its reader drained half of it. Polling never stops, even when
+        every partition is paused, so the group keeps seeing a live member.
         """
-        consumer, config = self.consumer, self.config
+        consumer, max_records = self.consumer, self.config.max_poll_records
         from aiokafka.errors import KafkaError
 
         delay = 0.1
         while True:
+            ready, blocked = self._ready_partitions(time.monotonic())
+            if not ready and blocked:
+                await asyncio.sleep(POLL_WHILE_BLOCKED)  # well inside max_poll_interval_ms
+                continue
             try:
-                fetched = await consumer.getmany(timeout_ms=200, max_records=config.max_poll_records)
+                fetched = await consumer.getmany(*ready, timeout_ms=BLOCKED_POLL_MS if blocked else 200,
+                                                 max_records=max_records)
             except KafkaError as exc:
                 log.warning("kafka fetch failed; retrying in %.1fs", delay,
                             extra={"pipeline": self.pipeline, "stream": self.name, "error": repr(exc)})
@@ -353,11 +385,27 @@ class KafkaSource:
             delay = 0.1
             for tp, messages in fetched.items():
                 feed = self._feeds.get(tp)
-                if feed is None or not messages:
-                    continue  # no reader: the partition's next reader seeks to its own start
-                if feed.put(messages) and not feed.paused_full:
-                    feed.paused_full = True
-                    consumer.pause(tp)
+                if feed is not None and messages:
+                    feed.put(messages)  # no feed: the partition's next reader seeks to its own start
+
+    def _ready_partitions(self, now: float) -> tuple[list[Any], bool]:
+        """Partitions with room in their feed, and whether any feed is full; pauses long-full ones."""
+        ready: list[Any] = []
+        blocked = False
+        for tp, feed in self._feeds.items():
+            if not feed.positioned or feed.paused:
+                continue
+            if feed.size < feed.capacity:
+                ready.append(tp)
+                continue
+            blocked = True
+            if feed.full_since is None:
+                feed.full_since = now
+            elif now - feed.full_since >= PAUSE_AFTER:
+                feed.paused = True
+                with contextlib.suppress(Exception):
+                    self.consumer.pause(tp)
+        return ready, blocked
 
 
 class KafkaPartitionReader:
@@ -399,12 +447,10 @@ class KafkaPartitionReader:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await feed.arrived.wait()
-        messages = feed.take(max_records)
+        records = feed.take(max_records)
         self._source.drained(self._tp, feed)
-        if not messages:
-            return ReadResult([], behind_ms=0.0 if not feed.paused_full else None)
-        shard_id = self._shard_id
-        records = [to_record(shard_id, m) for m in messages]
+        if not records:
+            return ReadResult([], behind_ms=0.0)
         behind = max(0.0, (time.time() - records[-1].arrival_time) * 1000.0) if feed.size else 0.0
         return ReadResult(records, behind_ms=behind)
 
