@@ -255,6 +255,21 @@ class LeaseTable:
             raise
         return True
 
+    async def delete_finished(self, lease: Lease) -> bool:
+        """Delete an unowned SHARD_END lease as last seen; False if it changed meanwhile."""
+        try:
+            await self.call(
+                "delete_item", TableName=self.table, Key=self._key(lease.shard_id),
+                ConditionExpression=("leaseCounter = :counter AND checkpoint = :end"
+                                     " AND attribute_not_exists(leaseOwner)"),
+                ExpressionAttributeValues={":counter": {"N": str(lease.counter)}, ":end": {"S": SHARD_END}},
+            )
+        except Exception as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True
+
     async def take(self, lease: Lease, owner: str) -> Lease | None:
         """Take ``lease`` as last seen (same counter, same owner); None if someone moved first."""
         values: dict[str, Any] = {":counter": {"N": str(lease.counter)}, ":one": {"N": "1"},

@@ -131,6 +131,8 @@ class LeaseAssigner:
         self.clock = ExpiryClock(self.settings.failover_time)
         self._last_steal = -math.inf
         self._last_sync = -math.inf
+        #: Shard ids of the last listing (None before the first): leases of other shards are not taken.
+        self._listed: set[str] | None = None
         self._rng = random.Random()
 
     async def run(self, controller: ShardController) -> None:
@@ -166,8 +168,9 @@ class LeaseAssigner:
         await self._release_finished(controller)
         leases = await store.table.scan()
         now = time.monotonic()
-        if source is not None and (sync or now - self._last_sync >= self.settings.shard_sync_interval):
-            if await self._create_missing(source, leases):
+        if source is not None and (sync or self._unlisted(leases)
+                                   or now - self._last_sync >= self.settings.shard_sync_interval):
+            if await self._sync(source, leases):
                 leases = await store.table.scan()
             self._last_sync = now
         now = time.monotonic()
@@ -176,8 +179,10 @@ class LeaseAssigner:
         self._drop_taken_away(leases)
         expired = {lease.key for lease in leases if self.clock.expired(lease, now)}
         may_steal = now - self._last_steal >= self.settings.steal_interval
+        listed = self._listed
         plan = plan_takes(
-            leases, store.worker_id, set(store.held), expired, may_steal=may_steal,
+            [lease for lease in leases if listed is None or lease.shard_id in listed],
+            store.worker_id, set(store.held), expired, may_steal=may_steal,
             max_steal=self.settings.max_leases_to_steal, max_leases=self.settings.max_leases_per_worker,
             rng=self._rng,
         )
@@ -197,14 +202,26 @@ class LeaseAssigner:
             if held is not None and lease.owner != self.store.worker_id and lease.counter >= held.counter:
                 self.store.forfeit(held, f"the table shows it held by {lease.owner}")
 
-    async def _create_missing(self, source: Source, leases: list[Lease]) -> bool:
-        """Give every listed shard a lease (parents first, so a child never runs before them)."""
+    def _unlisted(self, leases: list[Lease]) -> bool:
+        """A lease (another worker created) for a shard our last listing did not have: list again."""
+        listed = self._listed
+        return listed is not None and any(not lease.finished and lease.shard_id not in listed for lease in leases)
+
+    async def _sync(self, source: Source, leases: list[Lease]) -> bool:
+        """Give every listed shard a lease (parents first, so a child never runs before them), and
+        delete finished leases of shards the stream no longer lists (trimmed after retention): a
+        listed shard's lease is never deleted, so it cannot come back at its trim horizon."""
+        shards = await source.list_shards()
+        self._listed = {shard.shard_id for shard in shards}
         known = {lease.shard_id for lease in leases}
-        created = False
-        for shard in await source.list_shards():
+        changed = False
+        for shard in shards:
             if shard.shard_id not in known:
-                created |= await self.store.table.create(shard.shard_id, shard.parent_ids)
-        return created
+                changed |= await self.store.table.create(shard.shard_id, shard.parent_ids)
+        for lease in leases:
+            if lease.finished and lease.owner is None and lease.shard_id not in self._listed:
+                changed |= await self.store.table.delete_finished(lease)
+        return changed
 
     async def _release_finished(self, controller: ShardController) -> None:
         running = controller.running_shards()

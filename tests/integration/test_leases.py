@@ -396,3 +396,26 @@ async def test_reads_a_table_written_by_the_kinesis_client_library(workers: Stor
                                  Key={"leaseKey": {"S": "shardId-000000000003"}}))["Item"]
     assert item["checkpoint"] == {"S": str(int(sequence) + 1)} and item["leaseOwner"] == {"S": "streamfn"}
     assert item["checkpointSubSequenceNumber"] == {"N": "0"} and item["ownerSwitchesSinceCheckpoint"] == {"N": "0"}
+
+
+async def test_only_listed_shards_are_taken_and_trimmed_finished_leases_go(workers: StoreFactory) -> None:
+    store = await workers("w")
+    for shard in ("gone-finished", "gone-open", "kept-finished"):
+        await store.table.create(shard, ())
+    for lease in await store.table.scan():
+        if lease.shard_id.endswith("finished"):
+            held = await store.take(lease)
+            assert held is not None
+            await store.save(lease.shard_id, Checkpoint(position=Position(5), shard_end=True))
+            await store.release(lease.shard_id)
+    source = FakeSource([ShardInfo("kept-finished"), ShardInfo("live")])
+    assigner, controller = LeaseAssigner(store, source), FakeController()
+    await assigner.round(controller, source, sync=True)
+    assert sorted(lease.shard_id for lease in await store.table.scan()) == ["gone-open", "kept-finished", "live"]
+    assert controller.running == {"live"}  # a lease whose shard the stream does not list is left alone
+
+    other = await workers("other")  # another worker listed a new shard first and created its lease
+    await other.table.create("new", ())
+    source.shards.append(ShardInfo("new"))
+    await assigner.round(controller, source)
+    assert controller.running == {"live", "new"}
