@@ -33,8 +33,42 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 """
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(Checkpoint).decode
+class _StoredCheckpoint(msgspec.Struct, omit_defaults=True):
+    """A checkpoint as stored: sequences as decimal text, since Kinesis and DynamoDB Streams
+    sequence numbers exceed the 64-bit integers msgpack and JSON encoders take."""
+
+    position: tuple[str, int] | None = None
+    shard_end: bool = False
+    pending: list[tuple[str, int, str, int]] = []
+    window_state: bytes | None = None
+
+
+_encode_stored = msgspec.json.Encoder().encode
+_decode_stored = msgspec.json.Decoder(_StoredCheckpoint).decode
+
+
+def _encode(checkpoint: Checkpoint) -> bytes:
+    position = checkpoint.position
+    return _encode_stored(_StoredCheckpoint(
+        position=None if position is None else (str(position.sequence), position.sub_sequence),
+        shard_end=checkpoint.shard_end,
+        pending=[(str(a.sequence), a.sub_sequence, str(b.sequence), b.sub_sequence) for a, b in checkpoint.pending],
+        window_state=checkpoint.window_state,
+    ))
+
+
+def decode_checkpoint(state: bytes) -> Checkpoint:
+    """A checkpoint as this store keeps it in its ``state`` column (for operators' tools and tests)."""
+    stored = _decode_stored(state)
+    return Checkpoint(
+        position=None if stored.position is None else Position(int(stored.position[0]), stored.position[1]),
+        shard_end=stored.shard_end,
+        pending=tuple((Position(int(a), sa), Position(int(b), sb)) for a, sa, b, sb in stored.pending),
+        window_state=stored.window_state,
+    )
+
+
+_decode = decode_checkpoint
 
 
 class LocalCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",

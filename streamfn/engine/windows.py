@@ -44,8 +44,9 @@ class WindowState(msgspec.Struct):
         self.terminated_early = False
 
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(WindowState).decode
+# JSON: a window's state is JSON for Lambda-style handlers anyway, and it may hold big integers.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(WindowState).decode
 
 
 def dump(window: WindowState | None) -> bytes | None:

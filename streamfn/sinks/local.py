@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,11 +37,20 @@ class LocalSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
 def encode_ndjson(items: list[Any]) -> bytes:
     """One JSON document per line; bytes items are written as they are."""
     dumps = orjson.dumps
-    return b"".join(
-        (item if item.endswith(b"\n") else item + b"\n") if isinstance(item, bytes)
-        else dumps(item, option=orjson.OPT_APPEND_NEWLINE)
-        for item in items
-    )
+    try:
+        return b"".join(
+            (item if item.endswith(b"\n") else item + b"\n") if isinstance(item, bytes)
+            else dumps(item, option=orjson.OPT_APPEND_NEWLINE)
+            for item in items
+        )
+    except TypeError:
+        # orjson stops at integers beyond 64 bits (a Kinesis sequence number is ~2**185); the
+        # standard library writes them, and anything else it cannot encode fails as before.
+        return b"".join(
+            (item if item.endswith(b"\n") else item + b"\n") if isinstance(item, bytes)
+            else json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            for item in items
+        )
 
 
 class LocalSink:

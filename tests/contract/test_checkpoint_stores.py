@@ -46,12 +46,16 @@ async def test_flushed_checkpoint_survives_a_new_instance(new_store: StoreFactor
     await first.save("s1", Checkpoint(position=Position(5)))
     await first.save("s1", Checkpoint(position=Position(9, 2), window_state=b"w"))
     await first.save("s2", Checkpoint(position=Position(3), shard_end=True))
+    kinesis_sized = 49590338271490256608559692538361571095921575989136588898  # far beyond 64 bits
+    await first.save("s3", Checkpoint(position=Position(kinesis_sized, 1)))
     await first.flush()
     second = await new_store()
     loaded = await second.load("s1")
     assert loaded is not None and loaded.position == Position(9, 2) and loaded.window_state == b"w"
     ended = await second.load("s2")
     assert ended is not None and ended.shard_end
+    big = await second.load("s3")
+    assert big is not None and big.position == Position(kinesis_sized, 1)
 
 
 async def test_pending_bounds_are_durable_at_once_and_pruned_by_progress(new_store: StoreFactory) -> None:

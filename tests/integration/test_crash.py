@@ -14,11 +14,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import msgspec
 import orjson
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
+from streamfn.checkpoints.local import decode_checkpoint
 from tests.pipelines import append, daemon, kill, output_objects, write_pipeline
 
 SLOWISH = """
@@ -86,7 +85,7 @@ def test_sigterm_stops_gracefully_with_checkpoint_at_last_output(tmp_path: Path)
     assert time.monotonic() - started < 30
     db = sqlite3.connect(tmp_path / "state" / "checkpoints.sqlite3")
     checkpoints = {
-        shard: msgspec.msgpack.decode(state, type=Checkpoint)
+        shard: decode_checkpoint(state)
         for shard, state in db.execute("SELECT shard_id, state FROM checkpoints")
     }
     last_written: dict[str, int] = {}

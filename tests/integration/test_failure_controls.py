@@ -10,13 +10,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfn.checkpoints.base import Checkpoint
+from streamfn.checkpoints.local import decode_checkpoint
 from streamfn.engine.windows import FINAL_CALL_GRACE
 from tests.pipelines import append, output_objects, run_until_caught_up, write_pipeline
 
@@ -84,7 +84,7 @@ def destined_values(folder: Path) -> list[int]:
 def checkpoints(folder: Path) -> dict[str, Checkpoint]:
     db = sqlite3.connect(folder / "state" / "checkpoints.sqlite3")
     rows = db.execute("SELECT shard_id, state FROM checkpoints")
-    return {shard: msgspec.msgpack.decode(state, type=Checkpoint) for shard, state in rows}
+    return {shard: decode_checkpoint(state) for shard, state in rows}
 
 
 def final_sequence(folder: Path) -> int:

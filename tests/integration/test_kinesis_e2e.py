@@ -127,12 +127,7 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("checkpoints", [
-    "dynamodb",
-    pytest.param("local", marks=pytest.mark.xfail(
-        strict=True, reason="the local checkpoint store encodes positions with msgpack (64-bit ints); "
-                            "Kinesis sequence numbers are ~2**185")),
-])
+@pytest.mark.parametrize("checkpoints", ["dynamodb", "local"])
 async def test_four_shards_in_order_per_shard(
     tmp_path: Path, kinesis_endpoint: str, moto_endpoint: str, aws_env: dict[str, str], checkpoints: str
 ) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.integration import kafka_util
 from tests.integration.aws_support import client, create_stream, put, unique
@@ -57,9 +55,6 @@ async def test_status_and_tail_on_kinesis(kinesis_endpoint: str, aws_env: dict[s
     assert sorted(orjson.loads(line)["data"]["v"] for line in lines.splitlines()) == list(range(30))
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired,
-                   reason="the local checkpoint store encodes positions as msgpack ints, and Kinesis sequence "
-                          "numbers exceed 64 bits: run and replay retry the checkpoint write forever")
 async def test_run_and_replay_on_kinesis(kinesis_endpoint: str, aws_env: dict[str, str], tmp_path: Path) -> None:
     config = await kinesis_config(kinesis_endpoint, tmp_path, 30)
     await in_thread("run", str(config), "--until-caught-up", cwd=tmp_path, timeout=15)

@@ -119,3 +119,4 @@ async def test_replay_property_every_record_once_in_order(
     assert sum(batches, []) == list(range(1, n + 1))
     for a, b in zip(bounds[::2], bounds[1::2], strict=False):
         assert list(range(a, b + 1)) in batches
+
