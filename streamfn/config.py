@@ -27,14 +27,18 @@ from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
 from .errors import ConfigError
 from .interpolate import MissingVariable, interpolate
+from .metrics import MetricsConfig
+from .sinks.dynamodb import DynamoDBSinkConfig
 from .sinks.local import LocalSinkConfig
+from .sinks.s3 import S3SinkConfig
 from .sinks.stdout import StdoutSinkConfig
+from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
 from .sources.kafka import KafkaSourceConfig
 from .sources.kinesis import KinesisSourceConfig
 from .sources.local import LocalSourceConfig
 
-SourceConfig = LocalSourceConfig | KinesisSourceConfig | KafkaSourceConfig
-SinkConfig = LocalSinkConfig | StdoutSinkConfig
+SourceConfig = LocalSourceConfig | KinesisSourceConfig | DynamoDBStreamsSourceConfig | KafkaSourceConfig
+SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkConfig
 CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig | KafkaCheckpointStoreConfig
 DestinationConfig = (
     LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
@@ -123,6 +127,8 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_failure: DestinationConfig | None = None
     #: Seconds a graceful stop may take to finish in-flight batches before abandoning them.
     shutdown_timeout: float = 30.0
+    #: Prometheus /metrics, /healthz and /readyz (off unless ``enabled``; ``--metrics-port`` overrides).
+    metrics: MetricsConfig | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
