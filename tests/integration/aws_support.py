@@ -8,25 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import tomllib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
-from streamfn.checkpoints.local import LocalCheckpointStoreConfig
-from streamfn.config import LoadedPipeline, PipelineConfig
-from streamfn.interpolate import interpolate
+from streamfn.config import LoadedPipeline, load_pipeline
 from streamfn.records import Record
-from streamfn.sinks.dynamodb import DynamoDBSinkConfig
-from streamfn.sinks.local import LocalSinkConfig
-from streamfn.sinks.s3 import S3SinkConfig
 from streamfn.sources.base import ShardReader
-from streamfn.sources.dynamodb_streams import DynamoDBStreamsSourceConfig
-from streamfn.sources.kinesis import KinesisSourceConfig
 
 MAX_HASH = 2**128 - 1
 
@@ -110,42 +99,17 @@ async def drain(reader: ShardReader, *, max_records: int = 100, wait: float = 0.
 # streamfn.config's unions may not list every AWS connector yet; this loader accepts them all, so the
 # end-to-end tests run the same engine entry point (run_pipelines) as `streamfn run`.
 
-class AwsPipelineConfig(PipelineConfig, kw_only=True, forbid_unknown_fields=True):
-    """PipelineConfig with every AWS source, sink and checkpoint store accepted."""
-
-    source: KinesisSourceConfig | DynamoDBStreamsSourceConfig  # type: ignore[assignment]
-    sinks: list[S3SinkConfig | DynamoDBSinkConfig | LocalSinkConfig] = msgspec.field(  # type: ignore[assignment]
-        default_factory=list)
-    checkpoints: DynamoDBCheckpointStoreConfig | LocalCheckpointStoreConfig | None = None
-
-
 def load_aws_pipeline(path: Path) -> LoadedPipeline:
-    """Like ``streamfn.config.load_pipeline``, with every AWS source and sink accepted."""
-    document = interpolate(tomllib.loads(path.read_text()), os.environ)
-    return LoadedPipeline(config=msgspec.convert(document, AwsPipelineConfig, strict=False), path=path)
-
-
-RUNNER = """
-import asyncio, sys
-from pathlib import Path
-sys.path.insert(0, {repo!r})
-from streamfn.engine.daemon import install_event_loop_policy, run_pipelines
-from tests.integration.aws_support import load_aws_pipeline
-install_event_loop_policy()
-loaded = [load_aws_pipeline(Path(p)) for p in sys.argv[1:] if not p.startswith("--")]
-asyncio.run(run_pipelines(loaded, until_caught_up="--until-caught-up" in sys.argv))
-"""
+    """The pipeline file as ``streamfn run`` reads it."""
+    return load_pipeline(path)
 
 
 def start_pipeline(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A daemon process running ``config`` (stdout/stderr to ``<config>.log``); kill it with ``kill``."""
-    repo = str(Path(__file__).resolve().parents[2])
-    runner = config.parent / "run_pipeline.py"
-    runner.write_text(RUNNER.format(repo=repo))
     log = open(config.with_suffix(".log"), "ab")  # noqa: SIM115 - kept by the child
     try:
         return subprocess.Popen(
-            [sys.executable, str(runner), str(config), *args], cwd=config.parent,
+            [sys.executable, "-m", "streamfn", "run", str(config), *args], cwd=config.parent,
             env={**os.environ, **FAKE_CREDENTIALS, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
