@@ -250,6 +250,7 @@ class KafkaSource:
         self.pipeline = pipeline
         self._resolve = resolve
         self._consumer: Any = None
+        self.closing = False
         self._feeds: dict[Any, PartitionFeed] = {}
         self._store: KafkaCheckpointStore | None = None
 
@@ -271,9 +272,14 @@ class KafkaSource:
         self._consumer = consumer
 
     async def close(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        self.closing = True  # a rebalance callback during stop() must not start or stop shards
+        try:
             await consumer.stop()
+        finally:
+            self._consumer = None
 
     # -- parts that come with this source ----------------------------------------------------
     def assigner(self) -> KafkaGroupAssigner:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamfn.kafka")
 
+#: Seconds an abandoned shard may take to stop before the rebalance goes on without it.
+ABANDON_GRACE = 5.0
+
 
 class KafkaGroupAssigner:
     """Assigner for a KafkaSource: subscribes with a rebalance listener, then runs the fetch task."""
@@ -46,6 +49,8 @@ class KafkaGroupAssigner:
         await source.fetch()
 
     async def revoked(self, controller: ShardController, partitions: set[Any]) -> None:
+        if self._source.closing:
+            return
         self.settled = False
         if partitions:
             self.rebalances += 1
@@ -61,6 +66,13 @@ class KafkaGroupAssigner:
             log.warning("in-flight batches abandoned at the revoke deadline",
                         extra={"shards": shard_ids, "seconds": self.revoke_timeout})
             await asyncio.gather(*(controller.stop_shard(s, abandon=True) for s in shard_ids))
+            # Abandoning cancels the shards' tasks; give the graceful stops a moment to see it,
+            # but never hold the group hostage (a sync handler's thread cannot be cancelled).
+            done, _ = await asyncio.wait([stopping], timeout=ABANDON_GRACE)
+            if not done:
+                stopping.cancel()
+                log.error("revoked shards did not stop after being abandoned; the rebalance goes on",
+                          extra={"shards": shard_ids})
             await asyncio.gather(stopping, return_exceptions=True)
         store = self._source.store
         if store is not None:
@@ -72,6 +84,8 @@ class KafkaGroupAssigner:
                                                       "seconds": round(time.monotonic() - started, 3)})
 
     async def assigned(self, controller: ShardController, partitions: set[Any]) -> None:
+        if self._source.closing:
+            return
         if partitions:
             # Nothing is fetched for a partition until its reader sought to where it resumes.
             self._source.consumer.pause(*partitions)

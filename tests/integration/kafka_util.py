@@ -140,6 +140,16 @@ async def fail_for_a_while(batch: Batch, context: Context) -> list[dict[str, Any
     return await record_order(batch, context)
 
 
+#: Lambda events the lambda-interface handler received.
+EVENTS: list[dict[str, Any]] = []
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:
+    """An unmodified Lambda Kafka handler (sync, so it runs in a worker thread)."""
+    EVENTS.append(event)
+    return [{"offset": r["offset"], "partition": r["partition"]} for rs in event["records"].values() for r in rs]
+
+
 async def slow_with_pid(batch: Batch, context: Context) -> list[dict[str, Any]]:
     """Takes a little while per batch and says which process handled it (for the failover test)."""
     await asyncio.sleep(0.05)

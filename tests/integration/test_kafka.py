@@ -4,11 +4,13 @@ and a failing partition that neither stalls the others nor gets the member kicke
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
 import pytest
 
 from streamfn.config import LoadedPipeline
@@ -37,6 +39,7 @@ def _fresh_handler_state() -> None:
     kafka_util.SEEN.clear()
     kafka_util.FAIL_UNTIL.clear()
     kafka_util.FAILED_CALLS.clear()
+    kafka_util.EVENTS.clear()
 
 
 async def drain(loaded: LoadedPipeline, seconds: float = 60.0) -> None:
@@ -68,6 +71,25 @@ async def test_each_partition_is_handled_in_order_and_committed(kafka_bootstrap:
     items = sink_lines(tmp_path / "out")
     assert all(item["d"]["p"] == int(item["s"].rpartition("-")[2]) for item in items)
     assert await committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == dict.fromkeys(range(PARTITIONS), 120)
+
+
+async def test_an_unmodified_lambda_kafka_handler_gets_lambdas_event(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = await create_topic(kafka_bootstrap, 2)
+    await produce(kafka_bootstrap, topic, [(1, b"key-1", b'{"n": 1}'), (1, None, b'{"n": 2}')],
+                  headers=[("trace", b"\x01\x02")])
+    handler = "tests.integration.kafka_util:lambda_handler"
+    loaded = kafka_pipeline(tmp_path, kafka_bootstrap, topic, unique("g"), handler)
+    loaded = msgspec.structs.replace(loaded, config=msgspec.structs.replace(loaded.config, interface="lambda"))
+    await drain(loaded)
+
+    (event,) = kafka_util.EVENTS
+    assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == kafka_bootstrap
+    (first, second) = event["records"][f"{topic}-1"]
+    assert (first["topic"], first["partition"], first["offset"]) == (topic, 1, 0)
+    assert base64.b64decode(first["key"]) == b"key-1" and "key" not in second
+    assert base64.b64decode(second["value"]) == b'{"n": 2}'
+    assert first["headers"] == [{"trace": [1, 2]}] and first["timestampType"] == "CREATE_TIME"
+    assert sorted(item["offset"] for item in sink_lines(tmp_path / "out")) == [0, 1]
 
 
 class GatedSink(LocalSink):

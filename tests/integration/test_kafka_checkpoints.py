@@ -27,8 +27,9 @@ class Member:
     """One group member: a source, its checkpoint store and assigner, and a controller that reads
     each started shard into ``records`` and, when stopped, checkpoints what it read."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str, stop_delay: float = 0.0) -> None:
-        config = KafkaSourceConfig(bootstrap_servers=bootstrap, topic=topic, group_id=group, **GROUP_SETTINGS)
+    def __init__(self, bootstrap: str, topic: str, group: str, stop_delay: float = 0.0, **settings: Any) -> None:
+        config = KafkaSourceConfig(bootstrap_servers=bootstrap, topic=topic, group_id=group,
+                                   **{**GROUP_SETTINGS, **settings})
         self.source = KafkaSource(config, pipeline="test")
         self.store: KafkaCheckpointStore = self.source.checkpoint_store()
         self.assigner: KafkaGroupAssigner = self.source.assigner()
@@ -70,6 +71,8 @@ class Member:
             await reader.close()
 
     async def stop_shard(self, shard_id: str, *, abandon: bool = False) -> None:
+        if abandon:
+            self.events.append(("abandon", shard_id, time.monotonic()))
         task = self._readers.pop(shard_id, None)
         if task is None:
             return
@@ -132,6 +135,23 @@ async def test_revoked_partitions_are_stopped_and_committed_before_another_membe
     await produce(kafka_bootstrap, topic, numbered(PARTITIONS, 5, start=25))
     await wait_for(lambda: all(read_count(second, s) == 5 for s in moved), 20, "the new owner to read new records")
     assert all([r.sequence for r in second.records[s]] == list(range(25, 30)) for s in moved)
+
+
+async def test_a_revoke_that_cannot_finish_in_time_is_abandoned_so_the_group_moves_on(
+    kafka_bootstrap: str, members: list[Member]
+) -> None:
+    topic = await create_topic(kafka_bootstrap, 2)
+    group = unique("g")
+    first = Member(kafka_bootstrap, topic, group, stop_delay=60.0, revoke_timeout=1.0)  # an in-flight batch hangs
+    members.append(first)
+    await first.start()
+    await wait_for(lambda: len(first.loaded) == 2, 30, "the first member to own both partitions")
+    second = Member(kafka_bootstrap, topic, group)
+    members.append(second)
+    await second.start()
+    await wait_for(lambda: len(second.loaded) >= 1, 40, "the second member to be given a partition")
+    abandoned = {s for kind, s, _ in first.events if kind == "abandon"}
+    assert abandoned == {f"{topic}-0", f"{topic}-1"}  # both were running when the revoke began
 
 
 async def test_checkpoints_are_committed_offsets_and_survive_the_member(
