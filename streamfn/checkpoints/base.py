@@ -25,6 +25,30 @@ class Checkpoint(msgspec.Struct, frozen=True):
     window_state: bytes | None = None
 
 
+def advance(previous: Checkpoint | None, checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint``, carrying the pending bounds of ``previous`` it has not passed yet.
+
+    Every store keeps pending bounds this way: ``save`` never loses a recorded batch that may
+    still be replayed, and drops those the checkpoint has moved past (all of them at SHARD_END).
+    """
+    pending = previous.pending if previous else ()
+    if checkpoint.shard_end:
+        pending = ()
+    elif pending and checkpoint.position is not None:
+        pending = tuple(bounds for bounds in pending if bounds[1] > checkpoint.position)
+    if pending != checkpoint.pending:
+        checkpoint = msgspec.structs.replace(checkpoint, pending=pending)
+    return checkpoint
+
+
+def with_pending(previous: Checkpoint | None, first: Position, last: Position) -> Checkpoint | None:
+    """``previous`` with the batch [first, last] recorded as pending; None if it already is."""
+    previous = previous or Checkpoint()
+    if (first, last) in previous.pending:
+        return None
+    return msgspec.structs.replace(previous, pending=(*previous.pending, (first, last)))
+
+
 @runtime_checkable
 class CheckpointStore(Protocol):
     """Durable per-shard checkpoints for one pipeline.

@@ -19,7 +19,7 @@ import msgspec
 
 from ..errors import CheckpointError
 from ..records import Position
-from .base import Checkpoint
+from .base import Checkpoint, advance, with_pending
 
 if TYPE_CHECKING:
     from ..components import BuildContext
@@ -136,22 +136,16 @@ class LocalCheckpointStore:
 
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
         self._raise_if_failed()
-        previous = self._current.get(shard_id)
-        pending = previous.pending if previous else ()
-        if pending and checkpoint.position is not None:
-            pending = tuple(b for b in pending if b[1] > checkpoint.position)
-        if pending != checkpoint.pending:
-            checkpoint = msgspec.structs.replace(checkpoint, pending=pending)
-        self._current[shard_id] = checkpoint
+        self._current[shard_id] = advance(self._current.get(shard_id), checkpoint)
         self._dirty.add(shard_id)
         self._wake.set()
 
     async def record_pending(self, shard_id: str, first: Position, last: Position) -> None:
         self._raise_if_failed()
-        previous = self._current.get(shard_id) or Checkpoint()
-        if (first, last) in previous.pending:
+        recorded = with_pending(self._current.get(shard_id), first, last)
+        if recorded is None:
             return
-        self._current[shard_id] = msgspec.structs.replace(previous, pending=(*previous.pending, (first, last)))
+        self._current[shard_id] = recorded
         self._dirty.add(shard_id)
         self._write()  # must be durable before the sink write it guards
 
