@@ -138,7 +138,7 @@ async def _edit(
         if not force:
             leases = await _not_held(table, leases, config.failover_time if watch is None else watch)
         for lease in leases:
-            await table.overwrite(lease, sets, removes, values)
+            await table.overwrite(lease, sets, removes, values, force=force)
     finally:
         await table.close()
     return [lease.shard_id for lease in leases]

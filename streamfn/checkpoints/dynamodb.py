@@ -156,6 +156,7 @@ class DynamoDBCheckpointStore:
         #: Shards whose lease was lost; the assigner stops their work without a checkpoint.
         self.lost: asyncio.Queue[str] = asyncio.Queue()
         self._renewer: asyncio.Task[None] | None = None
+        self._renewing = asyncio.Lock()
         self._opened = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -170,10 +171,7 @@ class DynamoDBCheckpointStore:
     async def close(self) -> None:
         """Stop renewing and close the client. Leases still held are left to expire: call
         ``release_all`` first for a graceful stop."""
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
-            self._renewer = None
+        await self._stop_renewer()
         writers = [h.writer for h in self.held.values() if h.writer is not None]
         for writer in writers:
             writer.cancel()
@@ -326,10 +324,7 @@ class DynamoDBCheckpointStore:
 
     async def release_all(self) -> None:
         """Graceful stop: release every held lease (after the shards stopped and checkpointed)."""
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
-            self._renewer = None
+        await self._stop_renewer()
         results = await asyncio.gather(*(self.release(s) for s in list(self.held)), return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
@@ -371,11 +366,22 @@ class DynamoDBCheckpointStore:
     async def _renew_loop(self) -> None:
         while True:
             started = time.monotonic()
-            try:
-                await self.renew_all()
-            except Exception:
-                log.exception("lease renewal round failed")
+            async with self._renewing:
+                try:
+                    await self.renew_all()
+                except Exception:
+                    log.exception("lease renewal round failed")
             await asyncio.sleep(max(0.0, self.settings.renew_interval - (time.monotonic() - started)))
+
+    async def _stop_renewer(self) -> None:
+        """Stop renewing between two rounds: a renewal cut off in flight may have bumped the
+        counter unseen, and the release after it would then find the lease "lost"."""
+        if self._renewer is None:
+            return
+        async with self._renewing:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        self._renewer = None
 
 
 class _FencedWrite(Protocol):

@@ -324,14 +324,22 @@ class LeaseTable:
         sets, removes, values = checkpoint_update(checkpoint)
         await self.fenced_update(shard_id, owner, counter, sets, removes, values)
 
-    async def overwrite(self, lease: Lease, sets: list[str], removes: Sequence[str], values: dict[str, Any]) -> None:
-        """An operator's edit: applied only if the lease did not move since it was read."""
-        all_values = {":counter": {"N": str(lease.counter)}, ":one": {"N": "1"}, **values}
+    async def overwrite(self, lease: Lease, sets: list[str], removes: Sequence[str], values: dict[str, Any], *,
+                        force: bool = False) -> None:
+        """An operator's edit, applied only if the lease did not move since it was read; forced,
+        it applies whatever the lease's state. Either way it bumps the counter, so a worker that
+        held the lease fails its next write and stops the shard."""
+        all_values = {":one": {"N": "1"}, **values}
+        if force:
+            condition = "attribute_exists(leaseKey)"
+        else:
+            condition = "leaseCounter = :counter"
+            all_values[":counter"] = {"N": str(lease.counter)}
         try:
             await self.call(
                 "update_item", TableName=self.table, Key=self._key(lease.shard_id),
                 UpdateExpression=update_expression(["leaseCounter = leaseCounter + :one", *sets], list(removes)),
-                ConditionExpression="leaseCounter = :counter", ExpressionAttributeValues=all_values,
+                ConditionExpression=condition, ExpressionAttributeValues=all_values,
             )
         except Exception as exc:
             if is_condition_failure(exc):

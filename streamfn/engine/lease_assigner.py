@@ -96,7 +96,10 @@ def plan_takes(
     needed = target - mine
     if needed <= 0:
         return TakePlan([], [], target, workers)
-    free = [lease for lease in active if lease.shard_id not in held and (lease.key in expired or lease.owner is None)]
+    # A lease in our name that we do not hold (a write of ours landed but its answer was lost,
+    # so we dropped it) is ours to take back at once.
+    free = [lease for lease in active
+            if lease.shard_id not in held and (lease.key in expired or lease.owner in (None, me))]
     if free:
         rng.shuffle(free)  # workers starting together then rarely race for the same lease
         return TakePlan(free[:needed], [], target, workers)

@@ -141,3 +141,9 @@ def test_sentinels_mean_no_checkpoint_and_shard_end_ends() -> None:
     reset = lease_from_item({**base, "checkpoint": {"S": "AT_TIMESTAMP"}, "streamfnStart": {"S": "at_timestamp"},
                              "streamfnStartTimestamp": {"N": "1700000000.5"}}, "")
     assert reset is not None and reset.starting_position == StartingPosition("at_timestamp", 1700000000.5)
+
+
+def test_a_lease_in_my_name_that_i_do_not_hold_is_taken_back_at_once() -> None:
+    leases = [lease("s0", "me"), lease("s1", "a")]
+    plan = plan_takes(leases, "me", set(), set(), may_steal=False)
+    assert [x.shard_id for x in plan.take] == ["s0"]
