@@ -28,7 +28,7 @@ import msgspec
 from ..errors import CheckpointError, LeaseLostError
 from ..records import Position
 from ..sources.base import ShardInfo, StartingPosition
-from .base import Checkpoint
+from .base import Checkpoint, advance, with_pending
 from .lease_table import Lease, LeaseTable, retrying
 
 if TYPE_CHECKING:
@@ -206,22 +206,15 @@ class DynamoDBCheckpointStore:
 
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
         held = self._holding(shard_id)
-        pending = held.checkpoint.pending
-        if pending and checkpoint.position is not None:
-            pending = tuple(b for b in pending if b[1] > checkpoint.position)
-        if checkpoint.shard_end:
-            pending = ()
-        if pending != checkpoint.pending:
-            checkpoint = msgspec.structs.replace(checkpoint, pending=pending)
-        held.checkpoint = checkpoint
+        held.checkpoint = advance(held.checkpoint, checkpoint)
         held.dirty = True
         self._start_writer(held)
 
     async def record_pending(self, shard_id: str, first: Position, last: Position) -> None:
         held = self._holding(shard_id)
-        if (first, last) not in held.checkpoint.pending:
-            held.checkpoint = msgspec.structs.replace(
-                held.checkpoint, pending=(*held.checkpoint.pending, (first, last)))
+        recorded = with_pending(held.checkpoint, first, last)
+        if recorded is not None:
+            held.checkpoint = recorded
             held.dirty = True
         await self._flush_one(held, urgent=True)
 
