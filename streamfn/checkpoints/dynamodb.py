@@ -300,6 +300,17 @@ class DynamoDBCheckpointStore:
                                        "previous_owner": lease.owner, "counter": taken.counter})
         return held
 
+    async def acquire(self, shard_id: str, parent_ids: tuple[str, ...] = ()) -> bool:
+        """Create ``shard_id``'s lease if missing and take it if nobody holds it (for tools and
+        tests that drive the store without an assigner). False if another worker holds it."""
+        if shard_id in self.held:
+            return True
+        await self.table.create(shard_id, parent_ids)
+        lease = await self.table.get(shard_id)
+        if lease is None or lease.owner not in (None, self.worker_id):
+            return False
+        return await self.take(lease) is not None
+
     async def release(self, shard_id: str) -> None:
         """Write the shard's last checkpoint and give its lease up so another worker takes it now."""
         held = self.held.get(shard_id)

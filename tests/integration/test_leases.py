@@ -419,3 +419,12 @@ async def test_only_listed_shards_are_taken_and_trimmed_finished_leases_go(worke
     source.shards.append(ShardInfo("new"))
     await assigner.round(controller, source)
     assert controller.running == {"live", "new"}
+
+
+async def test_acquire_takes_a_free_lease_and_refuses_a_held_one(workers: StoreFactory) -> None:
+    first, second = await workers("first"), await workers("second")
+    assert await first.acquire("s1")
+    assert await first.acquire("s1")  # already held: nothing to do
+    assert not await second.acquire("s1")
+    await first.release("s1")
+    assert await second.acquire("s1")
