@@ -132,6 +132,8 @@ class HeldLease:
     lost: bool = False
     written_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set by a flush: the writer stops waiting for ``checkpoint_interval`` and writes now.
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
 
     @property
@@ -216,7 +218,7 @@ class DynamoDBCheckpointStore:
         if recorded is not None:
             held.checkpoint = recorded
             held.dirty = True
-        await self._flush_one(held, urgent=True)
+        await self._flush_one(held)
 
     async def flush(self) -> None:
         leases = [h for h in self.held.values() if h.dirty or h.writer is not None]
@@ -240,12 +242,16 @@ class DynamoDBCheckpointStore:
             held.writer = asyncio.create_task(self._write_dirty(held), name=f"checkpoint:{held.shard_id}")
             held.writer.add_done_callback(_note_failure)
 
-    async def _write_dirty(self, held: HeldLease, *, urgent: bool = False) -> None:
-        """Write the lease's latest checkpoint until nothing newer is waiting."""
+    async def _write_dirty(self, held: HeldLease) -> None:
+        """Write the lease's latest checkpoint until nothing newer is waiting; between two writes
+        wait for ``checkpoint_interval`` unless a flush hurries it."""
         while held.dirty and not held.lost:
             wait = held.written_at + self.settings.checkpoint_interval - time.monotonic()
-            if wait > 0 and not urgent:
-                await asyncio.sleep(wait)
+            if wait > 0 and not held.hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await held.hurry.wait()
+            held.hurry.clear()
             held.dirty = False
             try:
                 await self._fenced(held, lambda counter: self.table.write_checkpoint(
@@ -256,9 +262,10 @@ class DynamoDBCheckpointStore:
                 raise
             held.written_at = time.monotonic()
 
-    async def _flush_one(self, held: HeldLease, *, urgent: bool = False) -> None:
+    async def _flush_one(self, held: HeldLease) -> None:
         """Return once the lease's checkpoint as of now is durable (raise why not)."""
         while True:
+            held.hurry.set()
             writer = held.writer
             if writer is not None and not writer.done():
                 with contextlib.suppress(Exception):
@@ -267,8 +274,8 @@ class DynamoDBCheckpointStore:
                 raise LeaseLostError(f"shard {held.shard_id}: lease lost before its checkpoint was written")
             if not held.dirty:
                 return
-            held.writer = asyncio.create_task(self._write_dirty(held, urgent=urgent),
-                                              name=f"checkpoint:{held.shard_id}")
+            held.hurry.set()
+            held.writer = asyncio.create_task(self._write_dirty(held), name=f"checkpoint:{held.shard_id}")
             await asyncio.shield(held.writer)
 
     async def _fenced(self, held: HeldLease, write: _FencedWrite) -> None:
@@ -317,7 +324,7 @@ class DynamoDBCheckpointStore:
         if held is None:
             return
         try:
-            await self._flush_one(held, urgent=True)
+            await self._flush_one(held)
             await self._fenced(held, lambda counter: self.table.release(shard_id, self.worker_id, counter))
         except LeaseLostError:
             return

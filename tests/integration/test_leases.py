@@ -428,3 +428,21 @@ async def test_acquire_takes_a_free_lease_and_refuses_a_held_one(workers: StoreF
     assert not await second.acquire("s1")
     await first.release("s1")
     assert await second.acquire("s1")
+
+
+async def test_checkpoint_interval_coalesces_saves_and_flush_does_not_wait_for_it(workers: StoreFactory) -> None:
+    store, reader = await workers("w", checkpoint_interval=30.0), await workers("reader")
+    assert await store.acquire("s1")
+    await store.save("s1", Checkpoint(position=Position(1)))  # the first write goes at once
+    await asyncio.sleep(0.3)
+    for n in range(2, 6):
+        await store.save("s1", Checkpoint(position=Position(n)))
+    await asyncio.sleep(0.3)
+    assert await reader.load("s1") == Checkpoint(position=Position(1))  # later saves wait for the interval
+    async with asyncio.timeout(10):  # far below the 30 s interval: a guarded write never waits for it
+        await store.record_pending("s1", Position(6), Position(9))
+    assert await reader.load("s1") == Checkpoint(position=Position(5), pending=((Position(6), Position(9)),))
+    await store.save("s1", Checkpoint(position=Position(9)))
+    async with asyncio.timeout(10):
+        await store.flush()
+    assert await reader.load("s1") == Checkpoint(position=Position(9))
