@@ -55,12 +55,16 @@ def _append_chunks(
 ) -> int:
     done = 0
     started = time.monotonic()
+    live = progress and sys.stderr.isatty()  # a redrawn bar only on a terminal; a summary line otherwise
     for chunk in _chunks(records, CHUNK):
         done += log.append(stream, chunk)
-        if progress:
+        if live:
             _show_progress(done, total, time.monotonic() - started)
-    if progress:
+    if live:
         sys.stderr.write("\n")
+    elif progress:
+        elapsed = time.monotonic() - started
+        sys.stderr.write(f"appended {done:,} records to {stream!r} in {elapsed:.1f}s\n")
     return done
 
 
