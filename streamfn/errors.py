@@ -2,6 +2,7 @@
 
     StreamfnError
     ├── ConfigError            a pipeline file is wrong: names the file, the field and what was expected
+    ├── InputError             records given to ``streamfn produce`` are malformed: names the line
     ├── HandlerError           the user's function failed to load, or failed / timed out on a batch
     │   └── HandlerLoadError   ``module:function`` cannot be imported (a startup error, never a crash loop)
     ├── SourceError            a source failed in a way retrying will not fix
@@ -28,6 +29,10 @@ class ConfigError(StreamfnError):
         self.message = message
         where = ": ".join(part for part in (file, f"field `{field}`" if field else None) if part)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class InputError(StreamfnError):
+    """Records handed to streamfn (``streamfn produce --input``) are malformed."""
 
 
 class HandlerError(StreamfnError):

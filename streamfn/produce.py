@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from typing import BinaryIO
 
 from .config import LoadedPipeline
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .sources.local import LocalSourceConfig
 from .sources.local_log import LocalLog
 from .sources.local_produce import ndjson_records, synthetic_clicks
@@ -45,27 +45,34 @@ def produce(
                 records: Iterable[tuple[str, bytes]] = ndjson_records(stream, key_field)
             else:
                 records = synthetic_clicks(count or 0, seed)
-            return _append_chunks(log, source.stream, records, total=count, progress=progress)
+            appended: list[int] = [0]
+            try:
+                return _append_chunks(log, source.stream, records, total=count, progress=progress, done=appended)
+            except ValueError as exc:
+                raise InputError(
+                    f"{source_file}: {exc}; stopped after appending the first {appended[0]:,} records"
+                ) from None
     finally:
         log.close()
 
 
 def _append_chunks(
-    log: LocalLog, stream: str, records: Iterable[tuple[str, bytes]], *, total: int | None, progress: bool
+    log: LocalLog, stream: str, records: Iterable[tuple[str, bytes]], *, total: int | None, progress: bool,
+    done: list[int],
 ) -> int:
-    done = 0
+    """Append in chunks of CHUNK records; ``done[0]`` counts what is committed, even on an error."""
     started = time.monotonic()
     live = progress and sys.stderr.isatty()  # a redrawn bar only on a terminal; a summary line otherwise
     for chunk in _chunks(records, CHUNK):
-        done += log.append(stream, chunk)
+        done[0] += log.append(stream, chunk)
         if live:
-            _show_progress(done, total, time.monotonic() - started)
+            _show_progress(done[0], total, time.monotonic() - started)
     if live:
         sys.stderr.write("\n")
     elif progress:
         elapsed = time.monotonic() - started
-        sys.stderr.write(f"appended {done:,} records to {stream!r} in {elapsed:.1f}s\n")
-    return done
+        sys.stderr.write(f"appended {done[0]:,} records to {stream!r} in {elapsed:.1f}s\n")
+    return done[0]
 
 
 def _chunks(records: Iterable[tuple[str, bytes]], size: int) -> Iterator[list[tuple[str, bytes]]]:
