@@ -415,7 +415,10 @@ class ShardRunner:
         read_after = position
         if pending and position is not None and pending[0][0] <= position:
             read_after = _before(pending[0][0])
-        reader = env.source.reader(self.shard, read_after, env.starting)
+        start = self._starting_position()
+        reader = env.source.reader(self.shard, read_after, start)
+        if position is None and start.kind != "trim_horizon":
+            await self._pin_start(reader)
         try:
             if env.lanes == 1:
                 batcher = Batcher(reader, env.limits, accept=env.accept, replay=deque(pending),
@@ -437,6 +440,26 @@ class ShardRunner:
                 self._dispatcher.cancel()
                 await asyncio.gather(self._dispatcher, return_exceptions=True)
             await reader.close()
+
+    async def _pin_start(self, reader: ShardReader) -> None:
+        """Checkpoint where a ``latest``/``at_timestamp`` start begins, when the reader knows it:
+        otherwise a restart of a shard that saw no record yet would start at a later "latest"
+        and skip what arrived in between."""
+        after = getattr(reader, "after_seq", None)
+        if isinstance(after, int):
+            await self._save(Position(after))
+
+    def _starting_position(self) -> StartingPosition:
+        """Where a shard without checkpoint starts: a store's reset (``checkpoints reset``) first,
+        then trim horizon for a child shard (its parents are done, nothing of it was read), then
+        the pipeline's starting position."""
+        override = getattr(self.env.store, "starting_position", None)
+        position = override(self.shard_id) if override is not None else None
+        if position is not None:
+            return position  # type: ignore[no-any-return]
+        if self.shard.parent_ids:
+            return StartingPosition("trim_horizon")
+        return self.env.starting
 
     def _start_lanes(
         self, reader: ShardReader, position: Position | None, pending: list[tuple[Position, Position]]

@@ -12,7 +12,18 @@ import orjson
 
 from tests.pipelines import append, run_until_caught_up, write_pipeline
 
-ECHO = "def handle(batch, context):\n    return [r.sequence for r in batch]\n"
+ECHO = """
+from pathlib import Path
+
+def handle(batch, context):
+    with Path(__file__).with_name("handled.txt").open("a") as out:
+        out.writelines(f"{r.json()['v']}\\n" for r in batch)
+"""
+
+
+def handled(folder: Path) -> list[int]:
+    path = folder / "handled.txt"
+    return sorted(int(line) for line in path.read_text().split()) if path.exists() else []
 
 
 def cli(config: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -27,6 +38,7 @@ def test_show_reset_and_set(tmp_path: Path, moto_endpoint: str, aws_env: dict[st
                                   f'endpoint_url = "{moto_endpoint}"\nfailover_time = 2.0\n')
     append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(40)])
     run_until_caught_up(config)
+    assert handled(tmp_path) == list(range(40))
 
     shown = cli(config, "show", env=aws_env)
     assert shown.returncode == 0, shown.stderr
@@ -42,6 +54,14 @@ def test_show_reset_and_set(tmp_path: Path, moto_endpoint: str, aws_env: dict[st
     assert changed.returncode == 0, changed.stderr
     rows = {line.split()[0]: line.split() for line in cli(config, "show", env=aws_env).stdout.splitlines()[1:]}
     assert "7" in rows["shard-0001"]
+
+    # A reset to latest is honoured by the next run: only records appended after it are handled.
+    assert cli(config, "reset", "--to", "latest", env=aws_env).returncode == 0
+    (tmp_path / "handled.txt").unlink()
+    run_until_caught_up(config)  # takes the leases and positions every shard at its tip
+    append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(100, 105)])
+    run_until_caught_up(config)
+    assert handled(tmp_path) == list(range(100, 105))
 
 
 def test_refuses_a_pipeline_without_a_lease_table(tmp_path: Path) -> None:
