@@ -16,6 +16,7 @@ from typing import Any
 from ..checkpoints.base import CheckpointStore
 from ..checkpoints.kafka import KafkaCheckpointStoreConfig
 from ..checkpoints.local import LocalCheckpointStoreConfig
+from ..components import BuildContext
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError
 from ..sources.base import ShardInfo, StartingPosition
@@ -26,6 +27,18 @@ from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
 
 log = logging.getLogger("streamfn.pipeline")
+
+
+def build_checkpoint_store(loaded: LoadedPipeline, source: Any) -> CheckpointStore:
+    """The configured store; a source that keeps its own checkpoints (Kafka) builds it itself;
+    without a ``[checkpoints]`` section, the local store in the state folder."""
+    configured = loaded.config.checkpoints
+    own = getattr(source, "checkpoint_store", None)
+    if own is not None and (configured is None or isinstance(configured, KafkaCheckpointStoreConfig)):
+        return own(configured)  # type: ignore[no-any-return]
+    if configured is not None:
+        return configured.build(loaded.context)
+    return LocalCheckpointStoreConfig().build(loaded.context)
 
 
 class AllShardsAssigner:
@@ -92,15 +105,8 @@ class Pipeline:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.failed: BaseException | None = None
 
-    def _checkpoint_store(self, ctx: Any) -> CheckpointStore:
-        """The configured store; a source that keeps its own checkpoints (Kafka) builds it itself."""
-        configured = self.config.checkpoints
-        own = getattr(self.source, "checkpoint_store", None)
-        if own is not None and (configured is None or isinstance(configured, KafkaCheckpointStoreConfig)):
-            return own(configured)  # type: ignore[no-any-return]
-        if configured is not None:
-            return configured.build(ctx)
-        return LocalCheckpointStoreConfig().build(ctx)
+    def _checkpoint_store(self, ctx: BuildContext) -> CheckpointStore:
+        return build_checkpoint_store(self.loaded, self.source)
 
     def _assigner(self) -> Assigner:
         for part in (self.store, self.source):

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.base import CheckpointStore
-from ..checkpoints.local import LocalCheckpointStoreConfig
 from ..config import LoadedPipeline
 from ..errors import ConfigError
 
@@ -18,14 +17,10 @@ def build_source(loaded: LoadedPipeline) -> Any:
 
 
 def build_store(loaded: LoadedPipeline, source: Any) -> CheckpointStore:
-    """The checkpoint store the daemon would use: configured, else the source's own, else local."""
-    config, ctx = loaded.config, loaded.context
-    if config.checkpoints is not None:
-        return config.checkpoints.build(ctx)
-    own = getattr(source, "checkpoint_store", None)
-    if own is not None:
-        return own()  # type: ignore[no-any-return]
-    return LocalCheckpointStoreConfig().build(ctx)
+    """The checkpoint store the daemon would use."""
+    from ..engine.pipeline import build_checkpoint_store
+
+    return build_checkpoint_store(loaded, source)
 
 
 def source_kind(config: Any) -> str | None:

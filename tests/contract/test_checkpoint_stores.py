@@ -6,6 +6,7 @@ instance flushed (or recorded as pending) the other must load.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,21 +14,38 @@ import pytest
 
 from streamfn import Position
 from streamfn.checkpoints.base import Checkpoint, CheckpointStore
+from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from streamfn.checkpoints.local import LocalCheckpointStore
+from streamfn.components import BuildContext
 
 StoreFactory = Callable[[], Awaitable[CheckpointStore]]
 
 
-@pytest.fixture(params=["local"])
+SHARDS = ("s1", "s2", "s3")
+
+
+@pytest.fixture(params=["local", "dynamodb"])
 async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores of one kind over the same durable state. The Kafka store is covered by
+    tests/integration/test_kafka_checkpoints.py: it commits only for partitions its group assigned."""
     opened: list[CheckpointStore] = []
+    table = f"contract-{uuid.uuid4().hex[:8]}"
 
     async def make() -> CheckpointStore:
+        store: CheckpointStore
         if request.param == "local":
-            store: CheckpointStore = LocalCheckpointStore(tmp_path / "cp.sqlite3", "pipeline-a")
-        else:  # pragma: no cover - a store was added to params without a factory
-            raise AssertionError(request.param)
-        await store.open()
+            store = LocalCheckpointStore(tmp_path / "cp.sqlite3", "pipeline-a")
+            await store.open()
+        else:
+            endpoint = request.getfixturevalue("moto_endpoint")
+            request.getfixturevalue("aws_env")
+            config = DynamoDBCheckpointStoreConfig(table=table, endpoint_url=endpoint, failover_time=2.0)
+            lease_store = config.build(BuildContext(pipeline="pipeline-a", config_dir=tmp_path, state_dir=tmp_path))
+            await lease_store.open()
+            if not opened:  # the first instance is the worker holding the leases; later ones read
+                for shard in SHARDS:
+                    assert await lease_store.acquire(shard)
+            store = lease_store
         opened.append(store)
         return store
 
