@@ -37,6 +37,7 @@ class ExpiryClock:
     def __init__(self, failover_time: float) -> None:
         self.failover_time = failover_time
         self._seen: dict[str, tuple[int, str | None, float]] = {}
+        self._first_seen: dict[str, float] = {}
 
     def observe(self, leases: Iterable[Lease], now: float) -> None:
         seen: dict[str, tuple[int, str | None, float]] = {}
@@ -49,6 +50,12 @@ class ExpiryClock:
                 # watch it for a failover time before calling it dead.
                 seen[lease.key] = (lease.counter, lease.owner, now)
         self._seen = seen
+        self._first_seen = {key: self._first_seen.get(key, now) for key in seen}
+
+    def proven_alive(self, lease: Lease) -> bool:
+        """Its owner renewed it while we watched (a counter unchanged since first seen proves nothing)."""
+        seen = self._seen.get(lease.key)
+        return lease.owner is not None and seen is not None and seen[2] > self._first_seen.get(lease.key, seen[2])
 
     def expired(self, lease: Lease, now: float) -> bool:
         if lease.owner is None:
@@ -120,7 +127,8 @@ def plan_takes(
 class LeaseAssigner:
     """Takes, renews (through the store) and releases leases; starts and stops their shards.
 
-    ``settled`` turns true after the first take round; ``wake`` makes the next round start at
+    ``settled`` is true after a round in which every unfinished lease was ours or renewed by a live
+    worker; ``wake`` makes the next round start at
     once (the pipeline sets it when a shard finishes). ``release`` is the graceful stop: the
     pipeline calls it after its shards stopped and checkpointed.
     """
@@ -158,7 +166,6 @@ class LeaseAssigner:
                 raise
             except Exception:
                 log.exception("lease round failed; retrying at the next interval")
-            self.settled = True
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.take_interval):
                     await self.wake.wait()
@@ -196,6 +203,13 @@ class LeaseAssigner:
         if plan.steal:
             self._last_steal = now
         await self._start_ready(controller, by_shard)
+        # Settled (for --until-caught-up): every unfinished lease is ours or renewed by a live worker.
+        # A dead worker's lease keeps this false until it expires and we take it.
+        worker = store.worker_id
+        self.settled = all(
+            lease.finished or lease.owner == worker or self.clock.proven_alive(lease)
+            for lease in leases if listed is None or lease.shard_id in listed
+        )
 
     def _drop_taken_away(self, leases: list[Lease]) -> None:
         """A held lease the scan shows under another owner is lost now, not at the next renewal

@@ -69,3 +69,41 @@ def test_refuses_a_pipeline_without_a_lease_table(tmp_path: Path) -> None:
     done = cli(config, "show", env={})
     assert done.returncode == 2
     assert "lease table" in done.stderr
+
+
+SLOW = """
+import time
+
+def handle(batch, context):
+    time.sleep(0.1)
+    return [r.json()["v"] for r in batch]
+"""
+
+
+def test_until_caught_up_waits_for_a_dead_workers_leases(
+    tmp_path: Path, moto_endpoint: str, aws_env: dict[str, str]
+) -> None:
+    """A restarted worker must not call itself caught up while a killed worker's leases are unexpired."""
+    import signal
+    import time
+
+    from tests.pipelines import daemon, kill, output_objects
+
+    table = f"leases-{uuid.uuid4().hex[:8]}"
+    config = write_pipeline(tmp_path, SLOW, shards=4, batching="max_records = 20",
+                            sinks='[[sinks]]\ntype = "local"\npath = "out"\nfsync = false\n',
+                            extra=f'[checkpoints]\ntype = "dynamodb"\ntable = "{table}"\n'
+                                  f'endpoint_url = "{moto_endpoint}"\nfailover_time = 2.0\n'
+                                  'worker_id = "${WORKER:-setup}"\n')
+    append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(8000)])
+    first = daemon(config, env={**aws_env, "WORKER": "first"})
+    time.sleep(2.5)  # long enough to take every lease and handle some batches
+    kill(first, signal.SIGKILL)
+    first.wait(10)
+    done = [v for items in output_objects(tmp_path / "out").values() for v in items]
+    assert 0 < len(done) < 8000, "the kill landed mid-run"
+    second = daemon(config, "--until-caught-up", env={**aws_env, "WORKER": "second"})
+    _, err = second.communicate(timeout=90)
+    assert second.returncode == 0, err.decode()[-2000:]
+    values = [v for items in output_objects(tmp_path / "out").values() for v in items]
+    assert sorted(values) == list(range(8000))
