@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..backoff import Backoff
 from ..checkpoints.base import CheckpointStore
 from ..checkpoints.kafka import KafkaCheckpointStoreConfig
 from ..checkpoints.local import LocalCheckpointStoreConfig
@@ -22,7 +23,6 @@ from ..errors import LeaseLostError
 from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
 from .invoke import Invoker, load_handler
-from .policy import Backoff
 from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
 
@@ -163,7 +163,7 @@ class Pipeline:
     # ---------------------------------------------------------------------------------
     async def _supervise(self, runner: ShardRunner) -> None:
         """Keep one shard running: an unexpected error restarts it from its checkpoint."""
-        backoff = Backoff(1.0, 60.0)
+        backoff = Backoff(1.0, 60.0, floor=0.5)
         while True:
             try:
                 await runner.run()

@@ -6,11 +6,11 @@ does the I/O. Throttling of a source, sink or destination never counts as an att
 
 from __future__ import annotations
 
-import random
 import time
 
 import msgspec
 
+from ..backoff import Backoff
 from ..records import Record
 
 
@@ -44,20 +44,6 @@ class FailurePolicy(msgspec.Struct, frozen=True, kw_only=True):
         return expired, [r for r in records if r.arrival_time >= oldest_allowed]
 
 
-class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to a cap."""
-
-    __slots__ = ("_failures", "_initial", "_maximum")
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._failures = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._maximum, self._initial * (2 ** min(self._failures, 30)))
-        self._failures += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._failures = 0
+def retry_backoff(policy: FailurePolicy) -> Backoff:
+    """Backoff between retries of a batch or of a store write: each delay in [d/2, d], d doubling."""
+    return Backoff(policy.initial_delay, policy.max_delay, floor=0.5)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..backoff import Backoff
 from ..checkpoints.base import Checkpoint, CheckpointStore
 from ..destinations.base import Condition, Destination, FailedBatch
 from ..errors import HandlerError, LeaseLostError
@@ -26,7 +27,7 @@ from . import windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
 from .invoke import Invoker
 from .lanes import LaneQueue, Watermark, lane_of
-from .policy import Backoff, FailurePolicy
+from .policy import FailurePolicy, retry_backoff
 from .stats import ShardStats
 from .windows import FINAL_CALL_GRACE, WindowState
 
@@ -152,7 +153,7 @@ class LaneWorker:
         """The window's final call, with no records: its records were all handled already."""
         window, env = self._window, self.env
         assert window is not None
-        backoff = Backoff(env.policy.initial_delay, env.policy.max_delay)
+        backoff = retry_backoff(env.policy)
         while True:
             context = Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=0, timeout=env.timeout,
                               state=window.state, window=window.bounds, is_final=True,
@@ -189,7 +190,7 @@ class LaneWorker:
     async def _process(self, records: list[Record], *, final: bool = False) -> None:
         """Handle ``records`` to completion: success, or disposal to the destination."""
         env, policy, stats = self.env, self.env.policy, self.stats
-        backoff = Backoff(policy.initial_delay, policy.max_delay)
+        backoff = retry_backoff(policy)
         # Segments still to handle, in shard order, each with the retries it has used.
         todo: deque[tuple[list[Record], int]] = deque([(records, 0)])
         while todo:
@@ -323,7 +324,7 @@ class LaneWorker:
     async def _persist(self, write: Callable[[], Awaitable[None]], what: str) -> None:
         """Retry a write to a store until it succeeds: the shard waits, nothing is skipped."""
         policy = self.env.policy
-        backoff = Backoff(policy.initial_delay, policy.max_delay)
+        backoff = retry_backoff(policy)
         while True:
             try:
                 await write()
