@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +17,7 @@ import orjson
 
 from . import logs
 from .config import LoadedPipeline, json_schema, load_pipeline
+from .engine.pipeline import HANDLER_THREAD_PREFIX
 from .errors import ConfigError, HandlerLoadError, StreamfnError
 
 if TYPE_CHECKING:
@@ -32,7 +36,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load_all(args.configs)
     install_event_loop_policy()
     asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=_metrics_config(args, loaded)))
+    _exit_past_stuck_handlers()
     return EXIT_OK
+
+
+def _exit_past_stuck_handlers() -> None:
+    """A plain-function handler abandoned at the shutdown deadline keeps its thread, which the
+    interpreter would join forever at exit. Its batch was not checkpointed: exit without it."""
+    stuck = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREAD_PREFIX) and t.is_alive()]
+    if stuck:
+        logging.getLogger("streamfn.daemon").warning(
+            "exiting with %d abandoned handler call(s) still running in threads", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
 
 
 def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) -> MetricsConfig | None:

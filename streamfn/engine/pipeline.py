@@ -28,6 +28,9 @@ from .shard import ShardEnv, ShardRunner
 
 log = logging.getLogger("streamfn.pipeline")
 
+#: Threads that run plain-function handlers are named with this prefix.
+HANDLER_THREAD_PREFIX = "streamfn-handler-"
+
 
 def build_checkpoint_store(loaded: LoadedPipeline, source: Any) -> CheckpointStore:
     """The configured store; a source that keeps its own checkpoints (Kafka) builds it itself;
@@ -83,7 +86,7 @@ class Pipeline:
         self.sinks = [sink.build(ctx) for sink in config.sinks]
         self.destination = config.on_failure.build(ctx) if config.on_failure else None
         self.store: CheckpointStore = self._checkpoint_store(ctx)
-        self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"handler-{self.name}")
+        self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"{HANDLER_THREAD_PREFIX}{self.name}")
         invoker = Invoker(
             handler, interface=config.interface, timeout=config.timeout,
             report_failures=config.report_batch_item_failures, lambda_event=self.source.lambda_event,

@@ -98,3 +98,24 @@ def test_sigterm_stops_gracefully_with_checkpoint_at_last_output(tmp_path: Path)
         assert checkpoint.position is not None
         assert checkpoint.position.sequence == seq, f"{shard}: checkpoint {checkpoint.position} != output {seq}"
         assert checkpoint.pending == ()
+
+
+STUCK = """
+import time
+
+def handle(batch, context):
+    time.sleep(3600)  # a plain function that never returns: its thread cannot be interrupted
+"""
+
+
+def test_sigterm_exits_in_bounded_time_with_a_stuck_sync_handler(tmp_path: Path) -> None:
+    config = write_pipeline(tmp_path, STUCK, shards=1, sinks="", extra="shutdown_timeout = 1.0\ntimeout = 3600")
+    append(config, [("k", orjson.dumps({"v": 1}))])
+    proc = daemon(config)
+    time.sleep(1.5)
+    started = time.monotonic()
+    kill(proc, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert time.monotonic() - started < 15
+    assert b"abandoned" in err
