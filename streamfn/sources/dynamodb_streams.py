@@ -68,11 +68,7 @@ class DynamoDBStreamsSource:
         self.name = config.table or self.stream_arn.split("/table/", 1)[-1].split("/", 1)[0]
         self.aws = AwsClient("dynamodbstreams", endpoint_url=config.endpoint_url, region=config.region,
                              timeout=config.request_timeout, max_pool_connections=128)
-        self.read_settings = ReadSettings(
-            max_reads_per_second=config.max_reads_per_second, idle_interval=config.idle_interval,
-            read_limit=config.read_limit, iterator_lifetime=config.iterator_lifetime,
-            backoff_initial=config.backoff_initial, backoff_max=config.backoff_max,
-        )
+        self.read_settings = ReadSettings.of(config)
 
     @property
     def region(self) -> str:

@@ -76,11 +76,7 @@ class KinesisSource:
         self.aws = AwsClient("kinesis", endpoint_url=config.endpoint_url, region=config.region,
                              timeout=config.request_timeout, max_pool_connections=256)
         self.hash_ranges: dict[str, tuple[int, int]] = {}
-        self.read_settings = ReadSettings(
-            max_reads_per_second=config.max_reads_per_second, idle_interval=config.idle_interval,
-            read_limit=config.read_limit, iterator_lifetime=config.iterator_lifetime,
-            backoff_initial=config.backoff_initial, backoff_max=config.backoff_max,
-        )
+        self.read_settings = ReadSettings.of(config)
 
     @property
     def region(self) -> str:

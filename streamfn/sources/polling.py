@@ -38,6 +38,11 @@ class ReadSettings(msgspec.Struct, frozen=True):
     backoff_initial: float
     backoff_max: float
 
+    @classmethod
+    def of(cls, config: Any) -> ReadSettings:
+        """The settings of a source config that has fields of the same names (Kinesis, DynamoDB Streams)."""
+        return cls(**{name: getattr(config, name) for name in cls.__struct_fields__})
+
 
 class Page(msgspec.Struct):
     """One decoded ``GetRecords`` answer."""
