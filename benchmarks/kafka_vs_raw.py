@@ -22,13 +22,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from benchmarks.servers import bench_server
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
 from streamfn.engine.daemon import install_event_loop_policy
@@ -58,26 +58,8 @@ async def json_handler(batch: Batch, context: Context) -> None:
         Progress.done.set()
 
 
-@contextmanager
-def broker() -> Iterator[str | None]:
-    import os
-
-    preset = os.environ.get("STREAMFN_TEST_KAFKA")
-    if preset:
-        yield preset
-        return
-    try:
-        from tests import servers
-
-        handle = servers.start_tansu()
-    except Exception as exc:  # no broker binary here: the harness reports the benchmark as skipped
-        print(f"no Kafka broker: {exc}", file=sys.stderr)
-        yield None
-        return
-    try:
-        yield handle.endpoint
-    finally:
-        handle.stop()
+def broker() -> AbstractContextManager[str | None]:
+    return bench_server("STREAMFN_TEST_KAFKA", "start_tansu", "Kafka broker")
 
 
 async def preload(bootstrap: str, records: int, partitions: int) -> str:

@@ -24,13 +24,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from benchmarks.servers import bench_server
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
 from streamfn.engine.daemon import install_event_loop_policy
@@ -55,24 +55,8 @@ async def json_handler(batch: Batch, context: Context) -> None:
     Progress.handled += len(batch.records)
 
 
-@contextmanager
-def server() -> Iterator[str | None]:
-    preset = os.environ.get("STREAMFN_TEST_KINESALITE")
-    if preset:
-        yield preset
-        return
-    try:
-        from tests import servers
-
-        handle = servers.start_kinesalite()
-    except Exception as exc:  # not installed here: the harness reports the benchmark as skipped
-        print(f"no kinesalite: {exc}", file=sys.stderr)
-        yield None
-        return
-    try:
-        yield handle.endpoint
-    finally:
-        handle.stop()
+def server() -> AbstractContextManager[str | None]:
+    return bench_server("STREAMFN_TEST_KINESALITE", "start_kinesalite", "kinesalite")
 
 
 def kinesis_client(endpoint: str) -> Any:
