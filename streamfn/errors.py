@@ -8,9 +8,8 @@
     ├── SourceError            a source failed in a way retrying will not fix
     │   └── RetryableError     throttling, timeouts, 5xx: retried with backoff, never moves a checkpoint
     ├── SinkError              a sink refused a write in a way retrying will not fix
-    ├── CheckpointError        the checkpoint store failed
-    │   └── LeaseLostError     another worker owns the shard now: stop its work at once, write nothing
-    └── ShutdownTimeout        graceful shutdown passed its deadline
+    └── CheckpointError        the checkpoint store failed
+        └── LeaseLostError     another worker owns the shard now: stop its work at once, write nothing
 """
 
 from __future__ import annotations
@@ -61,7 +60,3 @@ class CheckpointError(StreamfnError):
 
 class LeaseLostError(CheckpointError):
     """This worker no longer owns the shard: its work stops and it must not checkpoint."""
-
-
-class ShutdownTimeout(StreamfnError):
-    """Graceful shutdown did not finish within its deadline."""

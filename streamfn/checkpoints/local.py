@@ -129,11 +129,6 @@ class LocalCheckpointStore:
             self._current[shard_id] = checkpoint
         return checkpoint
 
-    def load_all(self) -> dict[str, Checkpoint]:
-        """Every stored checkpoint of this pipeline (for operators' tools)."""
-        rows = self._conn().execute("SELECT shard_id, state FROM checkpoints WHERE pipeline=?", (self._pipeline,))
-        return {shard: _decode(state) for shard, state in rows}
-
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
         self._raise_if_failed()
         self._current[shard_id] = advance(self._current.get(shard_id), checkpoint)

@@ -28,7 +28,6 @@ class ShardStats:
         "handler_calls",
         "handler_seconds",
         "last_error",
-        "oldest_unhandled_arrival",
         "read",
         "retries",
         "sent_to_destination",
@@ -56,7 +55,6 @@ class ShardStats:
         self.blocked_since: float | None = None
         self.last_error: str | None = None
         self.started = time.time()
-        self.oldest_unhandled_arrival: float | None = None
 
     def observe_handler(self, seconds: float) -> None:
         """Count one handler call that took ``seconds`` (the histogram the metrics endpoint shows)."""
