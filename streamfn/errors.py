@@ -1,15 +1,22 @@
-"""Every exception streamfn raises on purpose, in one hierarchy::
+"""Every exception streamfn raises on purpose, in one hierarchy, grouped by what the caller does::
 
     StreamfnError
-    ├── ConfigError            a pipeline file is wrong: names the file, the field and what was expected
+    ├── ConfigError            refuse the config: names the file, the field and what was expected
     ├── InputError             records given to ``streamfn produce`` are malformed: names the line
-    ├── HandlerError           the user's function failed to load, or failed / timed out on a batch
-    │   └── HandlerLoadError   ``module:function`` cannot be imported (a startup error, never a crash loop)
-    ├── SourceError            a source failed in a way retrying will not fix
-    │   └── RetryableError     throttling, timeouts, 5xx: retried with backoff, never moves a checkpoint
-    ├── SinkError              a sink refused a write in a way retrying will not fix
-    └── CheckpointError        the checkpoint store failed
-        └── LeaseLostError     another worker owns the shard now: stop its work at once, write nothing
+    ├── HandlerError           fail the batch: the user's function failed, timed out or answered badly
+    │   └── HandlerLoadError   refuse to start: ``module:function`` cannot be imported
+    ├── RetryableError         retry with backoff: throttling, timeouts, connection errors, 5xx, a full
+    │                          disk. Never moves a checkpoint; the shard counts as blocked meanwhile
+    ├── SourceError            block the shard visibly: a source failed in a way retrying will not fix
+    │                          (a rejected resume position, an unknown shard)
+    ├── SinkError              fail the batch: output a sink or destination cannot take as it is (an
+    │                          item it cannot encode); goes through the failure policy like a handler error
+    └── CheckpointError        the checkpoint store failed in a way retrying will not fix
+        ├── StateMismatchError refuse to start: checkpoints belong to another log or an older format
+        └── LeaseLostError     stop the shard's work at once and write nothing: another worker owns it
+
+Any component may raise any of them: the class says what to do, not who raised it. An exception
+from outside this hierarchy is classified by :func:`streamfn.engine.outcomes.classify_write_error`.
 """
 
 from __future__ import annotations
@@ -42,20 +49,32 @@ class HandlerLoadError(HandlerError):
     """The handler named in a config cannot be imported or is not callable."""
 
 
+class RetryableError(StreamfnError):
+    """A transient failure of a source, sink, store or destination: retry with backoff.
+
+    ``kind`` names the cause for metrics and logs (``throttled``, ``timeout``, ``connection``,
+    ``server``, ``storage``...).
+    """
+
+    def __init__(self, message: str, *, kind: str = "transient") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class SourceError(StreamfnError):
-    """A source failed in a way that retrying will not fix."""
-
-
-class RetryableError(SourceError):
-    """A transient failure of a source or store (throttle, timeout, 5xx): retry with backoff."""
+    """A source failed in a way that retrying will not fix: the shard blocks and says why."""
 
 
 class SinkError(StreamfnError):
-    """A sink refused a write in a way that retrying will not fix."""
+    """Output that a sink or destination cannot take as it is: the batch fails (failure policy)."""
 
 
 class CheckpointError(StreamfnError):
-    """The checkpoint store failed."""
+    """The checkpoint store failed in a way that retrying will not fix."""
+
+
+class StateMismatchError(CheckpointError):
+    """Stored state does not belong to this log or this version: refuse, and say how to migrate."""
 
 
 class LeaseLostError(CheckpointError):
