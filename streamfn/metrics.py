@@ -61,6 +61,8 @@ class Metric(StrEnum):
     CHECKPOINT_LAG = "streamfn_checkpoint_lag_records"
     CHECKPOINT_SEQUENCE = "streamfn_checkpoint_sequence"
     BLOCKED = "streamfn_shard_blocked"
+    WRITE_ERRORS = "streamfn_write_errors"
+    RECORDS_TRIMMED = "streamfn_records_trimmed"
     BLOCKED_SECONDS = "streamfn_shard_blocked_seconds"
     SHARDS_OWNED = "streamfn_shards_owned"
     LEASES_HELD = "streamfn_leases_held"
@@ -83,8 +85,12 @@ HELP: dict[Metric, str] = {
     Metric.CHECKPOINT_LAG: "Records read but not yet done (handled or disposed of): the checkpoint is at "
                            "most this far behind the reader.",
     Metric.CHECKPOINT_SEQUENCE: "Sequence of the shard's checkpoint (NaN before the first one).",
-    Metric.BLOCKED: "1 while the shard is retrying the same records, else 0.",
-    Metric.BLOCKED_SECONDS: "Seconds the shard has been retrying the same records (0 when it is not).",
+    Metric.BLOCKED: "1 while the shard cannot move on: retrying a call, a read or a write, a handler call "
+                    "stuck past its timeout, or a write in flight longer than ready_max_blocked_seconds.",
+    Metric.BLOCKED_SECONDS: "Seconds the shard has been unable to move on (0 when it is moving).",
+    Metric.WRITE_ERRORS: "Failed writes to sinks, the checkpoint store and the on-failure destination, by "
+                         "target and kind (throttled, timeout, connection, server, storage, rejected, other).",
+    Metric.RECORDS_TRIMMED: "Records the source's retention removed before this shard read them.",
     Metric.SHARDS_OWNED: "Shards this worker is processing for the pipeline.",
     Metric.LEASES_HELD: "Leases this worker holds, when the pipeline coordinates through leases.",
     Metric.PIPELINE_STARTED: "1 once the pipeline opened its parts and listed its shards.",
@@ -172,6 +178,7 @@ class Readiness:
                 blocked = runner.stats.blocked_for()
                 if blocked > self.max_blocked:
                     found.append(f"pipeline {pipeline.name} shard {shard_id} blocked for {blocked:.0f}s "
+                                 f"by {runner.stats.blocked_cause or 'a write in flight'} "
                                  f"(attempt {runner.stats.attempt}): {runner.stats.last_error}")
         return found
 
@@ -199,7 +206,11 @@ class StatsCollector:
 
         counters = {m: counter(m) for m in (
             Metric.RECORDS_READ, Metric.RECORDS_FILTERED, Metric.RECORDS_HANDLED, Metric.RECORDS_FAILED,
-            Metric.RECORDS_SENT_TO_DESTINATION, Metric.BATCHES, Metric.RETRIES, Metric.SINK_WRITE_SECONDS)}
+            Metric.RECORDS_SENT_TO_DESTINATION, Metric.BATCHES, Metric.RETRIES, Metric.SINK_WRITE_SECONDS,
+            Metric.RECORDS_TRIMMED)}
+        write_errors = CounterMetricFamily(Metric.WRITE_ERRORS.value, HELP[Metric.WRITE_ERRORS],
+                                           labels=[*shard_labels, "target", "kind"])
+        stalled_after = self._readiness.max_blocked if self._readiness is not None else 300.0
         gauges = {m: gauge(m) for m in (
             Metric.ATTEMPT, Metric.ITERATOR_AGE, Metric.CHECKPOINT_LAG, Metric.CHECKPOINT_SEQUENCE,
             Metric.BLOCKED, Metric.BLOCKED_SECONDS)}
@@ -218,8 +229,12 @@ class StatsCollector:
             if self._readiness is not None:
                 started.add_metric([pipeline.name], 1.0 if self._readiness.is_started(pipeline) else 0.0)
             for shard_id, runner in runners:
-                self._add_shard([pipeline.name, shard_id], runner.stats, counters, gauges, histogram)
+                labels = [pipeline.name, shard_id]
+                self._add_shard(labels, runner.stats, counters, gauges, histogram, stalled_after)
+                for (target, kind), count in list(runner.stats.write_errors.items()):
+                    write_errors.add_metric([*labels, target, kind], count)
         yield from counters.values()
+        yield write_errors
         yield histogram
         yield from gauges.values()
         yield owned
@@ -229,7 +244,7 @@ class StatsCollector:
 
     @staticmethod
     def _add_shard(labels: list[str], stats: ShardStats, counters: dict[Metric, Any], gauges: dict[Metric, Any],
-                   histogram: Any) -> None:
+                   histogram: Any, stalled_after: float) -> None:
         counters[Metric.RECORDS_READ].add_metric(labels, stats.read)
         counters[Metric.RECORDS_FILTERED].add_metric(labels, stats.filtered)
         counters[Metric.RECORDS_HANDLED].add_metric(labels, stats.handled)
@@ -238,6 +253,7 @@ class StatsCollector:
         counters[Metric.BATCHES].add_metric(labels, stats.batches)
         counters[Metric.RETRIES].add_metric(labels, stats.retries)
         counters[Metric.SINK_WRITE_SECONDS].add_metric(labels, stats.sink_seconds)
+        counters[Metric.RECORDS_TRIMMED].add_metric(labels, stats.trimmed)
         histogram.add_metric(labels, histogram_buckets(stats), stats.handler_seconds)
         blocked = stats.blocked_for()
         gauges[Metric.ATTEMPT].add_metric(labels, stats.attempt)
@@ -245,7 +261,7 @@ class StatsCollector:
             gauges[Metric.ITERATOR_AGE].add_metric(labels, stats.behind_ms / 1000.0)
         gauges[Metric.CHECKPOINT_LAG].add_metric(labels, checkpoint_lag(stats))
         gauges[Metric.CHECKPOINT_SEQUENCE].add_metric(labels, checkpoint_sequence(stats.checkpoint))
-        gauges[Metric.BLOCKED].add_metric(labels, 1.0 if stats.blocked_since is not None else 0.0)
+        gauges[Metric.BLOCKED].add_metric(labels, 1.0 if stats.is_blocked(stalled_after) else 0.0)
         gauges[Metric.BLOCKED_SECONDS].add_metric(labels, blocked)
 
 

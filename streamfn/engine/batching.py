@@ -44,6 +44,9 @@ class Unit(NamedTuple):
     shard_end: bool
     #: The next record belongs to a later tumbling window: this batch closes its window.
     window_closed: bool = False
+    #: Formed again from bounds recorded before a restart: its object may exist and must be
+    #: overwritten, even if this time the batch yields no output.
+    replayed: bool = False
 
 
 class Batcher:
@@ -68,6 +71,7 @@ class Batcher:
         self._replaying = False  # in the middle of forming a recorded batch: it must be completed
         self._window_size = tumbling_window
         self._window_closed = False
+        self._replayed = False
         self.behind_ms: float | None = None
         self.filtered = 0
 
@@ -76,6 +80,7 @@ class Batcher:
         window = self._limits.window
         deadline = time.monotonic() + window
         self._window_closed = False
+        self._replayed = False
         records: list[Record] = []
         through: Position | None = None
         nbytes = 0
@@ -105,7 +110,8 @@ class Batcher:
                 return None
         if through is None:
             return Unit([], Position(-1), True) if self._shard_end else None
-        return Unit(records, through, self._shard_end and self._offset >= len(self._buffer), self._window_closed)
+        return Unit(records, through, self._shard_end and self._offset >= len(self._buffer), self._window_closed,
+                    self._replayed)
 
     def window_start(self, record: Record) -> float:
         """The tumbling window a record belongs to, by its arrival time."""
@@ -186,6 +192,7 @@ class Batcher:
                 self._replaying = False
                 return nbytes, through, True
             self._replaying = True
+            self._replayed = True
             self._offset += 1
             through = position
             if self._accept is not None and not self._accept(record):

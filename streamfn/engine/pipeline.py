@@ -19,7 +19,7 @@ from ..checkpoints.kafka import KafkaCheckpointStoreConfig
 from ..checkpoints.local import LocalCheckpointStoreConfig
 from ..components import BuildContext
 from ..config import LoadedPipeline
-from ..errors import LeaseLostError
+from ..errors import LeaseLostError, SourceError, StreamfnError
 from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
 from .invoke import Invoker, load_handler
@@ -165,7 +165,8 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------
     async def _supervise(self, runner: ShardRunner) -> None:
-        """Keep one shard running: an unexpected error restarts it from its checkpoint."""
+        """Keep one shard running: a failed runner restarts from its checkpoint after a backoff, and
+        the shard shows as blocked meanwhile (with the error), never restarting silently."""
         backoff = Backoff(1.0, 60.0, floor=0.5)
         while True:
             try:
@@ -177,12 +178,19 @@ class Pipeline:
                 raise
             except Exception as exc:
                 delay = backoff.next_delay()
-                log.exception("shard runner failed; restarting from its checkpoint in %.1fs", delay,
-                              extra={"pipeline": self.name, "shard": runner.shard_id, "error": repr(exc)})
+                cause = "source" if isinstance(exc, SourceError) else "shard runner"
+                runner.stats.mark_blocked(cause, f"{exc} (checkpoint {runner.stats.checkpoint or 'none'})")
+                runner.stats.retries += 1
+                extra = {"pipeline": self.name, "shard": runner.shard_id, "error": repr(exc),
+                         "checkpoint": runner.stats.checkpoint}
+                if isinstance(exc, StreamfnError):
+                    log.error("shard blocked: %s; retrying from its checkpoint in %.1fs", exc, delay, extra=extra)
+                else:
+                    log.exception("shard runner failed; restarting from its checkpoint in %.1fs", delay, extra=extra)
                 await asyncio.sleep(delay)
                 if runner.stopping:
                     return
-                runner = ShardRunner(runner.shard, self.env)
+                runner = ShardRunner(runner.shard, self.env, runner.stats)
                 self.runners[runner.shard_id] = runner
                 continue
             if runner.finished:

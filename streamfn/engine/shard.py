@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from ..backoff import Backoff
 from ..checkpoints.base import Checkpoint, CheckpointStore
-from ..destinations.base import Condition, Destination, FailedBatch
-from ..errors import HandlerError, LeaseLostError
+from ..destinations.base import Destination, FailedBatch
+from ..errors import HandlerError, SinkError
 from ..handler_api import Context
 from ..records import Batch, Position, Record
 from ..sinks.base import Sink, SinkBatch
@@ -27,8 +27,22 @@ from . import windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
 from .invoke import Invoker
 from .lanes import LaneQueue, Watermark, lane_of
+from .outcomes import (
+    Dispose,
+    Done,
+    Failed,
+    Outcome,
+    PartlyFailed,
+    Retry,
+    Segment,
+    Step,
+    Succeeded,
+    after_call,
+    classify_write_error,
+    expire,
+)
 from .policy import FailurePolicy, retry_backoff
-from .stats import ShardStats
+from .stats import ShardStats, WriteTarget
 from .windows import FINAL_CALL_GRACE, WindowState
 
 log = logging.getLogger("streamfn.shard")
@@ -93,6 +107,7 @@ class LaneWorker:
         self._on_progress = on_progress
         self._position = position
         self._window = window
+        self._backoff = retry_backoff(env.policy)
 
     async def run(self) -> None:
         try:
@@ -108,6 +123,8 @@ class LaneWorker:
         while not self.stopping:
             self.phase = "reading"
             unit = await batcher.next()
+            if self.stats.blocked_cause in _READ_CAUSES:
+                self.stats.mark_unblocked()  # reading works again after a failed start
             self.stats.behind_ms = batcher.behind_ms
             self.stats.filtered = batcher.filtered
             if unit is None:
@@ -136,7 +153,7 @@ class LaneWorker:
             stats.batches += 1
             if self.env.tumbling_window > 0:
                 await self._enter_window(unit.records[0])
-            await self._process(unit.records, final=unit.window_closed or unit.shard_end)
+            await self._handle_batch(unit.records, final=unit.window_closed or unit.shard_end, replayed=unit.replayed)
         through = unit.through
         if through.sequence >= 0 and (self._position is None or through > self._position):
             await self._checkpoint(through)
@@ -150,7 +167,10 @@ class LaneWorker:
             self._window = WindowState(start=start, size=self.env.tumbling_window)
 
     async def _close_window(self) -> None:
-        """The window's final call, with no records: its records were all handled already."""
+        """The window's final call, with no records: its records were all handled already.
+
+        Its output is written under the key of the window's last record marked ``window_final``,
+        never under that record's own batch key (which a one-record batch would share)."""
         window, env = self._window, self.env
         assert window is not None
         backoff = retry_backoff(env.policy)
@@ -160,24 +180,19 @@ class LaneWorker:
                               terminated_early=window.terminated_early)
             try:
                 result = await env.invoker.call(Batch(self.shard_id, []), context)
-            except HandlerError as exc:
-                self._blocked(str(exc), [], 1)
+                if result.items and self._position is not None:
+                    last = Record(self.shard_id, self._position.sequence, "", b"", window.end,
+                                  self._position.sub_sequence)
+                    await self._emit([last], result.items, window_final=True)
+            except (HandlerError, SinkError) as exc:
+                self._block("handler", str(exc), [], 1)
                 await self._wait(backoff.next_delay())
                 continue
-            if result.items and self._position is not None:
-                await self._emit_window_items(result.items)
             break
         self._window = None
         self._unblocked(backoff)
         if self._position is not None:
             await self._on_progress(self._position, None)
-
-    async def _emit_window_items(self, items: list[Any]) -> None:
-        """A final call's output, keyed by the last record of the window (already checkpointed)."""
-        assert self._position is not None
-        last = Record(self.shard_id, self._position.sequence, "", b"", self._window.end if self._window else 0.0,
-                      self._position.sub_sequence)
-        await self._emit([last], items)
 
     def _context(self, attempts: int, final: bool) -> Context:
         env, window = self.env, self._window
@@ -187,157 +202,208 @@ class LaneWorker:
                        state=window.state, window=window.bounds, is_final=final,
                        terminated_early=window.terminated_early)
 
-    async def _process(self, records: list[Record], *, final: bool = False) -> None:
-        """Handle ``records`` to completion: success, or disposal to the destination."""
-        env, policy, stats = self.env, self.env.policy, self.stats
-        backoff = retry_backoff(policy)
-        # Segments still to handle, in shard order, each with the retries it has used.
-        todo: deque[tuple[list[Record], int]] = deque([(records, 0)])
+    async def _handle_batch(self, records: list[Record], *, final: bool = False, replayed: bool = False) -> None:
+        """Handle a formed batch to completion: every record done or disposed of.
+
+        Output is written once per *write unit*, under the unit's own bounds: at first the whole
+        batch, whatever bisecting or partial failures happened inside it, so a batch formed again
+        after a crash overwrites its own object even if its calls fail differently this time.
+        Only output a sink refuses splits a unit (with ``bisect_on_error``), and the halves are
+        recorded as pending before they are written. A ``replayed`` batch is written even when it
+        yields nothing this time, so that its object from before the restart cannot outlive it.
+        """
+        units: deque[Segment] = deque([Segment(records)])
+        while units:
+            unit = units.popleft()
+            saved = self._window_snapshot()
+            done = await self._run_unit(unit, final=final and not units)
+            done_records = [r for step in done for r in step.records]
+            items = [item for step in done for item in step.items]
+            try:
+                await self._emit(unit.records, items, overwrite=replayed and unit.records is records)
+            except SinkError as exc:
+                self._restore_window(saved)
+                steps = after_call(Segment(done_records, unit.attempts), Failed(f"sink refused the output: {exc}"),
+                                   self.env.policy)
+                self._block("sink", str(exc), done_records, unit.attempts + 1)
+                wait = await self._perform(steps, units, as_units=True)
+                if wait:
+                    await self._wait(self._backoff.next_delay())
+                continue
+            self.stats.handled += len(done_records)
+            await self._checkpoint(unit.records[-1].position)
+        self._unblocked(self._backoff)
+
+    async def _run_unit(self, unit: Segment, *, final: bool) -> list[Done]:
+        """Call the handler on ``unit`` until each of its records is done or disposed of."""
+        env, stats = self.env, self.stats
+        todo: deque[Segment] = deque([unit])
+        done: list[Done] = []
         while todo:
-            segment, attempts = todo.popleft()
-            expired, segment = policy.split_expired(segment)
-            if expired:
-                await self._dispose(expired, "RecordAgeExceeded", attempts, None, function_error=False)
-                if not segment:
-                    await self._checkpoint(expired[-1].position)
-                    continue
-            stats.attempt = attempts
-            context = self._context(attempts, final and not todo)
+            disposal, fresh = expire(todo.popleft(), env.policy)
+            if disposal is not None:
+                await self._dispose(disposal)
+            if fresh is None:
+                continue
+            segment = fresh
+            stats.attempt = segment.attempts
+            context = self._context(segment.attempts, final and not todo)
             started = time.perf_counter()
             try:
-                result = await env.invoker.call(Batch(self.shard_id, segment), context)
+                result = await env.invoker.call(Batch(self.shard_id, segment.records), context)
             except HandlerError as exc:
-                stats.observe_handler(time.perf_counter() - started)
-                retry = self._after_failure(segment, attempts, exc)
-                if retry is None:
-                    await self._dispose(segment, "RetryAttemptsExhausted", attempts + 1, str(exc))
-                    await self._checkpoint(segment[-1].position)
-                    continue
-                todo.extendleft(reversed(retry))
-                if len(retry) == 1:
-                    await self._wait(backoff.next_delay())
-                continue
+                outcome: Outcome = Failed(str(exc))
+            else:
+                if result.failed_at is None:
+                    outcome = Succeeded(result.items, result.state)
+                else:
+                    outcome = PartlyFailed(result.failed_at, result.items, result.state)
             stats.observe_handler(time.perf_counter() - started)
-            if result.failed_at is None:
-                await self._emit(segment, result.items)
-                stats.handled += len(segment)
-                if self._window is not None:
-                    if context.is_final:
-                        self._window = None
-                    else:
-                        self._window.keep(result.state)
-                await self._checkpoint(segment[-1].position)
-                self._unblocked(backoff)
-                continue
-            done = [r for r in segment if r.position < result.failed_at]
-            rest = segment[len(done) :]
-            if done:
-                await self._emit(done, result.items)
-                stats.handled += len(done)
-                await self._checkpoint(done[-1].position)
-            attempts += 1
-            self._blocked(f"partial batch failure at {rest[0].identifier}", rest, attempts)
-            if policy.attempts_exhausted(attempts):
-                await self._dispose(rest, "RetryAttemptsExhausted", attempts, "partial batch failure",
-                                    function_error=False)
-                await self._checkpoint(rest[-1].position)
-                continue
-            todo.appendleft((rest, attempts))
-            await self._wait(backoff.next_delay())
+            steps = after_call(segment, outcome, env.policy)
+            for step in steps:
+                if isinstance(step, Done):
+                    done.append(step)
+                    # A final call closes its window only if nothing of it is left to retry.
+                    self._keep_window_state(step.state, context.is_final and isinstance(outcome, Succeeded))
+            if not isinstance(outcome, Succeeded):
+                error = outcome.error if isinstance(outcome, Failed) else "partial batch failure"
+                failed = segment.records if isinstance(outcome, Failed) else [
+                    r for r in segment.records if r.position >= outcome.failed_at]
+                self._block("handler", error, failed, segment.attempts + 1, bisected=_splits(steps))
+            if await self._perform(steps, todo, as_units=False):
+                await self._wait(self._backoff.next_delay())
+        return done
 
-    def _after_failure(
-        self, segment: list[Record], attempts: int, exc: HandlerError
-    ) -> list[tuple[list[Record], int]] | None:
-        """What to try next after a failed call: the halves, the same again, or None (give up)."""
-        policy = self.env.policy
-        if policy.bisect_on_error and len(segment) > 1:
-            middle = len(segment) // 2
-            self._blocked(str(exc), segment, attempts, bisected=True)
-            return [(segment[:middle], attempts), (segment[middle:], attempts)]
-        attempts += 1
-        self._blocked(str(exc), segment, attempts)
-        if policy.attempts_exhausted(attempts):
-            return None
-        return [(segment, attempts)]
+    async def _perform(self, steps: list[Step], todo: deque[Segment], *, as_units: bool) -> bool:
+        """Queue retries (in shard order, first), dispose of what was given up; True: back off first."""
+        backoff = False
+        retries: list[Segment] = []
+        for step in steps:
+            if isinstance(step, Retry):
+                retries.extend(step.segments)
+                backoff = backoff or step.backoff
+            elif isinstance(step, Dispose):
+                await self._dispose(step)
+        todo.extendleft(reversed(retries))
+        return backoff and bool(retries)
 
-    def _blocked(self, error: str, segment: list[Record], attempts: int, *, bisected: bool = False) -> None:
+    def _window_snapshot(self) -> tuple[WindowState, Any, bool] | None:
+        window = self._window
+        return None if window is None else (window, window.state, window.terminated_early)
+
+    def _restore_window(self, saved: tuple[WindowState, Any, bool] | None) -> None:
+        """Undo what a unit's calls did to the window: the unit runs again from the same state."""
+        if saved is not None:
+            self._window, self._window.state, self._window.terminated_early = saved[0], saved[1], saved[2]
+
+    def _keep_window_state(self, state: Any, final: bool) -> None:
+        if self._window is None:
+            return
+        if final:
+            self._window = None  # the window's last call: the next record opens a new one
+        else:
+            self._window.keep(state)
+
+    def _block(self, cause: str, error: str, records: Sequence[Record], attempts: int, *,
+               bisected: bool = False) -> None:
+        """The shard is retrying (or splitting) instead of moving on: count it, show it, log it."""
         stats = self.stats
-        stats.failed += len(segment)
+        stats.failed += len(records)
         stats.retries += 1
         stats.attempt = attempts
-        stats.last_error = error
-        if stats.blocked_since is None:
-            stats.blocked_since = time.monotonic()
+        stats.mark_blocked(cause, error)
         log.warning(
             "batch failed; %s", "bisecting" if bisected else "will retry",
             extra={
-                "pipeline": self.env.pipeline, "shard": self.shard_id,
-                "first_sequence": segment[0].identifier, "last_sequence": segment[-1].identifier,
-                "records": len(segment), "attempt": attempts, "error": error,
+                "pipeline": self.env.pipeline, "shard": self.shard_id, "cause": cause,
+                "first_sequence": records[0].identifier if records else None,
+                "last_sequence": records[-1].identifier if records else None,
+                "records": len(records), "attempt": attempts, "error": error,
             },
         )
 
     def _unblocked(self, backoff: Backoff) -> None:
         backoff.reset()
-        self.stats.blocked_since = None
+        self.stats.mark_unblocked()
         self.stats.attempt = 0
 
-    async def _emit(self, records: list[Record], items: list[Any]) -> None:
-        """Write the call's output to every sink; return once all acknowledged it durably."""
+    async def _emit(self, records: list[Record], items: list[Any], *, window_final: bool = False,
+                    overwrite: bool = False) -> None:
+        """Write the output to every sink; return once all acknowledged it durably.
+
+        Raises SinkError when a sink refuses the output as it is (the caller fails the unit);
+        retryable failures are retried here, with the shard shown as blocked meanwhile.
+        """
         env = self.env
-        if not items or not env.sinks:
+        if not env.sinks or not (items or (overwrite and env.keyed_sinks)):
             return
         first, last = records[0].position, records[-1].position
         if env.keyed_sinks:
             await self._persist(lambda: env.store.record_pending(self.shard_id, first, last), "checkpoint store")
         batch = SinkBatch(
             pipeline=env.pipeline, stream=env.stream, shard_id=self.shard_id,
-            first=first, last=last, first_arrival=records[0].arrival_time, items=items,
+            first=first, last=last, first_arrival=records[0].arrival_time, items=items, window_final=window_final,
         )
         started = time.perf_counter()
         for sink in env.sinks:
-            await self._persist(lambda sink=sink: sink.write(batch), type(sink).__name__)  # type: ignore[misc]
+            if items or sink.keyed_by_batch:
+                await self._persist(lambda sink=sink: sink.write(batch), "sink")  # type: ignore[misc]
         self.stats.sink_seconds += time.perf_counter() - started
 
-    async def _dispose(
-        self, records: list[Record], condition: Condition, invoke_count: int, error: str | None,
-        *, function_error: bool = True,
-    ) -> None:
-        env = self.env
+    async def _dispose(self, step: Dispose) -> None:
+        env, records = self.env, step.records
         if env.destination is None:  # the pipeline refuses limits without a destination
             raise RuntimeError("a failure limit was hit but no on-failure destination is configured")
         failure = FailedBatch(
             pipeline=env.pipeline, stream=env.stream, source_kind=env.source_kind, shard_id=self.shard_id,
-            condition=condition, records=records, invoke_count=invoke_count, error=error,
-            function_error=function_error, failed_at=time.time(),
+            condition=step.condition, records=records, invoke_count=step.invoke_count, error=step.error,
+            function_error=step.function_error, failed_at=time.time(),
         )
         destination = env.destination
-        await self._persist(lambda: destination.send(failure), "on-failure destination")
+        await self._persist(lambda: destination.send(failure), "destination")
         self.stats.sent_to_destination += len(records)
         log.error(
             "records sent to the on-failure destination",
-            extra={"pipeline": env.pipeline, "shard": self.shard_id, "condition": condition,
+            extra={"pipeline": env.pipeline, "shard": self.shard_id, "condition": step.condition,
                    "first_sequence": records[0].identifier, "last_sequence": records[-1].identifier,
-                   "records": len(records), "error": error},
+                   "records": len(records), "error": step.error},
         )
 
-    async def _persist(self, write: Callable[[], Awaitable[None]], what: str) -> None:
-        """Retry a write to a store until it succeeds: the shard waits, nothing is skipped."""
-        policy = self.env.policy
-        backoff = retry_backoff(policy)
+    async def _persist(self, write: Callable[[], Awaitable[None]], target: WriteTarget) -> None:
+        """Retry a durable write until it succeeds: the shard waits and shows as blocked, nothing is
+        skipped. A lost lease stops the shard; output a sink refuses as it is (SinkError) goes back
+        to the caller, which fails the unit through the failure policy."""
+        stats = self.stats
+        backoff = retry_backoff(self.env.policy)
+        failing = False
         while True:
+            token = stats.write_started()
             try:
                 await write()
-                return
-            except LeaseLostError:
-                raise
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    raise
+                failure = classify_write_error(exc)
+                if failure.action == "stop" or (failure.action == "fail_batch" and target == "sink"):
+                    if failure.action == "fail_batch":
+                        stats.count_write_error(target, failure.kind)
+                    raise
+                stats.count_write_error(target, failure.kind)
+                stats.retries += 1
+                stats.mark_blocked(target, f"{target} write failed ({failure.kind}): {exc!r}")
+                failing = True
                 delay = backoff.next_delay()
                 log.warning(
-                    "write to %s failed; retrying in %.2fs", what, delay,
+                    "write to %s failed (%s); retrying in %.2fs", target, failure.kind, delay,
                     extra={"pipeline": self.env.pipeline, "shard": self.shard_id, "error": repr(exc)},
                 )
                 await self._wait(delay)
+                continue
+            finally:
+                stats.write_finished(token)
+            if failing:
+                stats.mark_unblocked(target)
+            return
 
     async def _wait(self, delay: float) -> None:
         """Sleep between retries; a stop request abandons the batch here rather than wait."""
@@ -357,6 +423,14 @@ class LaneWorker:
         await self._on_progress(position, windows.dump(self._window))
 
 
+#: Blocked causes that a successful read clears (set by the pipeline when a runner failed).
+_READ_CAUSES = frozenset({"source", "shard runner"})
+
+
+def _splits(steps: list[Step]) -> bool:
+    return any(isinstance(step, Retry) and not step.backoff for step in steps)
+
+
 def _before(position: Position) -> Position:
     """The position just before ``position``, for reading again from it."""
     if position.sub_sequence:
@@ -373,10 +447,10 @@ def _show(position: Position | None) -> str | None:
 class ShardRunner:
     """Processes one shard until stopped or until the shard ends, over one lane or several."""
 
-    def __init__(self, shard: ShardInfo, env: ShardEnv) -> None:
+    def __init__(self, shard: ShardInfo, env: ShardEnv, stats: ShardStats | None = None) -> None:
         self.shard = shard
         self.env = env
-        self.stats = ShardStats(shard.shard_id)
+        self.stats = stats or ShardStats(shard.shard_id)  # a restarted runner keeps its shard's record
         self.finished = False
         self.stopping = False
         self._workers: list[LaneWorker] = []

@@ -5,8 +5,13 @@ The metrics endpoint and ``streamfn status`` read these; the engine never reads 
 
 from __future__ import annotations
 
+import itertools
 import time
 from bisect import bisect_left
+from typing import Literal
+
+#: What a durable write went to: the failure counters and the blocked cause are labelled with it.
+WriteTarget = Literal["sink", "checkpoint store", "destination"]
 
 #: Upper bounds (seconds) of the handler-duration histogram; one more bucket holds the rest.
 HANDLER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -19,6 +24,7 @@ class ShardStats:
         "attempt",
         "batches",
         "behind_ms",
+        "blocked_cause",
         "blocked_since",
         "checkpoint",
         "failed",
@@ -34,6 +40,9 @@ class ShardStats:
         "shard_id",
         "sink_seconds",
         "started",
+        "trimmed",
+        "write_errors",
+        "writes_in_flight",
     )
 
     def __init__(self, shard_id: str) -> None:
@@ -53,6 +62,14 @@ class ShardStats:
         self.behind_ms: float | None = None
         self.checkpoint: str | None = None
         self.blocked_since: float | None = None
+        #: Why the shard is blocked: "handler", "handler stuck", "source", or a write target.
+        self.blocked_cause: str | None = None
+        #: Failed writes by (target, kind of failure).
+        self.write_errors: dict[tuple[str, str], int] = {}
+        #: Start times (monotonic) of the writes in flight now, by a token of each.
+        self.writes_in_flight: dict[int, float] = {}
+        #: Records the source's retention removed before this shard read them.
+        self.trimmed = 0
         self.last_error: str | None = None
         self.started = time.time()
 
@@ -62,6 +79,45 @@ class ShardStats:
         self.handler_calls += 1
         self.handler_buckets[bisect_left(HANDLER_BUCKETS, seconds)] += 1
 
+    def mark_blocked(self, cause: str, error: str) -> None:
+        """The shard is retrying instead of moving on (a failing call, write or read)."""
+        if self.blocked_since is None:
+            self.blocked_since = time.monotonic()
+        self.blocked_cause = cause
+        self.last_error = error
+
+    def mark_unblocked(self, cause: str | None = None) -> None:
+        """Moving again; with ``cause``, only if that is what blocked the shard."""
+        if cause is None or self.blocked_cause == cause:
+            self.blocked_since = None
+            self.blocked_cause = None
+
+    def write_started(self) -> int:
+        token = next(_tokens)
+        self.writes_in_flight[token] = time.monotonic()
+        return token
+
+    def write_finished(self, token: int) -> None:
+        self.writes_in_flight.pop(token, None)
+
+    def count_write_error(self, target: str, kind: str) -> None:
+        key = (target, kind)
+        self.write_errors[key] = self.write_errors.get(key, 0) + 1
+
     def blocked_for(self) -> float:
-        """Seconds this shard has been retrying the same records (0 when it is not)."""
-        return 0.0 if self.blocked_since is None else time.monotonic() - self.blocked_since
+        """Seconds this shard has been unable to move on: retrying the same records, or waiting on a
+        write still in flight (a hung endpoint blocks before its first failure). 0 when moving."""
+        since = self.blocked_since
+        if self.writes_in_flight:
+            oldest = min(self.writes_in_flight.values())
+            since = oldest if since is None else min(since, oldest)
+        return 0.0 if since is None else time.monotonic() - since
+
+    def is_blocked(self, stalled_after: float) -> bool:
+        """Blocked now: retrying, or a write has been in flight longer than ``stalled_after`` seconds."""
+        if self.blocked_since is not None:
+            return True
+        return bool(self.writes_in_flight) and time.monotonic() - min(self.writes_in_flight.values()) > stalled_after
+
+
+_tokens = itertools.count()

@@ -25,6 +25,9 @@ class SinkBatch(msgspec.Struct, frozen=True):
     first_arrival: float
     items: list[Any]
     lane: int = 0
+    #: The output of a tumbling window's final call (no records of its own): keyed apart from the
+    #: batch of the window's last record, which has the same bounds.
+    window_final: bool = False
 
 
 @runtime_checkable

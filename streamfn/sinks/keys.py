@@ -44,8 +44,22 @@ def key_fields(batch: SinkBatch) -> dict[str, Any]:
     }
 
 
+#: Marks the key of a window's final output, inserted before the object's extension.
+WINDOW_FINAL_MARK = ".window-final"
+
+
 def render_key(template: str, batch: SinkBatch) -> str:
-    return template.format(**key_fields(batch))
+    key = template.format(**key_fields(batch))
+    if batch.window_final:
+        key = _mark(key, WINDOW_FINAL_MARK)
+    return key
+
+
+def _mark(key: str, mark: str) -> str:
+    """``key`` with ``mark`` before the extension of its last path segment (or at its end)."""
+    folder, slash, name = key.rpartition("/")
+    stem, dot, extension = name.partition(".")
+    return f"{folder}{slash}{stem}{mark}{dot}{extension}"
 
 
 def check_template(template: str, field: str) -> None:
