@@ -6,8 +6,13 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests import servers
+
+# Hypothesis checks invariants, not speed: a deadline per example only fails on a busy machine.
+settings.register_profile("streamfn", deadline=None)
+settings.load_profile("streamfn")
 
 # ---- --run-slow -----------------------------------------------------------------------------------------------
 

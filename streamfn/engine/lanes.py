@@ -30,13 +30,17 @@ class Watermark:
     def __init__(self, lanes: int, start: Position | None) -> None:
         self._order: deque[tuple[Position, int]] = deque()
         self._done: list[Position | None] = [None] * lanes
+        self._single = lanes == 1  # one lane finishes records in shard order: its progress is the watermark
         self.position = start  # never moves back: records at or below it are not dispatched
 
     def dispatched(self, position: Position, lane: int) -> None:
         self._order.append((position, lane))
 
     def lane_done(self, lane: int, position: Position) -> Position | None:
-        """Record a lane's progress; return the new watermark if it moved."""
+        """Record a lane's progress; return the new watermark if it moved (always, with one lane)."""
+        if self._single:
+            self.position = position
+            return position
         self._done[lane] = position
         moved = False
         order, done = self._order, self._done

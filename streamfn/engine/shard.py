@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from ..sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from . import windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
 from .invoke import Invoker
-from .lanes import LaneQueue, Watermark, lane_of
+from .lanes import LaneQueue, lane_of
 from .outcomes import (
     Dispose,
     Done,
@@ -38,11 +38,11 @@ from .outcomes import (
     Step,
     Succeeded,
     after_call,
-    classify_write_error,
     expire,
 )
 from .policy import FailurePolicy, retry_backoff
-from .stats import ShardStats, WriteTarget
+from .progress import ShardProgress
+from .stats import ShardStats
 from .windows import FINAL_CALL_GRACE, WindowState
 
 log = logging.getLogger("streamfn.shard")
@@ -91,21 +91,21 @@ class LaneWorker:
         shard_id: str,
         env: ShardEnv,
         batcher: Batcher,
-        stats: ShardStats,
-        on_progress: Callable[[Position, bytes | None], Awaitable[None]],
-        position: Position | None,
+        progress: ShardProgress,
+        lane: int,
         window: WindowState | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.env = env
-        self.stats = stats
+        self.stats = progress.stats
         self.phase: Phase = "starting"
         self.idle = False
         self.finished = False
         self.stopping = False
         self._batcher = batcher
-        self._on_progress = on_progress
-        self._position = position
+        self._progress = progress
+        self._lane = lane
+        self._position = progress.position  # this lane's own progress (the shard's is the watermark)
         self._window = window
         self._backoff = retry_backoff(env.policy)
 
@@ -192,7 +192,7 @@ class LaneWorker:
         self._window = None
         self._unblocked(backoff)
         if self._position is not None:
-            await self._on_progress(self._position, None)
+            await self._checkpoint(self._position)
 
     def _context(self, attempts: int, final: bool) -> Context:
         env, window = self.env, self._window
@@ -339,7 +339,7 @@ class LaneWorker:
             return
         first, last = records[0].position, records[-1].position
         if env.keyed_sinks:
-            await self._persist(lambda: env.store.record_pending(self.shard_id, first, last), "checkpoint store")
+            await self._progress.record_pending(first, last, self._wait)
         batch = SinkBatch(
             pipeline=env.pipeline, stream=env.stream, shard_id=self.shard_id,
             first=first, last=last, first_arrival=records[0].arrival_time, items=items, window_final=window_final,
@@ -347,7 +347,7 @@ class LaneWorker:
         started = time.perf_counter()
         for sink in env.sinks:
             if items or sink.keyed_by_batch:
-                await self._persist(lambda sink=sink: sink.write(batch), "sink")  # type: ignore[misc]
+                await self._progress.persist(functools.partial(sink.write, batch), "sink", self._wait)
         self.stats.sink_seconds += time.perf_counter() - started
 
     async def _dispose(self, step: Dispose) -> None:
@@ -360,7 +360,7 @@ class LaneWorker:
             function_error=step.function_error, failed_at=time.time(),
         )
         destination = env.destination
-        await self._persist(lambda: destination.send(failure), "destination")
+        await self._progress.persist(lambda: destination.send(failure), "destination", self._wait)
         self.stats.sent_to_destination += len(records)
         log.error(
             "records sent to the on-failure destination",
@@ -368,42 +368,6 @@ class LaneWorker:
                    "first_sequence": records[0].identifier, "last_sequence": records[-1].identifier,
                    "records": len(records), "error": step.error},
         )
-
-    async def _persist(self, write: Callable[[], Awaitable[None]], target: WriteTarget) -> None:
-        """Retry a durable write until it succeeds: the shard waits and shows as blocked, nothing is
-        skipped. A lost lease stops the shard; output a sink refuses as it is (SinkError) goes back
-        to the caller, which fails the unit through the failure policy."""
-        stats = self.stats
-        backoff = retry_backoff(self.env.policy)
-        failing = False
-        while True:
-            token = stats.write_started()
-            try:
-                await write()
-            except BaseException as exc:
-                if not isinstance(exc, Exception):
-                    raise
-                failure = classify_write_error(exc)
-                if failure.action == "stop" or (failure.action == "fail_batch" and target == "sink"):
-                    if failure.action == "fail_batch":
-                        stats.count_write_error(target, failure.kind)
-                    raise
-                stats.count_write_error(target, failure.kind)
-                stats.retries += 1
-                stats.mark_blocked(target, f"{target} write failed ({failure.kind}): {exc!r}")
-                failing = True
-                delay = backoff.next_delay()
-                log.warning(
-                    "write to %s failed (%s); retrying in %.2fs", target, failure.kind, delay,
-                    extra={"pipeline": self.env.pipeline, "shard": self.shard_id, "error": repr(exc)},
-                )
-                await self._wait(delay)
-                continue
-            finally:
-                stats.write_finished(token)
-            if failing:
-                stats.mark_unblocked(target)
-            return
 
     async def _wait(self, delay: float) -> None:
         """Sleep between retries; a stop request abandons the batch here rather than wait."""
@@ -420,7 +384,7 @@ class LaneWorker:
 
     async def _checkpoint(self, position: Position) -> None:
         self._position = position
-        await self._on_progress(position, windows.dump(self._window))
+        await self._progress.lane_done(self._lane, position, windows.dump(self._window), self._wait)
 
 
 #: Blocked causes that a successful read clears (set by the pipeline when a runner failed).
@@ -438,12 +402,6 @@ def _before(position: Position) -> Position:
     return Position(position.sequence - 1)
 
 
-def _show(position: Position | None) -> str | None:
-    if position is None:
-        return None
-    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
-
-
 class ShardRunner:
     """Processes one shard until stopped or until the shard ends, over one lane or several."""
 
@@ -457,8 +415,7 @@ class ShardRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatcher: asyncio.Task[None] | None = None
         self._dispatcher_idle = True
-        self._watermark: Watermark | None = None
-        self._done_through: Position | None = None
+        self._progress: ShardProgress | None = None
 
     @property
     def shard_id(self) -> str:
@@ -481,7 +438,8 @@ class ShardRunner:
             self.finished = True
             return
         position = checkpoint.position if checkpoint else None
-        self.stats.checkpoint = _show(position)
+        progress = self._progress = ShardProgress(env.pipeline, self.shard_id, env.store, env.policy, self.stats,
+                                                  env.lanes, position)
         # Batches whose output may exist past the checkpoint. With lanes one may start below it
         # (its lane finished it while another lane lagged): reading then restarts at its first record.
         pending = sorted(
@@ -499,15 +457,12 @@ class ShardRunner:
                 batcher = Batcher(reader, env.limits, accept=env.accept, replay=deque(pending),
                                   tumbling_window=env.tumbling_window)
                 window = windows.load(checkpoint.window_state if checkpoint else None, env.tumbling_window)
-                self._workers = [LaneWorker(self.shard_id, env, batcher, self.stats, self._save, position, window)]
+                self._workers = [LaneWorker(self.shard_id, env, batcher, progress, 0, window)]
             else:
-                self._start_lanes(reader, position, pending)
-                self._done_through = position
+                self._start_lanes(reader, progress, pending)
             await self._run_workers()
             if all(w.finished for w in self._workers) and not self.stopping:
-                final = self._watermark.position if self._watermark else self._workers[0]._position
-                await env.store.save(self.shard_id, Checkpoint(position=final, shard_end=True))
-                self.stats.checkpoint = "SHARD_END"
+                await progress.save(Checkpoint(position=progress.position, shard_end=True), asyncio.sleep)
                 self.finished = True
                 log.info("shard ended", extra={"pipeline": env.pipeline, "shard": self.shard_id})
         finally:
@@ -521,8 +476,8 @@ class ShardRunner:
         otherwise a restart of a shard that saw no record yet would start at a later "latest"
         and skip what arrived in between."""
         after = getattr(reader, "after_seq", None)
-        if isinstance(after, int):
-            await self._save(Position(after))
+        if isinstance(after, int) and self._progress is not None:
+            await self._progress.lane_done(0, Position(after), None, asyncio.sleep)
 
     def _starting_position(self) -> StartingPosition:
         """Where a shard without checkpoint starts: a store's reset (``checkpoints reset``) first,
@@ -537,19 +492,17 @@ class ShardRunner:
         return self.env.starting
 
     def _start_lanes(
-        self, reader: ShardReader, position: Position | None, pending: list[tuple[Position, Position]]
+        self, reader: ShardReader, progress: ShardProgress, pending: list[tuple[Position, Position]]
     ) -> None:
         env = self.env
         capacity = max(env.limits.max_records * 2, 100)
         queues = [LaneQueue(capacity) for _ in range(env.lanes)]
         replays: list[deque[tuple[Position, Position]]] = [deque() for _ in range(env.lanes)]
-        self._watermark = Watermark(env.lanes, position)
         for lane, queue in enumerate(queues):
             batcher = Batcher(queue, env.limits, accept=env.accept, replay=replays[lane])
-            progress = functools.partial(self._lane_progress, lane)
-            self._workers.append(LaneWorker(self.shard_id, env, batcher, self.stats, progress, position))
+            self._workers.append(LaneWorker(self.shard_id, env, batcher, progress, lane))
         self._dispatcher = asyncio.create_task(
-            self._dispatch(reader, queues, replays, deque(pending)), name=f"dispatch:{self.shard_id}"
+            self._dispatch(reader, queues, replays, deque(pending), progress), name=f"dispatch:{self.shard_id}"
         )
 
     async def _dispatch(
@@ -558,10 +511,10 @@ class ShardRunner:
         queues: list[LaneQueue],
         replays: list[deque[tuple[Position, Position]]],
         pending: deque[tuple[Position, Position]],
+        progress: ShardProgress,
     ) -> None:
         """Read the shard and route each record to its key's lane, in shard order."""
-        lanes, watermark, done_through = len(queues), self._watermark, self._done_through
-        assert watermark is not None
+        lanes, watermark, done_through = len(queues), progress.watermark, progress.position
         replaying: dict[int, tuple[Position, Position]] = {}
         while True:
             result = await reader.read(self.env.limits.max_records, IDLE_WAIT)
@@ -616,13 +569,3 @@ class ShardRunner:
             worker.stopping = True
             if abandon or worker.phase != "processing":
                 task.cancel()
-
-    async def _save(self, position: Position, window_state: bytes | None = None) -> None:
-        self.stats.checkpoint = _show(position)
-        await self.env.store.save(self.shard_id, Checkpoint(position=position, window_state=window_state))
-
-    async def _lane_progress(self, lane: int, position: Position, window_state: bytes | None = None) -> None:
-        assert self._watermark is not None
-        moved = self._watermark.lane_done(lane, position)
-        if moved is not None:
-            await self._save(moved)

@@ -1,0 +1,96 @@
+"""The one owner of a shard's progress: its checkpoint watermark over the lanes, the durable writes
+that guard it (pending batch bounds, checkpoints), and the stats that show it.
+
+Every lane reports here when it is done with records; a lane never writes the store itself. One
+lane is the one-lane case of the same watermark, not a second path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..checkpoints.base import Checkpoint, CheckpointStore
+from ..records import Position
+from .lanes import Watermark
+from .outcomes import classify_write_error
+from .policy import FailurePolicy, retry_backoff
+from .stats import ShardStats, WriteTarget
+
+log = logging.getLogger("streamfn.shard")
+
+#: Sleeps between retries; the caller's, so that a stop request can abandon the wait.
+Wait = Callable[[float], Awaitable[None]]
+
+
+def show_position(position: Position | None) -> str | None:
+    if position is None:
+        return None
+    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+
+
+class ShardProgress:
+    """Where a shard is, and the writes that move it (see the module docstring)."""
+
+    def __init__(self, pipeline: str, shard_id: str, store: CheckpointStore, policy: FailurePolicy,
+                 stats: ShardStats, lanes: int, position: Position | None) -> None:
+        self.pipeline = pipeline
+        self.shard_id = shard_id
+        self.stats = stats
+        self.watermark = Watermark(lanes, position)
+        self._store = store
+        self._policy = policy
+        stats.checkpoint = show_position(position)
+
+    @property
+    def position(self) -> Position | None:
+        return self.watermark.position
+
+    async def lane_done(self, lane: int, position: Position, window_state: bytes | None, wait: Wait) -> None:
+        """``lane`` is done with every record up to ``position``: checkpoint the new watermark, if it moved
+        (with one lane it always does; a window's state may change without the position moving)."""
+        moved = self.watermark.lane_done(lane, position)
+        if moved is not None:
+            await self.save(Checkpoint(position=moved, window_state=window_state), wait)
+
+    async def save(self, checkpoint: Checkpoint, wait: Wait) -> None:
+        self.stats.checkpoint = "SHARD_END" if checkpoint.shard_end else show_position(checkpoint.position)
+        await self.persist(lambda: self._store.save(self.shard_id, checkpoint), "checkpoint store", wait)
+
+    async def record_pending(self, first: Position, last: Position, wait: Wait) -> None:
+        """Durably note that output for [first, last] may be written: a restart forms this batch again."""
+        await self.persist(lambda: self._store.record_pending(self.shard_id, first, last), "checkpoint store", wait)
+
+    async def persist(self, write: Callable[[], Awaitable[None]], target: WriteTarget, wait: Wait) -> None:
+        """Retry a durable write until it succeeds: the shard waits and shows as blocked, nothing is
+        skipped. A lost lease stops the shard; output a sink refuses as it is (SinkError) goes back
+        to the caller, which fails the batch through its failure policy."""
+        stats = self.stats
+        backoff = retry_backoff(self._policy)
+        failing = False
+        while True:
+            token = stats.write_started()
+            try:
+                await write()
+            except Exception as exc:
+                failure = classify_write_error(exc)
+                if failure.action == "stop":
+                    raise
+                stats.count_write_error(target, failure.kind)
+                if failure.action == "fail_batch" and target == "sink":
+                    raise
+                stats.retries += 1
+                stats.mark_blocked(target, f"{target} write failed ({failure.kind}): {exc!r}")
+                failing = True
+                delay = backoff.next_delay()
+                log.warning(
+                    "write to %s failed (%s); retrying in %.2fs", target, failure.kind, delay,
+                    extra={"pipeline": self.pipeline, "shard": self.shard_id, "error": repr(exc)},
+                )
+                await wait(delay)
+                continue
+            finally:
+                stats.write_finished(token)
+            if failing:
+                stats.mark_unblocked(target)
+            return
