@@ -477,7 +477,7 @@ class ShardRunner:
         and skip what arrived in between."""
         after = getattr(reader, "after_seq", None)
         if isinstance(after, int) and self._progress is not None:
-            await self._progress.lane_done(0, Position(after), None, asyncio.sleep)
+            await self._progress.save(Checkpoint(position=Position(after)), asyncio.sleep)
 
     def _starting_position(self) -> StartingPosition:
         """Where a shard without checkpoint starts: a store's reset (``checkpoints reset``) first,
