@@ -9,8 +9,7 @@ windows) through random failure patterns.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -20,24 +19,21 @@ from ..records import Position, Record
 from .policy import FailurePolicy
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
     """Consecutive records of one batch still to handle, with the retries they have used."""
 
     records: list[Record]
     attempts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Succeeded:
+class Succeeded(NamedTuple):
     """The call handled every record of its segment; ``items`` go to the sinks."""
 
     items: list[Any]
     state: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class PartlyFailed:
+class PartlyFailed(NamedTuple):
     """The handler reported records failed (``report_batch_item_failures``): every record before
     ``failed_at`` is done and produced ``items``; the rest must run again."""
 
@@ -46,8 +42,7 @@ class PartlyFailed:
     state: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(NamedTuple):
     """The call failed as a whole: an exception, a timeout, a bad answer, or output the sinks refused."""
 
     error: str
@@ -56,8 +51,7 @@ class Failed:
 Outcome = Succeeded | PartlyFailed | Failed
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(NamedTuple):
     """These records are handled; their output joins the batch's output."""
 
     records: list[Record]
@@ -65,8 +59,7 @@ class Done:
     state: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(NamedTuple):
     """Run these segments next, in this order; ``backoff`` says whether to wait first (a split
     retries at once: it is a new question, not the same one asked again)."""
 
@@ -74,8 +67,7 @@ class Retry:
     backoff: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Dispose:
+class Dispose(NamedTuple):
     """Give up on these records: send them to the on-failure destination with their metadata."""
 
     records: list[Record]
@@ -141,8 +133,7 @@ _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO,
                              errno.ENFILE})
 
 
-@dataclass(frozen=True, slots=True)
-class WriteFailure:
+class WriteFailure(NamedTuple):
     """What to do after a sink, store or destination write failed, and the cause's kind (for metrics)."""
 
     action: WriteAction

@@ -217,8 +217,11 @@ class LaneWorker:
             unit = units.popleft()
             saved = self._window_snapshot()
             done = await self._run_unit(unit, final=final and not units)
-            done_records = [r for step in done for r in step.records]
-            items = [item for step in done for item in step.items]
+            if len(done) == 1:  # the common case: no copies on the per-record path
+                done_records, items = done[0].records, done[0].items
+            else:
+                done_records = [r for step in done for r in step.records]
+                items = [item for step in done for item in step.items]
             try:
                 await self._emit(unit.records, items, overwrite=replayed and unit.records is records)
             except SinkError as exc:
@@ -226,7 +229,7 @@ class LaneWorker:
                 steps = after_call(Segment(done_records, unit.attempts), Failed(f"sink refused the output: {exc}"),
                                    self.env.policy)
                 self._block("sink", str(exc), done_records, unit.attempts + 1)
-                wait = await self._perform(steps, units, as_units=True)
+                wait = await self._perform(steps, units)
                 if wait:
                     await self._wait(self._backoff.next_delay())
                 continue
@@ -265,16 +268,17 @@ class LaneWorker:
                     done.append(step)
                     # A final call closes its window only if nothing of it is left to retry.
                     self._keep_window_state(step.state, context.is_final and isinstance(outcome, Succeeded))
-            if not isinstance(outcome, Succeeded):
-                error = outcome.error if isinstance(outcome, Failed) else "partial batch failure"
-                failed = segment.records if isinstance(outcome, Failed) else [
-                    r for r in segment.records if r.position >= outcome.failed_at]
-                self._block("handler", error, failed, segment.attempts + 1, bisected=_splits(steps))
-            if await self._perform(steps, todo, as_units=False):
+            if isinstance(outcome, Succeeded):
+                continue  # the common case: nothing to retry or dispose of
+            error = outcome.error if isinstance(outcome, Failed) else "partial batch failure"
+            failed = segment.records if isinstance(outcome, Failed) else [
+                r for r in segment.records if r.position >= outcome.failed_at]
+            self._block("handler", error, failed, segment.attempts + 1, bisected=_splits(steps))
+            if await self._perform(steps, todo):
                 await self._wait(self._backoff.next_delay())
         return done
 
-    async def _perform(self, steps: list[Step], todo: deque[Segment], *, as_units: bool) -> bool:
+    async def _perform(self, steps: list[Step], todo: deque[Segment]) -> bool:
         """Queue retries (in shard order, first), dispose of what was given up; True: back off first."""
         backoff = False
         retries: list[Segment] = []
@@ -294,7 +298,9 @@ class LaneWorker:
     def _restore_window(self, saved: tuple[WindowState, Any, bool] | None) -> None:
         """Undo what a unit's calls did to the window: the unit runs again from the same state."""
         if saved is not None:
-            self._window, self._window.state, self._window.terminated_early = saved[0], saved[1], saved[2]
+            window, state, terminated_early = saved
+            window.state, window.terminated_early = state, terminated_early
+            self._window = window
 
     def _keep_window_state(self, state: Any, final: bool) -> None:
         if self._window is None:
