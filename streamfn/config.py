@@ -99,6 +99,7 @@ class RetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One pipeline: a source, a handler, its sinks, and how failures are handled."""
 
+    #: 1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs.
     name: str
     #: ``module:function``, looked up in the config's folder, then the working directory.
     handler: str
@@ -109,8 +110,9 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = "state"
     #: Seconds a handler call may take before it counts as failed.
     timeout: float = 60.0
+    #: Where a shard without a checkpoint starts. DynamoDB Streams has no ``at_timestamp``.
     starting_position: Literal["trim_horizon", "latest", "at_timestamp"] = "trim_horizon"
-    #: Epoch seconds, with ``starting_position = "at_timestamp"``.
+    #: Epoch seconds, with ``starting_position = "at_timestamp"`` only.
     starting_timestamp: float | None = None
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
