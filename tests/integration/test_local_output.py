@@ -218,3 +218,12 @@ def test_full_then_read_only_disk_is_retryable_and_recovers(tmp_path: Path) -> N
         "sink when read-only": "retryable storage EROFS",
         "destination when read-only": "retryable storage EROFS",
     }
+
+
+async def test_a_key_the_folder_layout_refuses_fails_the_batch(tmp_path: Path) -> None:
+    (tmp_path / "p").write_text("a file where the key wants a folder")
+    with pytest.raises(SinkError, match="change the key template"):
+        await LocalSink(tmp_path).write(batch([{"v": 1}]))
+    long_name = LocalSink(tmp_path, key="{shard_id}/" + "x" * 300 + "{first}-{last}")
+    with pytest.raises(SinkError, match="change the key template"):
+        await long_name.write(batch([{"v": 1}]))
