@@ -131,7 +131,8 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_failure: DestinationConfig | None = None
     #: Seconds a graceful stop may take to finish in-flight batches before abandoning them.
     shutdown_timeout: float = 30.0
-    #: Prometheus /metrics, /healthz and /readyz (off unless ``enabled``; ``--metrics-port`` overrides).
+    #: Prometheus /metrics, /healthz and /readyz (off unless ``enabled``; ``--metrics-port`` turns it on
+    #: and keeps the other settings).
     metrics: MetricsConfig | None = None
 
     def __post_init__(self) -> None:

@@ -76,5 +76,5 @@ def check_template(template: str, field: str, *, pipeline: str | None = None, st
         )
     problem = key_problem(rendered)
     if problem is not None:
-        raise ConfigError(f"key template {template!r} renders keys that could leave the sink's root: {problem}",
+        raise ConfigError(f"key template {template!r}: {problem}; keys are relative paths inside the sink's root",
                           field=field)
