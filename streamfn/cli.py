@@ -54,16 +54,17 @@ def _exit_past_stuck_handlers() -> None:
 
 
 def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) -> MetricsConfig | None:
-    """``--metrics-port`` wins; else the first pipeline file whose ``[metrics]`` section is enabled."""
+    """The first pipeline file's ``[metrics]`` section (an enabled one first), with only what
+    ``--metrics-port`` / ``--metrics-host`` name replaced: its other settings stay as written."""
+    sections = [item.config.metrics for item in loaded if item.config.metrics is not None]
+    enabled = [section for section in sections if section.enabled]
+    if args.metrics_port is None:
+        return enabled[0] if enabled else None
     from .metrics import MetricsConfig
 
-    if args.metrics_port is not None:
-        return MetricsConfig(enabled=True, host=args.metrics_host, port=args.metrics_port)
-    for item in loaded:
-        section = getattr(item.config, "metrics", None)
-        if isinstance(section, MetricsConfig) and section.enabled:
-            return section
-    return None
+    base = (enabled or sections or [MetricsConfig()])[0]
+    host = base.host if args.metrics_host is None else args.metrics_host
+    return msgspec.structs.replace(base, enabled=True, port=args.metrics_port, host=host)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -28,14 +28,16 @@ from .engine.policy import FailurePolicy
 from .errors import ConfigError
 from .interpolate import MissingVariable, interpolate
 from .metrics import MetricsConfig
+from .paths import key_problem, name_problem
 from .sinks.dynamodb import DynamoDBSinkConfig
+from .sinks.keys import check_template
 from .sinks.local import LocalSinkConfig
 from .sinks.s3 import S3SinkConfig
 from .sinks.stdout import StdoutSinkConfig
 from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
 from .sources.kafka import KafkaSourceConfig
 from .sources.kinesis import KinesisSourceConfig
-from .sources.local import LocalSourceConfig
+from .sources.local import LOG_FILE, LocalSourceConfig
 
 SourceConfig = LocalSourceConfig | KinesisSourceConfig | DynamoDBStreamsSourceConfig | KafkaSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkConfig
@@ -97,6 +99,7 @@ class RetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One pipeline: a source, a handler, its sinks, and how failures are handled."""
 
+    #: 1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs.
     name: str
     #: ``module:function``, looked up in the config's folder, then the working directory.
     handler: str
@@ -107,8 +110,9 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = "state"
     #: Seconds a handler call may take before it counts as failed.
     timeout: float = 60.0
+    #: Where a shard without a checkpoint starts. DynamoDB Streams has no ``at_timestamp``.
     starting_position: Literal["trim_horizon", "latest", "at_timestamp"] = "trim_horizon"
-    #: Epoch seconds, with ``starting_position = "at_timestamp"``.
+    #: Epoch seconds, with ``starting_position = "at_timestamp"`` only.
     starting_timestamp: float | None = None
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
@@ -127,34 +131,80 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_failure: DestinationConfig | None = None
     #: Seconds a graceful stop may take to finish in-flight batches before abandoning them.
     shutdown_timeout: float = 30.0
-    #: Prometheus /metrics, /healthz and /readyz (off unless ``enabled``; ``--metrics-port`` overrides).
+    #: Prometheus /metrics, /healthz and /readyz (off unless ``enabled``; ``--metrics-port`` turns it on
+    #: and keeps the other settings).
     metrics: MetricsConfig | None = None
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ValueError("name may hold only letters, digits, '.', '_' and '-'")
-        if self.parallelization_factor < 1:
-            raise ValueError("parallelization_factor must be at least 1")
-        if self.tumbling_window and not 1 <= self.tumbling_window <= 900:
-            raise ValueError("tumbling_window must be 0 (off) or between 1 and 900 seconds")
-        if self.tumbling_window and self.parallelization_factor > 1:
-            raise ValueError("tumbling_window works per shard: it cannot be combined with parallelization_factor > 1")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if self.starting_position == "at_timestamp" and self.starting_timestamp is None:
-            raise ValueError("starting_position 'at_timestamp' needs starting_timestamp")
-        kafka_source = isinstance(self.source, KafkaSourceConfig)
+        problems = self.problems()
+        if problems:
+            # ConfigError (not ValueError) passes through msgspec unchanged, keeping the field it names.
+            field, why = problems[0]
+            raise ConfigError(why, field=field)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(field, why)`` for each setting that is invalid alone or cannot work with the others."""
+        found = [(field, why) for field, why in self._own_problems() if why]
+        found += [(field, why) for field, why in self._combination_problems() if why]
+        return found
+
+    def _own_problems(self) -> list[tuple[str, str | None]]:
+        return [
+            ("name", name_problem(self.name)),
+            ("parallelization_factor", "must be at least 1" if self.parallelization_factor < 1 else None),
+            ("tumbling_window", "must be 0 (off) or between 1 and 900 seconds"
+             if self.tumbling_window and not 1 <= self.tumbling_window <= 900 else None),
+            ("timeout", "must be positive" if self.timeout <= 0 else None),
+            ("shutdown_timeout", "must be positive" if self.shutdown_timeout <= 0 else None),
+            ("on_failure.prefix", key_problem(self.on_failure.prefix + "aws/lambda/x.json")
+             if isinstance(self.on_failure, S3DestinationConfig) else None),
+        ]
+
+    def _combination_problems(self) -> list[tuple[str, str | None]]:
+        source, at_timestamp = self.source, self.starting_position == "at_timestamp"
+        kafka_source = isinstance(source, KafkaSourceConfig)
         kafka_checkpoints = isinstance(self.checkpoints, KafkaCheckpointStoreConfig)
-        if kafka_source and self.checkpoints is not None and not kafka_checkpoints:
-            raise ValueError("a kafka source keeps its checkpoints as committed offsets: "
-                             "use [checkpoints] type = 'kafka'")
-        if kafka_checkpoints and not kafka_source:
-            raise ValueError("[checkpoints] type = 'kafka' needs a source of type 'kafka'")
-        if self.retry.policy().has_limit and self.on_failure is None:
-            raise ValueError(
-                "retry.max_attempts / retry.max_record_age need an on_failure destination: "
-                "without one, records would be dropped"
-            )
+        return [
+            ("tumbling_window", "tumbling_window works per shard: it cannot be combined with "
+             "parallelization_factor > 1" if self.tumbling_window and self.parallelization_factor > 1 else None),
+            ("starting_timestamp", "starting_position 'at_timestamp' needs starting_timestamp"
+             if at_timestamp and self.starting_timestamp is None else None),
+            ("starting_timestamp", "is used only with starting_position = 'at_timestamp': set both or neither"
+             if not at_timestamp and self.starting_timestamp is not None else None),
+            ("starting_position", "DynamoDB Streams has no AT_TIMESTAMP iterator: use 'trim_horizon' or 'latest'"
+             if at_timestamp and isinstance(source, DynamoDBStreamsSourceConfig) else None),
+            ("source.starting_timestamp", "is used only with source.starting_position = 'at_timestamp'"
+             if isinstance(source, KafkaSourceConfig) and source.starting_timestamp is not None
+             and source.starting_position != "at_timestamp" else None),
+            ("checkpoints", "a kafka source keeps its checkpoints as committed offsets: use [checkpoints] "
+             "type = 'kafka'" if kafka_source and self.checkpoints is not None and not kafka_checkpoints else None),
+            ("checkpoints", "type = 'kafka' needs a source of type 'kafka'"
+             if kafka_checkpoints and not kafka_source else None),
+            ("on_failure", "retry.max_attempts / retry.max_record_age need an on_failure destination: "
+             "without one, records would be dropped"
+             if self.retry.policy().has_limit and self.on_failure is None else None),
+            feeds_own_source(source, self.on_failure),
+        ]
+
+
+def feeds_own_source(source: SourceConfig, destination: DestinationConfig | None) -> tuple[str, str | None]:
+    """A destination that writes failure records into the stream the pipeline reads would hand them
+    to the handler again, failing in a loop; the local log's case needs paths (see check_components)."""
+    loop = "the on_failure destination is the pipeline's own source: failure records would be read " \
+           "back and fail again, forever; send them to another stream"
+    if isinstance(source, KinesisSourceConfig) and isinstance(destination, KinesisDestinationConfig):
+        same = (source.stream.rsplit("/", 1)[-1] == destination.stream.rsplit("/", 1)[-1]
+                and source.endpoint_url == destination.endpoint_url and source.region == destination.region)
+        return "on_failure.stream", loop if same else None
+    if isinstance(source, KafkaSourceConfig) and isinstance(destination, KafkaDestinationConfig):
+        same = source.topic == destination.topic and bool(
+            _servers(source.bootstrap_servers) & _servers(destination.bootstrap_servers))
+        return "on_failure.topic", loop if same else None
+    return "on_failure", None
+
+
+def _servers(bootstrap: str) -> set[str]:
+    return {server.strip() for server in bootstrap.split(",") if server.strip()}
 
 
 class LoadedPipeline(msgspec.Struct, frozen=True):
@@ -207,6 +257,8 @@ def load_pipeline(path: str | Path, env: Mapping[str, str] | None = None) -> Loa
     except msgspec.ValidationError as exc:
         message, field = describe_validation_error(exc)
         raise ConfigError(message, file=str(path), field=field) from None
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=str(path), field=exc.field) from None
     loaded = LoadedPipeline(config=config, path=path)
     check_components(loaded)
     return loaded
@@ -224,12 +276,42 @@ def check_components(loaded: LoadedPipeline) -> None:
             raise ConfigError(str(exc), file=str(loaded.path), field=f"filters[{index}]") from None
     if len(config.filters) > 10:
         raise ConfigError("at most 10 filters", file=str(loaded.path), field="filters")
+    stream = stream_name(config.source)
     for index, sink in enumerate(config.sinks):
         try:
             sink.build(ctx)
+            if isinstance(sink, LocalSinkConfig | S3SinkConfig):
+                check_template(sink.key, "sinks.key", pipeline=config.name, stream=stream)
         except ConfigError as exc:
             field = f"sinks[{index}]" + (f".{exc.field.removeprefix('sinks.')}" if exc.field else "")
             raise ConfigError(exc.message, file=str(loaded.path), field=field) from None
+    if _appends_to_own_log(config, ctx):
+        raise ConfigError("the on_failure destination is the pipeline's own source stream: failure records "
+                          "would be read back and fail again, forever; use another stream",
+                          file=str(loaded.path), field="on_failure.stream")
+
+
+def stream_name(source: SourceConfig) -> str:
+    """The name a source reports as its stream (``{stream}`` in key templates)."""
+    if isinstance(source, KinesisSourceConfig):
+        return source.stream.rsplit("/", 1)[-1]
+    if isinstance(source, DynamoDBStreamsSourceConfig):
+        return source.table or (source.stream_arn or "").split("/table/", 1)[-1].split("/", 1)[0]
+    if isinstance(source, KafkaSourceConfig):
+        return source.topic
+    return source.stream
+
+
+def _appends_to_own_log(config: PipelineConfig, ctx: BuildContext) -> bool:
+    source, destination = config.source, config.on_failure
+    if not isinstance(source, LocalSourceConfig) or not isinstance(destination, LocalLogDestinationConfig):
+        return False
+
+    def log_file(path: str | None) -> str:
+        file = ctx.resolve(path) if path else ctx.state_dir / LOG_FILE
+        return os.path.abspath(file / LOG_FILE if file.is_dir() else file)
+
+    return source.stream == destination.stream and log_file(source.path) == log_file(destination.path)
 
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +10,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import orjson
 
+from ..errors import SinkError
+from ..paths import write_atomically
 from .base import FailedBatch
 from .shape import failure_record
 
@@ -38,6 +38,8 @@ def failure_key(failure: FailedBatch) -> str:
 
 
 class LocalDestination:
+    """Failure records at ``<root>/<failure_key>``, written atomically and durably."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -45,18 +47,13 @@ class LocalDestination:
         self.root.mkdir(parents=True, exist_ok=True)
 
     async def send(self, failure: FailedBatch) -> None:
-        body = orjson.dumps(failure_record(failure), option=orjson.OPT_INDENT_2)
-        await asyncio.to_thread(self._put, self.root / failure_key(failure), body)
-
-    @staticmethod
-    def _put(target: Path, body: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
+        """Raises ``SinkError`` for a key outside the root (a crafted shard id) or a record that
+        cannot be encoded, and ``RetryableError(kind="storage")`` for a full or read-only disk."""
+        try:
+            body = orjson.dumps(failure_record(failure), option=orjson.OPT_INDENT_2)
+        except TypeError as exc:
+            raise SinkError(f"failure record of shard {failure.shard_id!r} cannot be encoded: {exc}") from None
+        await asyncio.to_thread(write_atomically, self.root, failure_key(failure), body)
 
     async def close(self) -> None:
         return None

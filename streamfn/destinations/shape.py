@@ -12,6 +12,16 @@ from .base import FailedBatch
 _BATCH_INFO_KEY = {"dynamodb_streams": "DDBStreamBatchInfo"}
 
 
+def json_text(text: str) -> str:
+    """``text`` as JSON can carry it: lone surrogates (a handler's error message built from
+    undecodable bytes) are spelled out as ``\\udcxx`` instead of failing the whole record."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def failure_record(failure: FailedBatch) -> dict[str, Any]:
     """The JSON document a destination stores for ``failure``."""
     records = failure.records
@@ -41,12 +51,12 @@ def failure_record(failure: FailedBatch) -> dict[str, Any]:
         "streamArn": f"arn:aws:{failure.source_kind}:local:000000000000:stream/{failure.stream}",
     }
     if failure.error:
-        doc["errorMessage"] = failure.error
+        doc["errorMessage"] = json_text(failure.error)
     doc["records"] = [
         {
             "shardId": r.shard_id,
             "sequenceNumber": r.identifier,
-            "partitionKey": r.partition_key,
+            "partitionKey": json_text(r.partition_key),
             "approximateArrivalTimestamp": r.arrival_time,
             "data": base64.b64encode(r.data).decode("ascii"),
         }

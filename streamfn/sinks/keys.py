@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from ..errors import ConfigError
+from ..paths import key_problem
 from ..records import Position
 from .base import SinkBatch
 
@@ -62,10 +65,20 @@ def _mark(key: str, mark: str) -> str:
     return f"{folder}{slash}{stem}{mark}{dot}{extension}"
 
 
-def check_template(template: str, field: str) -> None:
-    """Fail at config time on an unknown name, and on a template that cannot be deterministic."""
+def check_template(template: str, field: str, *, pipeline: str | None = None, stream: str | None = None) -> None:
+    """Fail at config time on an unknown name, on a template that cannot be deterministic, and on
+    one that could leave the sink's root (a leading ``/``, a ``..`` segment).
+
+    ``pipeline`` and ``stream``, when known, are rendered as they will be, so a name that would
+    form a ``..`` segment with the template's text is refused here rather than at the first write.
+    """
+    example = _EXAMPLE
+    if pipeline is not None:
+        example = msgspec.structs.replace(example, pipeline=pipeline)
+    if stream is not None:
+        example = msgspec.structs.replace(example, stream=stream)
     try:
-        render_key(template, _EXAMPLE)
+        rendered = render_key(template, example)
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"bad key template {template!r}: {exc!r}; names: {sorted(key_fields(_EXAMPLE))}",
                           field=field) from None
@@ -75,3 +88,7 @@ def check_template(template: str, field: str) -> None:
             "so that a replayed batch overwrites its own object",
             field=field,
         )
+    problem = key_problem(rendered)
+    if problem is not None:
+        raise ConfigError(f"key template {template!r}: {problem}; keys are relative paths inside the sink's root",
+                          field=field)

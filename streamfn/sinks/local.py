@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 import orjson
 
+from ..errors import SinkError
+from ..paths import write_atomically
 from .base import SinkBatch
 from .keys import DEFAULT_TEMPLATE, check_template, render_key
 
@@ -35,22 +35,37 @@ class LocalSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
 
 
 def encode_ndjson(items: list[Any]) -> bytes:
-    """One JSON document per line; bytes items are written as they are."""
-    dumps = orjson.dumps
+    """One JSON document per line; bytes items are written as they are.
+
+    Raises ``SinkError`` for an item JSON cannot hold (a ``Decimal``, a set, an object...): the
+    batch then goes through the failure policy like a handler error.
+    """
     try:
         return b"".join(
             (item if item.endswith(b"\n") else item + b"\n") if isinstance(item, bytes)
-            else dumps(item, option=orjson.OPT_APPEND_NEWLINE)
+            else orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
             for item in items
         )
     except TypeError:
         # orjson stops at integers beyond 64 bits (a Kinesis sequence number is ~2**185); the
-        # standard library writes them, and anything else it cannot encode fails as before.
-        return b"".join(
-            (item if item.endswith(b"\n") else item + b"\n") if isinstance(item, bytes)
-            else json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            for item in items
-        )
+        # standard library writes them. What neither can encode is named, item by item.
+        return b"".join(_encode_slowly(index, item) for index, item in enumerate(items))
+
+
+def _encode_slowly(index: int, item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item if item.endswith(b"\n") else item + b"\n"
+    try:
+        return orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SinkError(
+            f"output item {index} cannot be written as JSON ({type(item).__name__}: {exc}); return "
+            "str, int, float, bool, None, lists and dicts of them, or bytes"
+        ) from None
 
 
 class LocalSink:
@@ -69,31 +84,13 @@ class LocalSink:
         self.root.mkdir(parents=True, exist_ok=True)
 
     async def write(self, batch: SinkBatch) -> None:
+        """Raises ``SinkError`` for items JSON cannot hold or a key outside the root, and
+        ``RetryableError(kind="storage")`` for a full or read-only disk."""
         body = encode_ndjson(batch.items)
         if self._compress:
             body = gzip.compress(body, mtime=0)
-        await asyncio.to_thread(self._put, render_key(self._template, batch), body)
-
-    def _put(self, key: str, body: bytes) -> None:
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
-                if self._fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        if self._fsync:
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        await asyncio.to_thread(write_atomically, self.root, render_key(self._template, batch), body,
+                                fsync=self._fsync)
 
     async def close(self) -> None:
         return None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
+from ..paths import disk_errors_classified
 from .base import SinkBatch
 from .local import encode_ndjson
 
@@ -22,15 +23,21 @@ class StdoutSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
 
 
 class StdoutSink:
+    """Items as JSON lines on standard output; not idempotent (a retried batch is printed again)."""
+
     keyed_by_batch: ClassVar[bool] = False
 
     async def open(self) -> None:
         return None
 
     async def write(self, batch: SinkBatch) -> None:
+        """Raises ``SinkError`` for items JSON cannot hold, ``RetryableError(kind="storage")`` when
+        standard output is a file on a full or read-only disk."""
+        body = encode_ndjson(batch.items)
         out = sys.stdout.buffer
-        out.write(encode_ndjson(batch.items))
-        out.flush()
+        with disk_errors_classified("standard output"):
+            out.write(body)
+            out.flush()
 
     async def close(self) -> None:
         return None

@@ -107,3 +107,106 @@ def test_run_refuses_missing_handler_before_reading(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "cannot import module 'no_such_handler_module'" in done.stderr
     assert not (tmp_path / "state").exists()  # nothing was opened, nothing read
+
+
+LOCAL = "handler='h:handle'\n[source]\ntype='local'\nstream='s'\n"
+KINESIS = "handler='h:handle'\n[source]\ntype='kinesis'\nstream='clicks'\n"
+DDB = "handler='h:handle'\n[source]\ntype='dynamodb_streams'\ntable='orders'\n"
+KAFKA = "handler='h:handle'\n[source]\ntype='kafka'\nbootstrap_servers='b:9092'\ntopic='t'\ngroup_id='g'\n"
+TEMPLATE_SINK = "[[sinks]]\ntype='{kind}'\n{where}\nkey='{key}'\n"
+
+
+def sink(key: str, kind: str = "local") -> str:
+    return TEMPLATE_SINK.format(kind=kind, where="path='out'" if kind == "local" else "bucket='b'", key=key)
+
+
+#: Configs that could write outside a sink's root, or cannot work: (text, field, words in the message).
+REFUSED = {
+    "pipeline named ..": ("name='..'\n" + LOCAL, "name", "not a valid name"),
+    "pipeline name with a slash": ("name='../../tmp'\n" + LOCAL, "name", "not starting with '.'"),
+    "hidden pipeline name": ("name='.p'\n" + LOCAL, "name", "not a valid name"),
+    "local key climbing out": ("name='p'\n" + LOCAL + sink("../../{shard_id}/{first}-{last}"),
+                               "sinks[0].key", "'..' segment"),
+    "local key from the root": ("name='p'\n" + LOCAL + sink("/{shard_id}/{first}-{last}"),
+                                "sinks[0].key", "starts with '/'"),
+    "s3 key climbing out": ("name='p'\n" + LOCAL + sink("a/../../{shard_id}/{first}-{last}", "s3"),
+                            "sinks[0].key", "'..' segment"),
+    "s3 key from the root": ("name='p'\n" + LOCAL + sink("/{pipeline}/{shard_id}/{first}-{last}", "s3"),
+                             "sinks[0].key", "starts with '/'"),
+    "key naming a folder": ("name='p'\n" + LOCAL + sink("{shard_id}/{first}-{last}/"),
+                            "sinks[0].key", "names a folder"),
+    "stream name forming ..": ("name='p'\n" + KINESIS.replace("clicks", ".")
+                               + sink("{stream}./{shard_id}/{first}-{last}"), "sinks[0].key", "'..' segment"),
+    "at_timestamp on dynamodb streams": (
+        "name='p'\nstarting_position='at_timestamp'\nstarting_timestamp=1.0\n" + DDB,
+        "starting_position", "no AT_TIMESTAMP"),
+    "timestamp without at_timestamp": ("name='p'\nstarting_timestamp=1.0\n" + LOCAL, "starting_timestamp",
+                                       "only with starting_position"),
+    "at_timestamp without timestamp": ("name='p'\nstarting_position='at_timestamp'\n" + LOCAL,
+                                       "starting_timestamp", "needs starting_timestamp"),
+    "kafka source timestamp without its position": ("name='p'\n" + KAFKA + "starting_timestamp=1.0\n",
+                                                    "source.starting_timestamp", "only with"),
+    "kinesis failures into their own stream": (
+        "name='p'\n" + KINESIS + "[on_failure]\ntype='kinesis'\nstream='arn:aws:kinesis:us-east-1:1:stream/clicks'\n",
+        "on_failure.stream", "own source"),
+    "kafka failures into their own topic": (
+        "name='p'\n" + KAFKA + "[on_failure]\ntype='kafka'\nbootstrap_servers='a:9092, b:9092'\ntopic='t'\n",
+        "on_failure.topic", "own source"),
+    "local failures into their own log stream": (
+        "name='p'\n" + LOCAL + "[on_failure]\ntype='local_log'\nstream='s'\npath='state/log.sqlite3'\n",
+        "on_failure.stream", "own source"),
+    "kafka checkpoints without kafka": ("name='p'\n" + LOCAL + "[checkpoints]\ntype='kafka'\n",
+                                        "checkpoints", "needs a source"),
+    "windows with lanes": ("name='p'\ntumbling_window=10\nparallelization_factor=2\n" + LOCAL,
+                           "tumbling_window", "per shard"),
+    "limit without destination (field)": ("name='p'\n" + LOCAL + "[retry]\nmax_record_age=60\n", "on_failure",
+                                          "would be dropped"),
+    "s3 failure prefix climbing out": ("name='p'\n" + LOCAL + "[on_failure]\ntype='s3'\nbucket='b'\nprefix='../'\n",
+                                       "on_failure.prefix", "'..' segment"),
+    "no time to stop": ("name='p'\nshutdown_timeout=0\n" + LOCAL, "shutdown_timeout", "positive"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_unsafe_or_unworkable_config_is_refused_with_its_field(tmp_path: Path, case: str) -> None:
+    text, field, expected = REFUSED[case]
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    assert info.value.file == str(path)
+    assert info.value.field == field
+    assert expected in info.value.message
+    assert f"`{field}`" in str(info.value)
+
+
+ACCEPTED = {
+    "ordinary names and keys": "name='clicks.v2_x-1'\n" + LOCAL + sink("{pipeline}/{stream}/{shard_id}/{first}-{last}"),
+    "dots inside a key": "name='p'\n" + LOCAL + sink("a..b/.../{shard_id}/{first}..{last}.json"),
+    "at_timestamp on kinesis": "name='p'\nstarting_position='at_timestamp'\nstarting_timestamp=1.0\n" + KINESIS,
+    "latest on dynamodb streams": "name='p'\nstarting_position='latest'\n" + DDB,
+    "kafka at_timestamp of its own": ("name='p'\n" + KAFKA
+                                      + "starting_position='at_timestamp'\nstarting_timestamp=1.0\n"),
+    "failures to another kinesis stream": "name='p'\n" + KINESIS + "[on_failure]\ntype='kinesis'\nstream='dlq'\n",
+    "same stream name on another endpoint": ("name='p'\n" + KINESIS + "[on_failure]\ntype='kinesis'\nstream='clicks'\n"
+                                             "endpoint_url='http://other:4567'\n"),
+    "failures to another log stream": "name='p'\n" + LOCAL + "[on_failure]\ntype='local_log'\nstream='dlq'\n",
+    "same log stream name in another log": ("name='p'\n" + LOCAL + "[on_failure]\ntype='local_log'\nstream='s'\n"
+                                            "path='elsewhere.sqlite3'\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_workable_configs_are_accepted(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(ACCEPTED[case])
+    assert load_pipeline(path).config.name
+
+
+def test_validate_refuses_a_pipeline_named_dot_dot(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD.replace('"p1"', '".."'))
+    done = subprocess.run([sys.executable, "-m", "streamfn", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"{path}: field `name`: '..' is not a valid name" in done.stderr
