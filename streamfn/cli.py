@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("configs", nargs="+")
     run.add_argument("--until-caught-up", action="store_true", help="exit 0 once every shard is drained")
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz on this port")
-    run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    run.add_argument("--metrics-host", default=None,
+                     help="address for --metrics-port (default: the file's [metrics] host, else 127.0.0.1)")
     run.set_defaults(func=cmd_run)
 
     validate = verbs.add_parser("validate", help="check pipeline files and that their handlers import")

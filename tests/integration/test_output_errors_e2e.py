@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.pipelines import append, output_objects, run_until_caught_up, write_pipeline
 
@@ -19,9 +18,6 @@ def handle(batch, context):
 """
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="needs the shard loop to send SinkError through the failure policy (lead's rewrite); "
-                          "today the write is retried forever")
 def test_an_unencodable_item_sends_its_batch_to_on_failure_and_the_shard_moves_on(tmp_path: Path) -> None:
     config = write_pipeline(
         tmp_path, DECIMAL_FOR_THREE, shards=1, batching="max_records = 1",
