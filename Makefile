@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test lint bench clean
+.PHONY: setup quickstart test lint bench dist clean
 
 $(BIN)/streamfn: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,5 +31,10 @@ test: setup
 bench: $(BIN)/streamfn
 	$(BIN)/python -m benchmarks
 
+# The release: sdist and wheel in dist/, built in an isolated env against the declared build floor.
+dist: $(BIN)/streamfn
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
+
 clean:
-	rm -rf state out
+	rm -rf state out dist build

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import orjson
 
-from . import logs
+from . import __version__, logs
 from .config import LoadedPipeline, json_schema, load_pipeline
 from .engine.pipeline import HANDLER_THREAD_PREFIX
 from .errors import ConfigError, HandlerLoadError, StreamfnError
@@ -231,6 +231,7 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamfn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"streamfn {__version__}")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--log-level", default="INFO")
     verbs = parser.add_subparsers(dest="verb", required=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from . import __version__
 from .engine.stats import HANDLER_BUCKETS, ShardStats
 from .errors import ConfigError
 
@@ -47,6 +49,7 @@ class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Metric(StrEnum):
     """Every series name streamfn exports (counters without their ``_total`` suffix)."""
 
+    BUILD_INFO = "streamfn_build_info"
     RECORDS_READ = "streamfn_records_read"
     RECORDS_FILTERED = "streamfn_records_filtered"
     RECORDS_HANDLED = "streamfn_records_handled"
@@ -70,6 +73,7 @@ class Metric(StrEnum):
 
 
 HELP: dict[Metric, str] = {
+    Metric.BUILD_INFO: "Always 1; its labels say which streamfn and Python versions run here.",
     Metric.RECORDS_READ: "Records read from the source and handed to batches (after filters).",
     Metric.RECORDS_FILTERED: "Records skipped because they matched no filter (still checkpointed).",
     Metric.RECORDS_HANDLED: "Records whose handler call succeeded.",
@@ -267,11 +271,13 @@ class StatsCollector:
 
 def build_registry(collector: StatsCollector, *, process: bool = True) -> CollectorRegistry:
     """A registry of its own (not the global one), so two servers in one process never clash."""
-    from prometheus_client import ProcessCollector
+    from prometheus_client import Gauge, ProcessCollector
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    build = Gauge(Metric.BUILD_INFO.value, HELP[Metric.BUILD_INFO], ["version", "python"], registry=registry)
+    build.labels(__version__, platform.python_version()).set(1)
     if process:
         ProcessCollector(registry=registry)
     return registry

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..config import LoadedPipeline
+from .notify import announce_running
 from .pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ async def run_pipelines(
             if ops is not None:
                 ops.mark_started(pipeline.name)
         log.info("running", extra={"pipelines": [p.name for p in pipelines]})
+        announce_running(stop)  # sd_notify READY=1 now, STOPPING=1 once stop is set
         runs = [asyncio.create_task(p.run(stop, until_caught_up=until_caught_up)) for p in pipelines]
         done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
