@@ -203,6 +203,7 @@ class HandlerSlot:
     A timed-out async call is cancelled; a timed-out plain-function call cannot be, and runs on in
     its thread. Either way the slot stays :attr:`busy` until the call really ends, and the next
     :meth:`call` waits for that first, so a batch is never handled twice at the same time.
+    A slot serves one caller at a time: its lane.
     """
 
     __slots__ = ("_invoker", "_running")
@@ -248,6 +249,8 @@ class HandlerSlot:
         if outcome is _TIMED_OUT:
             invoker._stop(running)
             raise HandlerError(f"handler timed out after {invoker.timeout:g}s")
+        if running.done():
+            self._running = None  # holds the call's answer: let it go with the batch
         return invoker._outcome(outcome, batch)
 
 
