@@ -43,9 +43,12 @@ async def test_a_write_cancelled_mid_flight_after_its_lease_was_stolen_leaves_no
         # in flight: exactly what a lease-lost watcher does to a shard in the middle of a batch.
         held = zombie.held["s1"]
         lane = asyncio.create_task(zombie.record_pending("s1", Position(11), Position(20)))
-        while held.writer is None or held.writer.done():
+        for _ in range(1000):
+            if held.writer is not None and not held.writer.done():
+                break
             await asyncio.sleep(0)
         writer = held.writer
+        assert writer is not None and not writer.done(), "the write never started"
         lane.cancel()
         with pytest.raises(asyncio.CancelledError):
             await lane
