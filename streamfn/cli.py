@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ import orjson
 
 from . import __version__, logs
 from .config import LoadedPipeline, json_schema, load_pipeline
-from .engine.pipeline import HANDLER_THREAD_PREFIX
+from .engine.handler_threads import running_calls
 from .errors import ConfigError, HandlerLoadError, StreamfnError
 
 if TYPE_CHECKING:
@@ -41,12 +40,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _exit_past_stuck_handlers() -> None:
-    """A plain-function handler abandoned at the shutdown deadline keeps its thread, which the
-    interpreter would join forever at exit. Its batch was not checkpointed: exit without it."""
-    stuck = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREAD_PREFIX) and t.is_alive()]
+    """A plain-function handler call abandoned at the shutdown deadline runs on in its thread; its
+    batch was not checkpointed. Exit without waiting for it, and say so. After a clean drain no
+    call is running: the interpreter exits normally."""
+    stuck = running_calls()
     if stuck:
         logging.getLogger("streamfn.daemon").warning(
-            "exiting with %d abandoned handler call(s) still running in threads", len(stuck))
+            "exiting with %d abandoned handler call(s) still running in threads", stuck)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -239,8 +239,14 @@ class DynamoDBCheckpointStore:
     # -- checkpoint writing ------------------------------------------------------------
     def _start_writer(self, held: HeldLease) -> None:
         if held.writer is None or held.writer.done():
-            held.writer = asyncio.create_task(self._write_dirty(held), name=f"checkpoint:{held.shard_id}")
-            held.writer.add_done_callback(_note_failure)
+            held.writer = self._new_writer(held)
+
+    def _new_writer(self, held: HeldLease) -> asyncio.Task[None]:
+        """A task writing the lease's checkpoint. Its failure is always looked at, also when the
+        flush awaiting it was cancelled mid-write (a lost lease stops the shard exactly then)."""
+        writer = asyncio.create_task(self._write_dirty(held), name=f"checkpoint:{held.shard_id}")
+        writer.add_done_callback(_note_failure)
+        return writer
 
     async def _write_dirty(self, held: HeldLease) -> None:
         """Write the lease's latest checkpoint until nothing newer is waiting; between two writes
@@ -275,7 +281,7 @@ class DynamoDBCheckpointStore:
             if not held.dirty:
                 return
             held.hurry.set()
-            held.writer = asyncio.create_task(self._write_dirty(held), name=f"checkpoint:{held.shard_id}")
+            held.writer = self._new_writer(held)
             await asyncio.shield(held.writer)
 
     async def _fenced(self, held: HeldLease, write: _FencedWrite) -> None:

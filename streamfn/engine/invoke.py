@@ -6,11 +6,11 @@ The invoker only calls and interprets; what to do after a failure is the failure
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from ..errors import HandlerError, HandlerLoadError
 from ..handler_api import Context, Result
 from ..records import Batch, Position
 from ..timefmt import iso_time
+from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads, Outcome
 
 Interface = Literal["native", "lambda"]
 EventBuilder = Callable[[Batch], dict[str, Any]]
@@ -62,7 +63,11 @@ class CallResult:
 
 
 class Invoker:
-    """Calls one handler: async ones on the loop, plain functions in a worker thread."""
+    """Calls one handler: async ones in a task of their own, plain functions in a thread of their own.
+
+    Use one :class:`HandlerSlot` per lane (:meth:`slot`): a slot never starts a call while its
+    previous one, timed out but not yet ended, still runs.
+    """
 
     def __init__(
         self,
@@ -72,7 +77,7 @@ class Invoker:
         timeout: float,
         report_failures: bool,
         lambda_event: EventBuilder,
-        executor: ThreadPoolExecutor | None = None,
+        threads: HandlerThreads | None = None,
         windowed: bool = False,
     ) -> None:
         self._handler = handler
@@ -80,27 +85,37 @@ class Invoker:
             getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
         )
         self._interface = interface
-        self._timeout = timeout
+        self.timeout = timeout
         self._report_failures = report_failures
         self._lambda_event = lambda_event
-        self._executor = executor
+        self._threads = threads or HandlerThreads(f"{HANDLER_THREAD_PREFIX}invoker")
         self._windowed = windowed
 
+    def slot(self) -> HandlerSlot:
+        """A slot for one lane: its calls run one at a time, a timed-out one included."""
+        return HandlerSlot(self)
+
     async def call(self, batch: Batch, context: Context) -> CallResult:
-        """Call the handler on ``batch``; raise HandlerError on an exception, a timeout or a bad answer."""
+        """One call outside any slot: nothing stops it from overlapping an earlier timed-out call
+        of the same batch, so a loop that retries should call through :meth:`slot` instead."""
+        return await HandlerSlot(self).call(batch, context)
+
+    def _start(self, batch: Batch, context: Context, reply: asyncio.Future[Outcome]) -> asyncio.Future[Any]:
+        """Start the handler. ``reply`` gets the call's Outcome as soon as it is known; the future
+        returned ends exactly when the call ends (later than a timeout, for a stuck call)."""
         payload: Any = batch
         if self._interface == "lambda":
             payload = self._event(batch, context)
-        try:
-            async with asyncio.timeout(self._timeout):
-                answer = await self._run(payload, context)
-        except TimeoutError:
-            raise HandlerError(f"handler timed out after {self._timeout:g}s") from None
-        except HandlerError:
-            raise
-        except Exception as exc:
-            raise HandlerError(f"handler raised {type(exc).__name__}: {exc}") from exc
-        return self._interpret(answer, batch)
+        if self._is_async:
+            return reply.get_loop().create_task(_guarded(self._handler, payload, context, reply))
+        running = self._threads.submit(self._handler, payload, context)
+        running.add_done_callback(functools.partial(_relay, reply))
+        return running
+
+    def _stop(self, running: asyncio.Future[Any]) -> None:
+        """Cancel an async call; a thread cannot be stopped, its call runs on to its end."""
+        if self._is_async:
+            running.cancel()
 
     def _event(self, batch: Batch, context: Context) -> dict[str, Any]:
         event = self._lambda_event(batch)
@@ -114,11 +129,13 @@ class Invoker:
             )
         return event
 
-    def _run(self, payload: Any, context: Context) -> Awaitable[Any]:
-        if self._is_async:
-            return self._handler(payload, context)  # type: ignore[no-any-return]
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, self._handler, payload, context)
+    def _outcome(self, outcome: Outcome, batch: Batch) -> CallResult:
+        error = outcome.error
+        if error is None:
+            return self._interpret(outcome.value, batch)
+        if isinstance(error, HandlerError):
+            raise error
+        raise HandlerError(f"handler raised {type(error).__name__}: {error}") from error
 
     def _interpret(self, answer: Any, batch: Batch) -> CallResult:
         if self._interface == "lambda":
@@ -178,3 +195,90 @@ class Invoker:
             if lowest is None or position < lowest:
                 lowest = position
         return lowest
+
+
+class HandlerSlot:
+    """One lane's way to call the handler: its calls never overlap, even past a timeout.
+
+    A timed-out async call is cancelled; a timed-out plain-function call cannot be, and runs on in
+    its thread. Either way the slot stays :attr:`busy` until the call really ends, and the next
+    :meth:`call` waits for that first, so a batch is never handled twice at the same time.
+    A slot serves one caller at a time: its lane.
+    """
+
+    __slots__ = ("_invoker", "_running")
+
+    def __init__(self, invoker: Invoker) -> None:
+        self._invoker = invoker
+        self._running: asyncio.Future[Any] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A previous call (one that timed out) is still running."""
+        running = self._running
+        return running is not None and not running.done()
+
+    async def wait_idle(self) -> None:
+        """Return when no call of this slot is running (cancelling the wait leaves the call be)."""
+        running = self._running
+        if running is not None and not running.done():
+            await asyncio.wait((running,))
+
+    async def call(self, batch: Batch, context: Context) -> CallResult:
+        """Call the handler on ``batch`` once the previous call ended.
+
+        Raises HandlerError on any exception from the handler (SystemExit and KeyboardInterrupt
+        included), on a timeout and on an answer streamfn cannot use. Only the caller's own
+        cancellation passes through as CancelledError; it cancels an async call too.
+        """
+        if self.busy:
+            await self.wait_idle()
+        invoker = self._invoker
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Outcome] = loop.create_future()
+        running = invoker._start(batch, context, reply)
+        self._running = running
+        expiry = loop.call_later(invoker.timeout, _settle, reply, _TIMED_OUT)
+        try:
+            outcome = await reply
+        except asyncio.CancelledError:
+            invoker._stop(running)
+            raise
+        finally:
+            expiry.cancel()
+        if outcome is _TIMED_OUT:
+            invoker._stop(running)
+            raise HandlerError(f"handler timed out after {invoker.timeout:g}s")
+        if running.done():
+            self._running = None  # holds the call's answer: let it go with the batch
+        return invoker._outcome(outcome, batch)
+
+
+#: The reply a call gets when its timeout passes first.
+_TIMED_OUT = Outcome(None, None)
+
+
+def _settle(reply: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not reply.done():
+        reply.set_result(outcome)
+
+
+def _relay(reply: asyncio.Future[Outcome], running: asyncio.Future[Outcome]) -> None:
+    _settle(reply, running.result())
+
+
+async def _guarded(
+    handler: Callable[..., Awaitable[Any]], payload: Any, context: Context, reply: asyncio.Future[Outcome]
+) -> None:
+    """Run an async handler in a task of its own and put what it returned or raised in ``reply``:
+    a SystemExit or KeyboardInterrupt escaping a task would stop the event loop itself."""
+    try:
+        outcome = Outcome(await handler(payload, context), None)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # cancelled by its slot (timeout, stop): nobody waits for a reply any more
+        outcome = Outcome(None, exc)  # the handler's own CancelledError: a failure like any other
+    except BaseException as exc:
+        outcome = Outcome(None, exc)
+    _settle(reply, outcome)

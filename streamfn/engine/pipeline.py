@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..backoff import Backoff
@@ -22,14 +21,12 @@ from ..config import LoadedPipeline
 from ..errors import LeaseLostError, SourceError, StreamfnError
 from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
+from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
 from .invoke import Invoker, load_handler
 from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
 
 log = logging.getLogger("streamfn.pipeline")
-
-#: Threads that run plain-function handlers are named with this prefix.
-HANDLER_THREAD_PREFIX = "streamfn-handler-"
 
 
 def build_checkpoint_store(loaded: LoadedPipeline, source: Any) -> CheckpointStore:
@@ -86,11 +83,11 @@ class Pipeline:
         self.sinks = [sink.build(ctx) for sink in config.sinks]
         self.destination = config.on_failure.build(ctx) if config.on_failure else None
         self.store: CheckpointStore = self._checkpoint_store(ctx)
-        self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"{HANDLER_THREAD_PREFIX}{self.name}")
+        self._threads = HandlerThreads(f"{HANDLER_THREAD_PREFIX}{self.name}")
         invoker = Invoker(
             handler, interface=config.interface, timeout=config.timeout,
             report_failures=config.report_batch_item_failures, lambda_event=self.source.lambda_event,
-            executor=self._executor,
+            threads=self._threads,
             windowed=config.tumbling_window > 0,
         )
         self.env = ShardEnv(
@@ -241,4 +238,4 @@ class Pipeline:
         if self.destination is not None:
             await self.destination.close()
         await self.source.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
