@@ -25,7 +25,7 @@ from ..sinks.base import Sink, SinkBatch
 from ..sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from . import windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
-from .invoke import Invoker
+from .invoke import CallResult, Invoker
 from .lanes import LaneQueue, lane_of
 from .outcomes import (
     Dispose,
@@ -108,6 +108,7 @@ class LaneWorker:
         self._position = progress.position  # this lane's own progress (the shard's is the watermark)
         self._window = window
         self._backoff = retry_backoff(env.policy)
+        self._slot = env.invoker.slot()  # this lane's calls never overlap, even past a timeout
 
     async def run(self) -> None:
         try:
@@ -179,7 +180,7 @@ class LaneWorker:
                               state=window.state, window=window.bounds, is_final=True,
                               terminated_early=window.terminated_early)
             try:
-                result = await env.invoker.call(Batch(self.shard_id, []), context)
+                result = await self._call(Batch(self.shard_id, []), context)
                 if result.items and self._position is not None:
                     last = Record(self.shard_id, self._position.sequence, "", b"", window.end,
                                   self._position.sub_sequence)
@@ -193,6 +194,28 @@ class LaneWorker:
         self._unblocked(backoff)
         if self._position is not None:
             await self._checkpoint(self._position)
+
+    async def _call(self, batch: Batch, context: Context) -> CallResult:
+        """One handler call through this lane's slot. A timed-out plain-function call still running
+        in its thread holds the lane (and only the lane): it shows as "handler stuck" until it ends,
+        and a stop request abandons the wait."""
+        slot = self._slot
+        if slot.busy:
+            if self.stopping:
+                raise Abandoned
+            self.stats.mark_blocked("handler stuck", f"a call past its {self.env.timeout:g}s timeout is still running")
+            log.warning("handler stuck: a timed-out call is still running; the lane waits for it",
+                        extra={"pipeline": self.env.pipeline, "shard": self.shard_id})
+            self.phase = "waiting"
+            try:
+                await slot.wait_idle()
+            except asyncio.CancelledError:
+                if self.stopping:
+                    raise Abandoned from None
+                raise
+            self.phase = "processing"
+            self.stats.mark_unblocked("handler stuck")
+        return await slot.call(batch, context)
 
     def _context(self, attempts: int, final: bool) -> Context:
         env, window = self.env, self._window
@@ -253,7 +276,7 @@ class LaneWorker:
             context = self._context(segment.attempts, final and not todo)
             started = time.perf_counter()
             try:
-                result = await env.invoker.call(Batch(self.shard_id, segment.records), context)
+                result = await self._call(Batch(self.shard_id, segment.records), context)
             except HandlerError as exc:
                 outcome: Outcome = Failed(str(exc))
             else:
