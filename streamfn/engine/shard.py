@@ -426,7 +426,9 @@ class ShardRunner:
         self._workers: list[LaneWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatcher: asyncio.Task[None] | None = None
-        self._dispatcher_idle = True
+        # With lanes, idle (caught up) only once a read of the shard came back empty: lanes are
+        # idle from the start, before the first (possibly slow) read delivered anything.
+        self._dispatcher_idle = env.lanes == 1
         self._progress: ShardProgress | None = None
 
     @property
