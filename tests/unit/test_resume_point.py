@@ -1,10 +1,12 @@
 """Where a restarted shard reads from: only at or after records the source handed out, and never
-past a record that a recorded batch or an unfinished lane still needs."""
+past a record that a recorded batch or an unfinished lane still needs; every source starts AT a
+named record (``at_sequence``)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +17,9 @@ from streamfn.engine.shard import resume_point
 from streamfn.records import Position
 from streamfn.sources.base import ShardInfo, StartingPosition
 from streamfn.sources.dynamodb_streams import DynamoDBStreamsSource, DynamoDBStreamsSourceConfig
+from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
 from streamfn.sources.kinesis import KinesisSource, KinesisSourceConfig
+from streamfn.sources.local import LocalSource
 
 KINESIS = KinesisSource(KinesisSourceConfig(stream="s", endpoint_url="http://127.0.0.1:9", region="us-east-1"))
 STREAMS = DynamoDBStreamsSource(DynamoDBStreamsSourceConfig(
@@ -160,3 +164,24 @@ def test_at_sequence_needs_a_position() -> None:
         StartingPosition("at_sequence")
     with pytest.raises(ValueError):
         StartingPosition("trim_horizon", position=Position(1))
+
+
+async def test_the_local_log_starts_at_a_record(tmp_path: Path) -> None:
+    source = LocalSource(tmp_path, "clicks", 1)
+    await source.open()
+    try:
+        source.log.append("clicks", [("k", b"1"), ("k", b"2"), ("k", b"3")])
+        shard = (await source.list_shards())[0]
+        reader = source.reader(shard, None, StartingPosition("at_sequence", position=Position(2)))
+        assert [r.data for r in (await reader.read(10, 0)).records] == [b"2", b"3"]
+    finally:
+        await source.close()
+
+
+async def test_kafka_starts_at_the_named_offset_whatever_its_configured_start() -> None:
+    override = KafkaSource(KafkaSourceConfig(bootstrap_servers="127.0.0.1:1", topic="clicks", group_id="g",
+                                             starting_position="latest"))
+    start = StartingPosition("at_sequence", position=Position(7))
+    assert override._starting(start) == start
+    assert await override.start_offset(("clicks", 0), None, start) == 7
+    assert await override.start_offset(("clicks", 0), Position(7), start) == 8  # after a checkpoint first
