@@ -217,6 +217,7 @@ class Pipeline:
 
         A shard that just ended counts as not caught up until the assigner has looked again
         (``wake`` set, ``settled`` cleared): its children may exist and have not started yet.
+        A blocked shard (a failing source, handler or write) is not at its tip either.
         """
         assigner = self.assigner
         if not getattr(assigner, "settled", True):
@@ -224,7 +225,8 @@ class Pipeline:
         wake = getattr(assigner, "wake", None)
         if wake is not None and wake.is_set():
             return False
-        return all(self.runners[s].idle and not self.runners[s].ending for s in self._tasks if s in self.runners)
+        runners = [self.runners[s] for s in self._tasks if s in self.runners]
+        return all(r.idle and not r.ending and r.stats.blocked_since is None for r in runners)
 
     async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
         """Run until ``stop`` is set (or, with ``until_caught_up``, until every shard is drained)."""

@@ -3,10 +3,16 @@ positions the service refuses for good: a SourceError naming the shard and the p
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamfn.checkpoints.base import Checkpoint
+from streamfn.checkpoints.local import LocalCheckpointStoreConfig
+from streamfn.config import load_pipeline
+from streamfn.engine.pipeline import Pipeline
 from streamfn.errors import SourceError
 from streamfn.records import Position
 from streamfn.sources.base import ShardInfo, StartingPosition
@@ -14,6 +20,7 @@ from streamfn.sources.kpl import UserRecord, aggregate
 from tests.integration import test_dynamodb_streams as streams
 from tests.integration.aws_support import client, create_stream, drain, put, unique
 from tests.integration.test_kinesis import TRIM, source
+from tests.integration.test_kinesis_e2e import wait_for
 
 
 def at(position: Position) -> StartingPosition:
@@ -101,3 +108,46 @@ async def test_dynamodb_streams_reader_starts_at_a_record(moto_endpoint: str, aw
             assert [r.sequence for r in rest] == [r.sequence for r in everything[index:]]
     finally:
         await src.close()
+
+
+async def test_a_checkpoint_the_stream_never_handed_out_blocks_the_shard_visibly(
+    tmp_path: Path, kinesis_endpoint: str, aws_env: dict[str, str]
+) -> None:
+    """A checkpoint from another stream: the shard shows as blocked by its source, with the shard and
+    the position, and ``--until-caught-up`` does not call that caught up."""
+    name, src = await kpl_stream(kinesis_endpoint)
+    try:
+        shard = (await src.list_shards())[0]
+        first = (await drain(src.reader(shard, None, TRIM)))[0][0]
+    finally:
+        await src.close()
+    (tmp_path / "noop_handler.py").write_text("def handle(batch, context):\n    return []\n")
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f'name = "stuck"\nhandler = "noop_handler:handle"\nstate_dir = "state"\n'
+                      f'[source]\ntype = "kinesis"\nstream = "{name}"\nendpoint_url = "{kinesis_endpoint}"\n')
+    loaded = load_pipeline(config)
+    store = LocalCheckpointStoreConfig().build(loaded.context)
+    await store.open()
+    made_up = Position(first.sequence - 1)
+    await store.save(shard.shard_id, Checkpoint(position=made_up))
+    await store.flush()
+    await store.close()
+    pipeline = Pipeline(loaded)
+    await pipeline.open()
+    stop = asyncio.Event()
+    run = asyncio.create_task(pipeline.run(stop, until_caught_up=True))
+    try:
+        def blocked() -> bool:
+            runner = pipeline.runners.get(shard.shard_id)
+            return runner is not None and runner.stats.blocked_since is not None
+
+        await wait_for(blocked, 20, "the shard never showed as blocked")
+        runner = pipeline.runners[shard.shard_id]
+        assert runner.stats.blocked_cause == "source"
+        assert shard.shard_id in runner.stats.last_error and str(made_up.sequence) in runner.stats.last_error
+        await asyncio.sleep(1.0)
+        assert not run.done(), "a blocked shard counted as caught up"
+    finally:
+        stop.set()
+        await run
+        await pipeline.shutdown()
