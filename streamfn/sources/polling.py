@@ -214,17 +214,20 @@ class PollingShardReader(ABC):
         """Nothing to release: the client belongs to the source."""
 
 
+#: How an operator moves a checkpoint the service refuses.
+MOVE_CHECKPOINT = ("move the shard's checkpoint: `streamfn checkpoints reset|set` with a DynamoDB lease table, "
+                   "else delete the shard's row in the state folder's checkpoints.sqlite3")
+
 #: What to do about a request the service refuses for good, by AWS error code.
 REJECTED_HINTS = {
     "InvalidArgumentException": (
         "the service does not know this position in this shard (a checkpoint from another stream, or a "
-        "number it never handed out); move the checkpoint with `streamfn checkpoints reset|set`"),
+        f"number it never handed out); {MOVE_CHECKPOINT}"),
     "ResourceNotFoundException": (
         "the service knows no such stream, shard or record (deleted, past retention, or a number it never "
-        "handed out); check the source, or move the checkpoint with `streamfn checkpoints reset|set`"),
+        f"handed out); check the source, or {MOVE_CHECKPOINT}"),
     "TrimmedDataAccessException": (
-        "the position is older than the stream's retention: those records are gone; reset the checkpoint "
-        "with `streamfn checkpoints reset`"),
+        f"the position is older than the stream's retention: those records are gone; {MOVE_CHECKPOINT}"),
 }
 
 
