@@ -42,7 +42,12 @@ def build_checkpoint_store(loaded: LoadedPipeline, source: Any) -> CheckpointSto
 
 
 class AllShardsAssigner:
-    """Runs every shard of the source in this worker; a child starts once its parents ended."""
+    """Runs every shard of the source in this worker; a child starts once its parents ended.
+
+    ``wake`` is set when a shard ended: a discovery runs at once. ``settled`` is true once a
+    discovery that began after the last shard end completed (it started every shard that could
+    start): what an end unblocks (a split's children) is known only to a listing made after it.
+    """
 
     def __init__(self, source: Any, discovery_interval: float = 10.0) -> None:
         self._source = source
@@ -52,22 +57,28 @@ class AllShardsAssigner:
 
     async def run(self, controller: ShardController) -> None:
         while True:
-            shards = await self._source.list_shards()
-            known = {shard.shard_id for shard in shards}
-            running = controller.running_shards()
-            for shard in shards:
-                if shard.shard_id in running:
-                    continue
-                if await controller.shard_finished(shard.shard_id):
-                    continue
-                parents = [p for p in shard.parent_ids if p in known]
-                if all([await controller.shard_finished(p) for p in parents]):
-                    await controller.start_shard(shard)
-            self.settled = True
+            if self.wake.is_set():
+                self.settled = False  # a shard ended since the last discovery began
+            self.wake.clear()
+            await self.discover(controller)
+            self.settled = not self.wake.is_set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await self.wake.wait()
-            self.wake.clear()
+
+    async def discover(self, controller: ShardController) -> None:
+        """Start every listed shard that is not running, not finished, and whose parents finished."""
+        shards = await self._source.list_shards()
+        known = {shard.shard_id for shard in shards}
+        running = controller.running_shards()
+        for shard in shards:
+            if shard.shard_id in running:
+                continue
+            if await controller.shard_finished(shard.shard_id):
+                continue
+            parents = [p for p in shard.parent_ids if p in known]
+            if all([await controller.shard_finished(p) for p in parents]):
+                await controller.start_shard(shard)
 
 
 class Pipeline:
@@ -199,10 +210,20 @@ class Pipeline:
             return
 
     def caught_up(self) -> bool:
-        """Every shard has read all there was to read and handled it (for ``--until-caught-up``)."""
-        if not getattr(self.assigner, "settled", True):
+        """Every shard that exists is at its tip or ended (for ``--until-caught-up``).
+
+        A shard that just ended counts as not caught up until the assigner has looked again
+        (``wake`` set, ``settled`` cleared): its children may exist and have not started yet.
+        A blocked shard (a failing source, handler or write) is not at its tip either.
+        """
+        assigner = self.assigner
+        if not getattr(assigner, "settled", True):
             return False
-        return all(self.runners[s].idle for s in self._tasks if s in self.runners)
+        wake = getattr(assigner, "wake", None)
+        if wake is not None and wake.is_set():
+            return False
+        runners = [self.runners[s] for s in self._tasks if s in self.runners]
+        return all(r.idle and not r.ending and r.stats.blocked_since is None for r in runners)
 
     async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
         """Run until ``stop`` is set (or, with ``until_caught_up``, until every shard is drained)."""

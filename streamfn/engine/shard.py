@@ -424,11 +424,23 @@ def _splits(steps: list[Step]) -> bool:
     return any(isinstance(step, Retry) and not step.backoff for step in steps)
 
 
-def _before(position: Position) -> Position:
-    """The position just before ``position``, for reading again from it."""
-    if position.sub_sequence:
-        return Position(position.sequence, position.sub_sequence - 1)
-    return Position(position.sequence - 1)
+def resume_point(
+    checkpoint: Checkpoint | None, starting: StartingPosition
+) -> tuple[Position | None, StartingPosition]:
+    """Where a shard's reader starts, as ``Source.reader``'s ``(after, start)``.
+
+    Strictly after the checkpoint; AT the first record of a recorded batch that begins at or below
+    it (a lane finished past it while another lagged: the batch is formed again); at ``starting``
+    when nothing was handled. Only positions of records the source handed out are named, never
+    arithmetic on them: Kinesis and DynamoDB Streams refuse numbers they did not hand out.
+    """
+    position = checkpoint.position if checkpoint else None
+    if checkpoint is None or position is None:
+        return None, starting
+    firsts = [first for first, last in checkpoint.pending if last > position]
+    if firsts and min(firsts) <= position:
+        return None, StartingPosition("at_sequence", position=min(firsts))
+    return position, starting
 
 
 class ShardRunner:
@@ -443,7 +455,9 @@ class ShardRunner:
         self._workers: list[LaneWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatcher: asyncio.Task[None] | None = None
-        self._dispatcher_idle = True
+        # With lanes, idle (caught up) only once a read of the shard came back empty: lanes are
+        # idle from the start, before the first (possibly slow) read delivered anything.
+        self._dispatcher_idle = env.lanes == 1
         self._progress: ShardProgress | None = None
 
     @property
@@ -460,6 +474,12 @@ class ShardRunner:
     def idle(self) -> bool:
         return bool(self._workers) and self._dispatcher_idle and all(w.idle or w.finished for w in self._workers)
 
+    @property
+    def ending(self) -> bool:
+        """Every record of the closed shard is handled: it is saving SHARD_END and will stop, and
+        the children it unblocks are not started yet (so the pipeline is not caught up)."""
+        return self.finished or (bool(self._workers) and all(w.finished for w in self._workers))
+
     async def run(self) -> None:
         env = self.env
         checkpoint = await env.store.load(self.shard_id)
@@ -474,10 +494,7 @@ class ShardRunner:
         pending = sorted(
             b for b in (checkpoint.pending if checkpoint else ()) if position is None or b[1] > position
         )
-        read_after = position
-        if pending and position is not None and pending[0][0] <= position:
-            read_after = _before(pending[0][0])
-        start = self._starting_position()
+        read_after, start = resume_point(checkpoint, self._starting_position())
         reader = env.source.reader(self.shard, read_after, start)
         if position is None and start.kind != "trim_horizon":
             await self._pin_start(reader)

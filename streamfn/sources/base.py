@@ -21,10 +21,21 @@ class ShardInfo(msgspec.Struct, frozen=True):
 
 
 class StartingPosition(msgspec.Struct, frozen=True):
-    """Where to start a shard that has no checkpoint."""
+    """Where a reader starts when it is given no position to continue after.
 
-    kind: Literal["trim_horizon", "latest", "at_timestamp"] = "trim_horizon"
+    ``at_sequence`` starts AT ``position`` (inclusive): a record this source handed out earlier,
+    e.g. the first record of a batch to form again after a restart. Sources whose sequence
+    numbers are not dense (Kinesis, DynamoDB Streams) accept only numbers they handed out, so the
+    engine never computes a position by arithmetic; it names a real record and starts at it.
+    """
+
+    kind: Literal["trim_horizon", "latest", "at_timestamp", "at_sequence"] = "trim_horizon"
     timestamp: float | None = None
+    position: Position | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind == "at_sequence") != (self.position is not None):
+            raise ValueError("a position is given exactly when kind is 'at_sequence'")
 
 
 class ReadResult(msgspec.Struct):
@@ -69,7 +80,9 @@ class Source(Protocol):
         ...
 
     def reader(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> ShardReader:
-        """A reader that starts strictly after ``after``, or at ``start`` when ``after`` is None."""
+        """A reader that starts strictly after ``after``, or at ``start`` when ``after`` is None.
+
+        Every source supports every ``start`` kind, ``at_sequence`` included."""
         ...
 
     def lambda_event(self, batch: Batch) -> dict[str, Any]:

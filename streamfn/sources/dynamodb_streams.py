@@ -148,12 +148,23 @@ class StreamsShardReader(PollingShardReader):
         args: dict[str, Any] = {"StreamArn": self._source.stream_arn, "ShardId": self.shard_id}
         if delivered is not None:
             # Pass the service's own text when we have it (sequence numbers are opaque strings there).
-            text = str(delivered.sequence)
+            text = sequence_text(delivered)
             if record is not None and record.attributes:
                 text = str(record.attributes.get("dynamodb", {}).get("SequenceNumber", text))
             args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=text)
+        elif self._start.position is not None:
+            args.update(ShardIteratorType="AT_SEQUENCE_NUMBER", SequenceNumber=sequence_text(self._start.position))
         elif self._start.kind == "latest":
             args.update(ShardIteratorType="LATEST")
         else:
             args.update(ShardIteratorType="TRIM_HORIZON")
         return args
+
+
+#: DynamoDB Streams sequence numbers are 21 to 40 digits; shorter ones had leading zeros.
+MIN_SEQUENCE_DIGITS = 21
+
+
+def sequence_text(position: Position) -> str:
+    """A stored position as the service wrote it (leading zeros are lost when parsed to int)."""
+    return str(position.sequence).zfill(MIN_SEQUENCE_DIGITS)

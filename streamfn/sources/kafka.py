@@ -327,14 +327,17 @@ class KafkaSource:
 
     def _starting(self, start: StartingPosition) -> StartingPosition:
         kind = self.config.starting_position
-        if kind is None:
+        if kind is None or start.position is not None:  # a named record wins over the configured start
             return start
         return StartingPosition("trim_horizon" if kind == "earliest" else kind, self.config.starting_timestamp)
 
     async def start_offset(self, tp: Any, after: Position | None, start: StartingPosition) -> int:
-        """The first offset a reader reads: just after its checkpoint, else by the starting position."""
+        """The first offset a reader reads: just after its checkpoint, else at the named record
+        (``at_sequence``), else by the starting position."""
         if after is not None:
             return max(after.sequence + 1, 0)
+        if start.position is not None:
+            return start.position.sequence
         consumer = self.consumer
         if start.kind == "at_timestamp":
             assert start.timestamp is not None

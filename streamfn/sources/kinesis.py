@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from ..aws import AwsClient
+from ..aws import AwsClient, error_code
 from ..backoff import Backoff
 from ..errors import RetryableError, SourceError
 from ..lambda_shapes import DEFAULT_INVOKE_IDENTITY_ARN, kinesis_event
@@ -95,8 +95,9 @@ class KinesisSource:
                 self.stream_arn = summary["StreamDescriptionSummary"]["StreamARN"]
             except SourceError as exc:
                 await self.aws.close()
-                if "ResourceNotFound" in str(exc):
-                    raise SourceError(f"Kinesis stream {self.name!r} does not exist") from exc
+                if error_code(exc.__cause__ or exc) == "ResourceNotFoundException":
+                    raise SourceError(f"Kinesis stream {self.name!r} does not exist: create it, or fix "
+                                      "`source.stream` / `source.endpoint_url`") from exc
                 raise
 
     async def list_shards(self) -> list[ShardInfo]:
@@ -177,11 +178,14 @@ class KinesisShardReader(PollingShardReader):
 
     def iterator_request(self, delivered: Position | None, record: Record | None) -> dict[str, Any]:
         args: dict[str, Any] = {**self._source.stream_args(), "ShardId": self.shard_id}
-        if delivered is not None and delivered.sub_sequence:
-            # Resume inside an aggregate: read it again; the delivered sub-records are skipped.
+        if delivered is not None:
+            # AT, not AFTER, the delivered record: it may be the first sub-record (sub-sequence 0) of
+            # a KPL aggregate, whose later sub-records AFTER would skip. What was delivered is dropped.
             args.update(ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=str(delivered.sequence))
-        elif delivered is not None:
-            args.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=str(delivered.sequence))
+        elif self._start.position is not None:
+            # A record read earlier (a batch formed again); sub-records before it are dropped.
+            args.update(ShardIteratorType="AT_SEQUENCE_NUMBER",
+                        StartingSequenceNumber=str(self._start.position.sequence))
         elif self._start.kind == "trim_horizon":
             args.update(ShardIteratorType="TRIM_HORIZON")
         elif self._start.kind == "at_timestamp" or self._first_acquired_at is not None:

@@ -79,6 +79,8 @@ class LocalSource:
         """The sequence the reader continues after: records strictly above it are read."""
         if after is not None:
             return after.sequence
+        if start.position is not None:  # sequences are dense here: at N is after N - 1
+            return start.position.sequence - 1
         if start.kind == "trim_horizon":
             return 0
         tip = self.log.last_seq(self.name, shard.shard_id)

@@ -7,6 +7,11 @@ expired iterator (the service said so, or it is older than the assumed lifetime)
 strictly after the last record *delivered*, never from the starting position. Records decoded
 but not yet delivered are dropped on re-acquisition and read again. A shard is over when an
 answer has no ``NextShardIterator`` and every record before it has been delivered.
+
+Every position sent to the service is one it handed out (a delivered record, or an
+``at_sequence`` start naming a record read earlier). A request the service rejects for good
+(``InvalidArgumentException``, ``ResourceNotFoundException``, trimmed data...) raises
+``SourceError`` naming the shard and the position: retrying the same request cannot succeed.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ class PollingShardReader(ABC):
     def exact_restart(self) -> bool:
         """Whether a new iterator would start exactly where the current one is (else keep it
         until the service says it expired: a LATEST iterator cannot be re-acquired in place)."""
-        return self._delivered is not None or self._start.kind == "trim_horizon"
+        return self._delivered is not None or self._start.kind in ("trim_horizon", "at_sequence")
 
     # -- the read loop ------------------------------------------------------------------------
     async def read(self, max_records: int, wait: float) -> ReadResult:
@@ -123,11 +128,18 @@ class PollingShardReader(ABC):
         return ReadResult(records, shard_end=end, behind_ms=0.0 if end else self.behind_ms)
 
     def _after_delivered(self, records: list[Record]) -> list[Record]:
-        """Drop what was delivered already (an aggregate re-read after a sub-record checkpoint)."""
+        """Drop what was delivered already (a record or aggregate read again from its own
+        sequence), or, before any delivery, what precedes an ``at_sequence`` start (the
+        sub-records of an aggregate before the one named)."""
         delivered = self._delivered
-        if delivered is None or records[0].position > delivered:
+        if delivered is not None:
+            if records[0].position > delivered:
+                return records
+            return [r for r in records if r.position > delivered]
+        floor = self._start.position
+        if floor is None or records[0].position >= floor:
             return records
-        return [r for r in records if r.position > delivered]
+        return [r for r in records if r.position >= floor]
 
     async def _get_records(self, limit: int, deadline: float) -> Page | None:
         """One successful answer, or None when the rate limit or retries run past ``deadline``."""
@@ -158,7 +170,7 @@ class PollingShardReader(ABC):
                              extra={"shard": self.shard_id})
                     self._iterator = None
                     continue
-                raise
+                raise self._blocked("GetRecords", self._where(), exc) from exc
             self._backoff.reset()
             page = self.decode(raw_body(answer))
             self._iterator = page.next_iterator
@@ -179,9 +191,53 @@ class PollingShardReader(ABC):
             except RetryableError:
                 self.retries += 1
                 await asyncio.sleep(backoff.next_delay())
+            except SourceError as exc:
+                raise self._blocked("GetShardIterator", describe_request(request), exc) from exc
         self.iterator_acquisitions += 1
         self._iterator = answer["ShardIterator"]
         self._iterator_at = time.monotonic()
 
+    def _where(self) -> str:
+        if self._delivered is not None:
+            return f"after {show(self._delivered)}"
+        if self._start.position is not None:
+            return f"at {show(self._start.position)}"
+        return f"from {self._start.kind}"
+
+    def _blocked(self, operation: str, where: str, exc: SourceError) -> SourceError:
+        """The error that blocks this shard: which shard, which position, and what to do."""
+        code = error_code(exc.__cause__ or exc) or "error"
+        hint = REJECTED_HINTS.get(code, "see the error; the shard stays blocked until the cause is fixed")
+        return SourceError(f"shard {self.shard_id}: {operation} {where} failed for good ({code}): {hint} [{exc}]")
+
     async def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Nothing to release: the client belongs to the source."""
+
+
+#: How an operator moves a checkpoint the service refuses.
+MOVE_CHECKPOINT = ("move the shard's checkpoint: `streamfn checkpoints reset|set` with a DynamoDB lease table, "
+                   "else delete the shard's row in the state folder's checkpoints.sqlite3")
+
+#: What to do about a request the service refuses for good, by AWS error code.
+REJECTED_HINTS = {
+    "InvalidArgumentException": (
+        "the service does not know this position in this shard (a checkpoint from another stream, or a "
+        f"number it never handed out); {MOVE_CHECKPOINT}"),
+    "ResourceNotFoundException": (
+        "the service knows no such stream, shard or record (deleted, past retention, or a number it never "
+        f"handed out); check the source, or {MOVE_CHECKPOINT}"),
+    "TrimmedDataAccessException": (
+        f"the position is older than the stream's retention: those records are gone; {MOVE_CHECKPOINT}"),
+}
+
+
+def show(position: Position) -> str:
+    """A position as logs and errors print it: ``sequence`` or ``sequence:sub``."""
+    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+
+
+def describe_request(request: dict[str, Any]) -> str:
+    """The place a ``GetShardIterator`` request asked for, e.g. ``AT_SEQUENCE_NUMBER 4953...``."""
+    number = request.get("StartingSequenceNumber") or request.get("SequenceNumber") or request.get("Timestamp")
+    kind = str(request.get("ShardIteratorType"))
+    return f"{kind} {number}" if number is not None else kind
