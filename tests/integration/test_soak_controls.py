@@ -59,13 +59,18 @@ def handle(batch, context):
     return items
 """
 
-# A batch holding a poison record always fails.
+# A batch holding a poison record always fails; with P_FAIL, random records also fail the batch on its
+# first attempt (a bisected half starts again at attempt 0 and draws afresh).
 POISONED = """
+_rng = random.Random(os.environ.get("SOAK_RUN", "0"))
+
 def handle(batch, context):
     time.sleep(SLEEP * len(batch))
     bad = [r.json()["v"] for r in batch if r.json()["v"] in POISON]
     if bad:
         raise ValueError(f"poison records {bad}")
+    if context.attempt == 0 and any(_rng.random() < P_FAIL for _ in batch):
+        raise ValueError("a flaky record failed on the first attempt")
     return [item(r) for r in batch]
 """
 
@@ -79,6 +84,10 @@ def handle(batch, context):
         items.append({"final": True, "window": context.window_start, "shard": context.shard_id, "total": total})
     return Result(items=items, state={"total": total})
 """
+
+#: Handler seconds per record: the daemon stays behind the producer at most kills, and batches are
+#: short, so many kills land between a batch's sink write and its checkpoint (where replays come from).
+SLEEP = 0.002
 
 ON_FAILURE = '\n[on_failure]\ntype = "local"\npath = "failed"\n'
 
@@ -207,6 +216,7 @@ class Soak:
         finally:
             producer.join()
         assert sum(appended) == self.total
+        print(f"{behind} of {self.kills} kills landed while the daemon was behind")
         assert behind >= self.kills // 2, f"only {behind} of {self.kills} kills landed before the work was done"
         final = daemon(config, "--until-caught-up")
         _, err = final.communicate(timeout=180)
@@ -219,7 +229,7 @@ class Soak:
             appended.append(append_at(config, groups))
 
 
-def live_soak(seed: int, initial: int = 2000, chunks: int = 40, chunk: int = 100, every: float = 1.2) -> Soak:
+def live_soak(seed: int, initial: int = 20000, chunks: int = 40, chunk: int = 600, every: float = 1.2) -> Soak:
     return Soak(
         initial=live_groups(0, initial),
         later=[live_groups(initial + c * chunk, chunk) for c in range(chunks)],
@@ -235,7 +245,7 @@ def poison_values(soak: Soak, count: int) -> list[int]:
 @pytest.mark.parametrize("lanes", [1, 4], ids=["plain", "parallelization_factor-4"])
 def test_soak_plain(tmp_path: Path, lanes: int) -> None:
     soak = live_soak(seed=10 + lanes)
-    config = pipeline(tmp_path, handler(PLAIN, SLEEP=0.002), extra=f"parallelization_factor = {lanes}")
+    config = pipeline(tmp_path, handler(PLAIN, SLEEP=SLEEP * lanes), extra=f"parallelization_factor = {lanes}")
     outcome = soak.run(config)
     assert_exact(f"lanes={lanes}", outcome, soak.total)
     assert not outcome.destined
@@ -244,19 +254,20 @@ def test_soak_plain(tmp_path: Path, lanes: int) -> None:
 @pytest.mark.slow
 def test_soak_partial_failures(tmp_path: Path) -> None:
     soak = live_soak(seed=30)
-    config = pipeline(tmp_path, handler(PARTIAL, SLEEP=0.002, P_FAIL=0.004), extra="report_batch_item_failures = true")
+    config = pipeline(tmp_path, handler(PARTIAL, SLEEP=SLEEP, P_FAIL=0.004), extra="report_batch_item_failures = true")
     outcome = soak.run(config)
     assert_exact("report_batch_item_failures", outcome, soak.total)
 
 
 @pytest.mark.slow
-def test_soak_bisect_with_poison(tmp_path: Path) -> None:
+@pytest.mark.parametrize("p_fail", [0.0, 0.004], ids=["poison", "poison+flaky"])
+def test_soak_bisect_with_poison(tmp_path: Path, p_fail: float) -> None:
     soak = live_soak(seed=40)
     poison = poison_values(soak, 6)
-    config = pipeline(tmp_path, handler(POISONED, SLEEP=0.002, POISON=set(poison)),
-                      extra="bisect_on_error = true" + ON_FAILURE, retry="max_attempts = 1")
+    config = pipeline(tmp_path, handler(POISONED, SLEEP=SLEEP, POISON=set(poison), P_FAIL=p_fail),
+                      extra=ON_FAILURE, retry="bisect_on_error = true\nmax_attempts = 1")
     outcome = soak.run(config)
-    figures = assert_exact("bisect_on_error", outcome, soak.total)
+    figures = assert_exact(f"bisect_on_error p_fail={p_fail}", outcome, soak.total)
     assert sorted(outcome.destined.elements()) == poison, f"destination holds exactly the poison: {figures}"
     assert all(len(values) == 1 for values in outcome.destination_batches), "bisect isolates each poison record"
 
@@ -265,7 +276,7 @@ def test_soak_bisect_with_poison(tmp_path: Path) -> None:
 def test_soak_max_attempts_with_on_failure(tmp_path: Path) -> None:
     soak = live_soak(seed=60)
     poison = poison_values(soak, 8)
-    config = pipeline(tmp_path, handler(POISONED, SLEEP=0.002, POISON=set(poison)), extra=ON_FAILURE,
+    config = pipeline(tmp_path, handler(POISONED, SLEEP=SLEEP, POISON=set(poison), P_FAIL=0.0), extra=ON_FAILURE,
                       retry="max_attempts = 2")
     outcome = soak.run(config)
     assert_exact("max_attempts+on_failure", outcome, soak.total)
@@ -289,13 +300,14 @@ def window_groups(rng: random.Random, first: int, windows: int, base: float) -> 
 def test_soak_tumbling_windows_of_single_records(tmp_path: Path) -> None:
     rng = random.Random(50)
     base = float(int(time.time()) - 10**6)  # windows long over: every window closes at once
-    initial, v = window_groups(rng, 0, 400, base)
+    initial, v = window_groups(rng, 0, 2000, base)
     later: list[Groups] = []
     for c in range(40):
-        groups, v = window_groups(rng, v, 25, base + 400 + c * 25)
+        groups, v = window_groups(rng, v, 100, base + 2000 + c * 100)
         later.append(groups)
     soak = Soak(initial=initial, later=later, every=1.2, seed=50)
-    config = pipeline(tmp_path, handler(WINDOWED, SLEEP=0.002), extra="tumbling_window = 1")
+    # One call per record here, so a slower handler keeps the daemon behind.
+    config = pipeline(tmp_path, handler(WINDOWED, SLEEP=5 * SLEEP), extra="tumbling_window = 1")
     outcome = soak.run(config)
     assert_exact("tumbling_window", outcome, soak.total)
     assert outcome.window_records, "windows were handled"
