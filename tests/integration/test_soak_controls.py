@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
 from streamfn.checkpoints.base import Checkpoint
 from streamfn.checkpoints.local import LocalCheckpointStore
@@ -337,27 +339,44 @@ def _only_shard(folder: Path) -> str:
     return key.split("/")[1]
 
 
-def test_partial_failure_of_a_replayed_batch_keeps_its_output_once(tmp_path: Path) -> None:
-    """A batch written whole before a crash, re-formed after it, then failing partway: its pre-crash
-    object and the new objects must not both stay (issue 10, item 1)."""
-    fail = tmp_path / "fail-record-5"
-    code = handler(PLAIN, SLEEP=0.0, FAIL_FLAG=str(fail)) + """
-_plain = handle
-
+# The record named in FAIL_FLAG (once the file exists) fails on the first attempt of its batch: with
+# report_batch_item_failures it is reported, the records before it handled; else the call raises.
+REPLAY_FAILS = """
 def handle(batch, context):
-    if os.path.exists(FAIL_FLAG) and context.attempt == 0 and any(r.json()["v"] == 5 for r in batch):
-        done = [r for r in batch if r.json()["v"] < 5]
+    fail = int(open(FAIL_FLAG).read()) if os.path.exists(FAIL_FLAG) else -1
+    if context.attempt == 0 and any(r.json()["v"] == fail for r in batch):
+        done = [r for r in batch if r.json()["v"] < fail]
+        if not REPORT:
+            raise ValueError(f"record {fail} fails on its first attempt")
         return Result(items=[item(r) for r in done], failed=[batch[len(done)].sequence])
-    return _plain(batch, context)
+    return [item(r) for r in batch]
 """
-    config = pipeline(tmp_path, code, extra="report_batch_item_failures = true", max_records=10, shards=1)
-    append_at(config, live_groups(0, 10))
+
+
+@pytest.mark.parametrize("control", ["report_batch_item_failures", "bisect_on_error"])
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(2, 10), fail=st.integers(0, 9))
+@example(n=10, fail=5)
+def test_a_replayed_batch_failing_on_its_first_attempt_keeps_its_output_once(
+    tmp_path_factory: pytest.TempPathFactory, control: str, n: int, fail: int,
+) -> None:
+    """A batch written whole before a crash, re-formed after it, then failing partway (or split):
+    its pre-crash object and the new objects must not both stay (issue 10, item 1)."""
+    fail %= n  # the index of the failing record in the batch
+    folder = tmp_path_factory.mktemp("replay")
+    flag = folder / "fail-record"
+    report = control == "report_batch_item_failures"
+    code = handler(REPLAY_FAILS, FAIL_FLAG=str(flag), REPORT=report)
+    config = pipeline(folder, code, extra="report_batch_item_failures = true" if report else "",
+                      retry="" if report else "bisect_on_error = true", max_records=n, shards=1)
+    append_at(config, live_groups(0, n))
     run_until_caught_up(config)
-    assert len(output_objects(tmp_path / "out")) == 1, "one batch of ten, written once"
-    _rewind(tmp_path, _only_shard(tmp_path), (Position(1), Position(10)))
-    fail.touch()
+    assert len(output_objects(folder / "out")) == 1, f"one batch of {n}, written once"
+    _rewind(folder, _only_shard(folder), (Position(1), Position(n)))
+    flag.write_text(str(fail))
     run_until_caught_up(config)
-    assert_exact("replayed partial failure", Outcome.read(tmp_path), 10)
+    assert_exact(f"replayed {control}, {n} records failing at {fail}", Outcome.read(folder), n)
 
 
 def test_window_final_call_keeps_the_last_single_record_batch(tmp_path: Path) -> None:
