@@ -179,8 +179,8 @@ class Outcome:
 def assert_exact(name: str, outcome: Outcome, n: int) -> dict[str, int]:
     figures = outcome.figures(n)
     print(f"soak figures [{name}]: {figures}")
-    assert not any(figures.values()), f"[{name}] not exactly once: {figures}"
-    assert not outcome.disordered_objects
+    disordered = outcome.disordered_objects[:5]
+    assert not any(figures.values()), f"[{name}] not exactly once: {figures}; disordered objects: {disordered}"
     return figures
 
 
@@ -215,10 +215,13 @@ class Soak:
                 kill(proc)
                 proc.communicate(timeout=30)
                 behind += Outcome.read(config.parent).seen() < sum(appended)
+            chunks_during_kills = len(appended) - 1
         finally:
             producer.join()
         assert sum(appended) == self.total
-        print(f"{behind} of {self.kills} kills landed while the daemon was behind")
+        print(f"{behind} of {self.kills} kills landed while the daemon was behind; "
+              f"{chunks_during_kills} of {len(self.later)} chunks appended meanwhile")
+        assert chunks_during_kills >= len(self.later) // 2, "the producer appended while the daemon was killed"
         assert behind >= self.kills // 2, f"only {behind} of {self.kills} kills landed before the work was done"
         final = daemon(config, "--until-caught-up")
         _, err = final.communicate(timeout=180)
