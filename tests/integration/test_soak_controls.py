@@ -268,7 +268,7 @@ def test_soak_partial_failures(tmp_path: Path) -> None:
 @pytest.mark.parametrize("p_fail", [0.0, 0.004], ids=["poison", "poison+flaky"])
 def test_soak_bisect_with_poison(tmp_path: Path, p_fail: float) -> None:
     soak = live_soak(seed=40)
-    poison = poison_values(soak, 6)
+    poison = poison_values(soak, 20)
     config = pipeline(tmp_path, handler(POISONED, SLEEP=SLEEP, POISON=set(poison), P_FAIL=p_fail),
                       extra=ON_FAILURE, retry="bisect_on_error = true\nmax_attempts = 1")
     outcome = soak.run(config)
@@ -280,7 +280,7 @@ def test_soak_bisect_with_poison(tmp_path: Path, p_fail: float) -> None:
 @pytest.mark.slow
 def test_soak_max_attempts_with_on_failure(tmp_path: Path) -> None:
     soak = live_soak(seed=60)
-    poison = poison_values(soak, 8)
+    poison = poison_values(soak, 40)
     config = pipeline(tmp_path, handler(POISONED, SLEEP=SLEEP, POISON=set(poison), P_FAIL=0.0), extra=ON_FAILURE,
                       retry="max_attempts = 2")
     outcome = soak.run(config)
