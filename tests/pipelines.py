@@ -92,3 +92,17 @@ def daemon(config: Path, *args: str, env: dict[str, str] | None = None) -> subpr
 def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     if process.poll() is None:
         os.killpg(process.pid, sig)
+
+
+def append_at(config: Path, groups: Iterable[tuple[float | None, list[tuple[str, bytes]]]]) -> int:
+    """Append each group of records with its own arrival time (None: now), opening the log once:
+    tumbling windows are cut by arrival time, so tests place records in the windows they want."""
+    loaded = load_pipeline(config)
+    source = loaded.config.source
+    assert isinstance(source, LocalSourceConfig)
+    log = LocalLog(loaded.context.state_dir / "log.sqlite3")
+    try:
+        log.create_stream(source.stream, source.shards)
+        return sum(log.append(source.stream, records, arrival_time=arrival) for arrival, records in groups)
+    finally:
+        log.close()
