@@ -170,6 +170,8 @@ class LeaseAssigner:
                 async with asyncio.timeout(self.settings.take_interval):
                     await self.wake.wait()
             sync = self.wake.is_set()  # a shard finished: its children may need leases now
+            if sync:
+                self.settled = False  # not settled until a round has seen the children's leases
             self.wake.clear()
 
     async def round(self, controller: ShardController, source: Source | None, *, sync: bool = False) -> None:
