@@ -4,6 +4,8 @@ Every connector takes an ``endpoint_url`` and ``region``; when they are unset, t
 chain applies (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_REGION``,
 ``AWS_DEFAULT_REGION``, profiles). Botocore's own retries are off: connectors retry with
 :class:`streamfn.backoff.Backoff` so that throttling never breaks the per-shard read discipline.
+A client's timeout bounds each call as a whole (pool wait, connect, send, answer), and every
+failure leaves :meth:`AwsClient.call` classified by its error code or exception type.
 Credentials are resolved by botocore and never pass through this module's logging.
 """
 
