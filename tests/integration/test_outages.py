@@ -154,12 +154,12 @@ async def build_target(kind: str, folder: Path, moto: str, proxy: str) -> Target
         return Target("sink", sections, lambda: dynamodb_items(moto, table),
                       lambda: asyncio.to_thread(local_checkpoints, state_dir))
     table = unique("leases")
-    # failover_time 20: the lease outlives the outage (renewals fail meanwhile), so what is seen
-    # is the blocked checkpoint write, not a lost lease. take_interval 2: the assigner counts as
-    # settled (and /readyz as ready) only after a take round that finds the leases ours.
+    # failover_time 20: the lease outlives the outage (renewals fail meanwhile), so what is seen is the
+    # blocked checkpoint write, not a lost lease. take_interval 2: the assigner counts as settled
+    # (and /readyz as ready) only after a take round that finds the leases its own.
     sections = ('[[sinks]]\ntype = "local"\npath = "out"\nfsync = false\n'
                 f'[checkpoints]\ntype = "dynamodb"\ntable = "{table}"\nendpoint_url = "{proxy}"\n'
-                "failover_time = 20\ntake_interval = 2\n")
+                f"failover_time = 20\ntake_interval = 2\nrequest_timeout = {REQUEST_TIMEOUT}\n")
 
     async def local_items() -> list[dict[str, Any]]:
         objects = await asyncio.to_thread(output_objects, folder / "out")

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from streamfn.aws import RETRYABLE_CODES, classify, error_code, is_retryable, resolve_region, retry_kind
 from streamfn.backoff import Backoff
+from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig
 from streamfn.checkpoints.lease_table import is_condition_failure
 from streamfn.errors import CheckpointError, HandlerError, RetryableError, SinkError, SourceError
 from streamfn.records import Position
@@ -179,6 +181,18 @@ async def test_versions_that_do_not_compare_are_a_sink_error() -> None:
     sink.key_names = ("id",)
     with pytest.raises(SinkError, match="do not compare"):
         await sink.write(sink_batch([{"id": "a", "v": 1}, {"id": "a", "v": "2"}]))
+
+
+def test_the_lease_store_request_timeout_stays_below_failover_time() -> None:
+    config = msgspec.convert({"type": "dynamodb", "failover_time": 6.0, "request_timeout": 2.0},
+                             DynamoDBCheckpointStoreConfig)
+    assert config.settings("p").request_timeout == 2.0
+    assert DynamoDBCheckpointStore(config.settings("p")).table.aws.timeout == 2.0
+    default = DynamoDBCheckpointStoreConfig(failover_time=8.0).settings("p")
+    assert DynamoDBCheckpointStore(default).table.aws.timeout == 4.0  # failover_time / 2
+    with pytest.raises(msgspec.ValidationError, match="below failover_time"):
+        msgspec.convert({"type": "dynamodb", "failover_time": 6.0, "request_timeout": 6.0},
+                        DynamoDBCheckpointStoreConfig)
 
 
 def test_region_from_config_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
