@@ -4,6 +4,8 @@ Every connector takes an ``endpoint_url`` and ``region``; when they are unset, t
 chain applies (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_REGION``,
 ``AWS_DEFAULT_REGION``, profiles). Botocore's own retries are off: connectors retry with
 :class:`streamfn.backoff.Backoff` so that throttling never breaks the per-shard read discipline.
+A client's timeout bounds each call as a whole (pool wait, connect, send, answer), and every
+failure leaves :meth:`AwsClient.call` classified by its error code or exception type.
 Credentials are resolved by botocore and never pass through this module's logging.
 """
 
@@ -18,28 +20,32 @@ from .errors import RetryableError, StreamfnError
 
 DEFAULT_REGION = "us-east-1"
 
-#: Error codes that mean "slow down" or "try again": retried with backoff, never fatal.
-RETRYABLE_CODES = frozenset({
-    "ProvisionedThroughputExceededException",
-    "LimitExceededException",
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "SlowDown",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalFailure",
-    "InternalError",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "KMSThrottlingException",
-    "TransactionInProgressException",
-})
+#: Error codes that mean "try again", with the kind metrics and logs count them under. Anything
+#: else with a 5xx status is a "server" failure too; every other code is final.
+RETRYABLE_CODES: dict[str, str] = {
+    **dict.fromkeys((
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "KMSThrottlingException",
+    ), "throttled"),
+    **dict.fromkeys(("RequestTimeout", "RequestTimeoutException"), "timeout"),
+    **dict.fromkeys((
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+    ), "server"),
+    "TransactionInProgressException": "conflict",
+}
 
 
 def resolve_region(region: str | None) -> str:
@@ -60,54 +66,63 @@ def resolve_region(region: str | None) -> str:
 
 def error_code(exc: BaseException) -> str | None:
     """The AWS error code of a botocore ``ClientError``, else None."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code")
         return str(code) if code else None
     return None
 
 
 def http_status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    """The HTTP status of a botocore ``ClientError``, else None."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return int(status) if status is not None else None
+    return None
+
+
+def retry_kind(exc: BaseException) -> str | None:
+    """Why a failure is worth retrying: ``throttled``, ``timeout``, ``connection``, ``server``
+    (or a RetryableError's own kind); None when retrying cannot help. Answers are judged by
+    their error code and HTTP status, never by message text."""
+    from aiohttp import ClientError as AiohttpError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import ConnectTimeoutError, HTTPClientError, ReadTimeoutError
+
+    if isinstance(exc, RetryableError):
+        return exc.kind
+    if isinstance(exc, StreamfnError):
+        return None
+    code = error_code(exc)
+    if code is not None:
+        status = http_status(exc)
+        return RETRYABLE_CODES.get(code) or ("server" if status is not None and status >= 500 else None)
+    # Timeouts first: botocore's ConnectTimeoutError is also a ConnectionError, and
+    # asyncio.TimeoutError is the builtin TimeoutError, itself an OSError.
+    if isinstance(exc, (TimeoutError, ReadTimeoutError, ConnectTimeoutError)):
+        return "timeout"
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, AiohttpError, OSError)):
+        return "connection"
     return None
 
 
 def is_retryable(exc: BaseException) -> bool:
     """Throttling, timeouts, connection failures and 5xx answers."""
-    if isinstance(exc, RetryableError):
-        return True
-    if isinstance(exc, StreamfnError):
-        return False
-    code = error_code(exc)
-    if code is not None:
-        status = http_status(exc)
-        return code in RETRYABLE_CODES or (status is not None and status >= 500)
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
-        return True
-    try:
-        from aiohttp import ClientError
-        from botocore.exceptions import (
-            ConnectionError as BotoConnectionError,
-        )
-        from botocore.exceptions import (
-            HTTPClientError,
-            ReadTimeoutError,
-        )
-    except ImportError:  # pragma: no cover - aiobotocore is a dependency
-        return False
-    return isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ClientError, OSError))
+    return retry_kind(exc) is not None
 
 
 def classify(exc: BaseException, service: str, operation: str, fatal: type[StreamfnError]) -> StreamfnError:
-    """``RetryableError`` for transient failures, else ``fatal`` (SourceError, SinkError...)."""
+    """``RetryableError`` (with its kind) for transient failures, else ``fatal`` (SourceError, SinkError,
+    CheckpointError...). The original exception stays the result's ``__cause__`` when raised ``from``."""
     code = error_code(exc)
     detail = f"{code}: {exc}" if code else repr(exc)
     message = f"{service} {operation} failed: {detail}"
-    if is_retryable(exc):
-        return RetryableError(message)
+    kind = retry_kind(exc)
+    if kind is not None:
+        return RetryableError(message, kind=kind)
     return fatal(message)
 
 
@@ -148,6 +163,8 @@ class AwsClient:
             get_session().create_client(self.service, endpoint_url=self.endpoint_url, region_name=self.region,
                                         config=config)
         )
+        if self.service == "s3":
+            _send_bodies_without_waiting(self._client)
         self._stack = stack
         return self._client
 
@@ -157,12 +174,30 @@ class AwsClient:
             await stack.aclose()
 
     async def call(self, operation: str, fatal: type[StreamfnError], **kwargs: Any) -> dict[str, Any]:
-        """One request, bounded by the timeout; failures come back classified."""
+        """One request that ends within ``timeout`` whatever hangs (connect, send, read); failures
+        come back classified: RetryableError with its kind, else ``fatal``."""
+        method = getattr(self.client, operation)
         try:
-            async with asyncio.timeout(self.timeout + 5.0):
-                result: dict[str, Any] = await getattr(self.client, operation)(**kwargs)
+            async with asyncio.timeout(self.timeout):
+                result: dict[str, Any] = await method(**kwargs)
         except StreamfnError:
             raise
+        except TimeoutError as exc:
+            raise RetryableError(f"{self.service} {operation} got no answer within {self.timeout:g}s",
+                                 kind="timeout") from exc
         except Exception as exc:
             raise classify(exc, self.service, operation, fatal) from exc
         return result
+
+
+def _send_bodies_without_waiting(client: Any) -> None:
+    """Send S3 upload bodies at once instead of after a ``100 Continue`` answer.
+
+    Botocore asks for ``Expect: 100-continue`` on every S3 upload and, through urllib3, waits at
+    most a second for the answer; aiohttp waits for it without any timeout (its read timeout is
+    armed only once the body is sent), so a server that accepts the connection and never answers
+    held an upload past ``request_timeout``. Without the header, the read timeout covers the wait.
+    """
+    from botocore.handlers import add_expect_header
+
+    client.meta.events.unregister("before-call.s3", add_expect_header)

@@ -2,7 +2,8 @@
 
 The emulators never throttle, so tests that check backoff put this proxy between the client and the
 server and tell it to answer the next N requests for one X-Amz-Target (e.g. `Kinesis_20131202.GetRecords`)
-with the error AWS would send. Everything else passes through untouched.
+with the error AWS would send (requests without a target, as S3's, get it as an XML body with ANY).
+Everything else passes through untouched.
 
     async with ThrottleProxy(kinesis_endpoint) as proxy:
         proxy.inject("Kinesis_20131202.GetRecords", count=3)
@@ -130,6 +131,9 @@ class ThrottleProxy:
         fault = self._take_fault(target)
         if fault is not None:
             self.injected[target] += 1
+            if not target:  # a REST-XML service (S3): the code goes in an XML body
+                xml = f"<Error><Code>{fault.error_type}</Code><Message>{fault.message}</Message></Error>"
+                return web.Response(status=fault.status, body=xml.encode(), content_type="application/xml")
             content_type = request.headers.get("Content-Type", "application/x-amz-json-1.1")
             payload = json.dumps({"__type": fault.error_type, "message": fault.message}).encode()
             return web.Response(

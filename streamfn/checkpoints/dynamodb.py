@@ -68,9 +68,16 @@ class DynamoDBCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown
     shard_sync_interval: float = 60.0
     #: Minimum seconds between two checkpoint writes of one shard (0: after every batch).
     checkpoint_interval: float = 0.0
+    #: Seconds one request to the table may take in all (connect, send, answer) before it is retried;
+    #: default failover_time / 2. It must stay below failover_time, or a slow renewal loses the lease.
+    request_timeout: float | None = None
     #: DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL, then AWS).
     endpoint_url: str | None = None
     region: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.request_timeout is not None and not 0 < self.request_timeout < self.failover_time:
+            raise ValueError("request_timeout must be positive and below failover_time")
 
     def settings(self, pipeline: str) -> LeaseSettings:
         failover = self.failover_time
@@ -87,6 +94,7 @@ class DynamoDBCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown
             max_leases_per_worker=self.max_leases_per_worker,
             shard_sync_interval=self.shard_sync_interval,
             checkpoint_interval=self.checkpoint_interval,
+            request_timeout=self.request_timeout,
             endpoint_url=self.endpoint_url, region=self.region,
         )
 
@@ -109,6 +117,8 @@ class LeaseSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_leases_per_worker: int | None = None
     shard_sync_interval: float = 60.0
     checkpoint_interval: float = 0.0
+    #: None: failover_time / 2 (at least 1 s).
+    request_timeout: float | None = None
     endpoint_url: str | None = None
     region: str | None = None
 
@@ -153,7 +163,8 @@ class DynamoDBCheckpointStore:
         self.worker_id = settings.worker_id
         self.table = table or LeaseTable(settings.table, prefix=settings.prefix,
                                          endpoint_url=settings.endpoint_url, region=settings.region,
-                                         request_timeout=max(1.0, settings.failover_time / 2))
+                                         request_timeout=settings.request_timeout
+                                         or max(1.0, settings.failover_time / 2))
         self.held: dict[str, HeldLease] = {}
         #: Shards whose lease was lost; the assigner stops their work without a checkpoint.
         self.lost: asyncio.Queue[str] = asyncio.Queue()

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..aws import AwsClient, classify, error_code
-from ..errors import CheckpointError, LeaseLostError, RetryableError, StreamfnError
+from ..aws import AwsClient, error_code
+from ..errors import CheckpointError, LeaseLostError, RetryableError
 from ..records import Position
 from ..sources.base import StartingPosition
 from .base import Checkpoint
@@ -155,7 +155,8 @@ def update_expression(sets: list[str], removes: list[str]) -> str:
 
 
 def is_condition_failure(exc: BaseException) -> bool:
-    return error_code(exc) == "ConditionalCheckFailedException"
+    """A conditional write was refused (raw botocore error or the CheckpointError raised from it)."""
+    return error_code(exc.__cause__ or exc) == "ConditionalCheckFailedException"
 
 
 class LeaseTable:
@@ -165,7 +166,6 @@ class LeaseTable:
                  request_timeout: float = 10.0) -> None:
         self.table = table
         self.prefix = prefix
-        self._timeout = request_timeout
         self.aws = AwsClient("dynamodb", endpoint_url=endpoint_url, region=region, timeout=request_timeout)
 
     async def open(self) -> None:
@@ -175,16 +175,10 @@ class LeaseTable:
         await self.aws.close()
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One request; a failed condition is re-raised as is, other failures are classified
-        (RetryableError for throttling, timeouts and 5xx; CheckpointError otherwise)."""
-        try:
-            async with asyncio.timeout(self._timeout + 5.0):
-                result: dict[str, Any] = await getattr(self.aws.client, operation)(**kwargs)
-        except Exception as exc:
-            if is_condition_failure(exc) or isinstance(exc, StreamfnError):
-                raise
-            raise classify(exc, "dynamodb", operation, CheckpointError) from exc
-        return result
+        """One request bounded by the request timeout: RetryableError (with its kind) for throttling,
+        timeouts, connection failures and 5xx; CheckpointError otherwise, including a failed
+        condition, which ``is_condition_failure`` recognises by its code."""
+        return await self.aws.call(operation, CheckpointError, **kwargs)
 
     # -- table -------------------------------------------------------------------------
     async def ensure_table(self, *, create: bool) -> None:
@@ -192,7 +186,7 @@ class LeaseTable:
         try:
             described = await self.call("describe_table", TableName=self.table)
         except CheckpointError as exc:
-            if "ResourceNotFound" not in str(exc):
+            if error_code(exc.__cause__ or exc) != "ResourceNotFoundException":
                 raise
             if not create:
                 raise CheckpointError(f"lease table {self.table!r} does not exist and create_table is off") from exc

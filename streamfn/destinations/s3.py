@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import orjson
@@ -24,12 +24,14 @@ class S3DestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     prefix: str = ""
     endpoint_url: str | None = None
     region: str | None = None
+    #: Seconds one request may take in all (connect, send, answer) before it is retried.
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
     def build(self, ctx: BuildContext) -> S3Destination:
         from ..aws import AwsClient
 
-        return S3Destination(AwsClient("s3", endpoint_url=self.endpoint_url, region=self.region), self.bucket,
-                             self.prefix)
+        client = AwsClient("s3", endpoint_url=self.endpoint_url, region=self.region, timeout=self.request_timeout)
+        return S3Destination(client, self.bucket, self.prefix)
 
 
 class S3Destination:
@@ -40,7 +42,11 @@ class S3Destination:
         await self._client.open()
 
     async def send(self, failure: FailedBatch) -> None:
-        body = orjson.dumps(failure_record(failure))
+        try:
+            body = orjson.dumps(failure_record(failure))
+        except orjson.JSONEncodeError as exc:
+            raise SinkError(f"S3 destination: the failure record of shard {failure.shard_id} is not JSON "
+                            f"({exc})") from exc
         await self._client.call("put_object", SinkError, Bucket=self._bucket, Key=self._prefix + failure_key(failure),
                                 Body=body, ContentType="application/json")
 

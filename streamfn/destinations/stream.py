@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import orjson
@@ -43,7 +43,10 @@ def failure_documents(failure: FailedBatch, limit: int = MAX_DOCUMENT_BYTES) -> 
 
 
 def _document(failure: FailedBatch, records: list[Any]) -> bytes:
-    return orjson.dumps(failure_record(msgspec.structs.replace(failure, records=records)))
+    try:
+        return orjson.dumps(failure_record(msgspec.structs.replace(failure, records=records)))
+    except orjson.JSONEncodeError as exc:
+        raise SinkError(f"the failure record of shard {failure.shard_id} is not JSON ({exc})") from exc
 
 
 class LocalLogDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
@@ -92,12 +95,15 @@ class KinesisDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fiel
     stream: str
     endpoint_url: str | None = None
     region: str | None = None
+    #: Seconds one request may take in all (connect, send, answer) before it is retried.
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
     def build(self, ctx: BuildContext) -> KinesisDestination:
         from ..aws import AwsClient
 
-        return KinesisDestination(AwsClient("kinesis", endpoint_url=self.endpoint_url, region=self.region),
-                                  self.stream)
+        client = AwsClient("kinesis", endpoint_url=self.endpoint_url, region=self.region,
+                           timeout=self.request_timeout)
+        return KinesisDestination(client, self.stream)
 
 
 class KinesisDestination:

@@ -85,7 +85,7 @@ class DynamoDBSink:
                 if version not in item:
                     raise SinkError(f"item lacks the version attribute {version!r}")
                 held = chosen.get(key)
-                if held is not None and held[version] > item[version]:
+                if held is not None and _newer(held[version], item[version], version):
                     continue
             chosen[key] = item
         return list(chosen.values())
@@ -97,7 +97,7 @@ class DynamoDBSink:
         try:
             encoded = [item_to_dynamodb(item) for item in items]
         except (TypeError, ValueError) as exc:
-            raise SinkError(f"item cannot be stored in DynamoDB: {exc}") from None
+            raise SinkError(f"an item cannot be stored in DynamoDB table {self.config.table!r}: {exc}") from None
         limit = asyncio.Semaphore(self.config.concurrency)
         if self.config.version_attribute is not None:
             jobs = [self._put_if_newer(item, limit) for item in encoded]
@@ -135,6 +135,14 @@ class DynamoDBSink:
 
     async def close(self) -> None:
         await self.aws.close()
+
+
+def _newer(held: Any, other: Any, attribute: str) -> bool:
+    try:
+        return bool(held > other)
+    except TypeError:
+        raise SinkError(f"two items of one key hold versions that do not compare in {attribute!r}: "
+                        f"{held!r} and {other!r}") from None
 
 
 __all__ = ["DynamoDBSink", "DynamoDBSinkConfig"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ..aws import AwsClient
+from ..aws import AwsClient, error_code
 from ..errors import RetryableError, SinkError
 from .base import SinkBatch
 from .keys import DEFAULT_TEMPLATE, check_template, render_key
@@ -80,14 +80,20 @@ class S3Sink:
                 try:
                     await self.aws.call("create_bucket", SinkError, Bucket=self.config.bucket)
                 except SinkError as exc:
-                    if "BucketAlreadyOwnedByYou" not in str(exc):
+                    if error_code(exc.__cause__ or exc) != "BucketAlreadyOwnedByYou":
                         raise
 
     def key_for(self, batch: SinkBatch) -> str:
         return render_key(self._template, batch)
 
     def body_for(self, batch: SinkBatch) -> bytes:
-        body = encode_ndjson(batch.items)
+        """The object's bytes; SinkError when an item is not JSON (a Decimal, a set...), so the
+        batch fails through its failure policy instead of being retried as it is forever."""
+        try:
+            body = encode_ndjson(batch.items)
+        except (TypeError, ValueError) as exc:
+            raise SinkError(f"S3 sink: an item of shard {batch.shard_id} cannot be written as JSON ({exc}); "
+                            "return JSON values (dict, list, str, int, float, bool, None) or bytes") from exc
         return gzip.compress(body, mtime=0) if self.config.gzip else body
 
     async def write(self, batch: SinkBatch) -> None:
