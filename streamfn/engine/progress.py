@@ -70,27 +70,32 @@ class ShardProgress:
         failing = False
         while True:
             token = stats.write_started()
+            started = stats.writes_in_flight[token]
             try:
                 await write()
             except Exception as exc:
-                failure = classify_write_error(exc)
-                if failure.action == "stop":
-                    raise
-                stats.count_write_error(target, failure.kind)
-                if failure.action == "fail_batch" and target == "sink":
-                    raise
-                stats.retries += 1
-                stats.mark_blocked(target, f"{target} write failed ({failure.kind}): {exc!r}")
-                failing = True
-                delay = backoff.next_delay()
-                log.warning(
-                    "write to %s failed (%s); retrying in %.2fs", target, failure.kind, delay,
-                    extra={"pipeline": self.pipeline, "shard": self.shard_id, "error": repr(exc)},
-                )
-                await wait(delay)
-                continue
+                error: Exception | None = exc
+            else:
+                error = None
             finally:
                 stats.write_finished(token)
-            if failing:
-                stats.mark_unblocked(target)
-            return
+            if error is None:
+                if failing:
+                    stats.mark_unblocked(target)
+                return
+            failure = classify_write_error(error)
+            if failure.action == "stop":
+                raise error
+            stats.count_write_error(target, failure.kind)
+            if failure.action == "fail_batch" and target == "sink":
+                raise error
+            stats.retries += 1
+            # Blocked since the failed write began: a hung endpoint counts from its first second.
+            stats.mark_blocked(target, f"{target} write failed ({failure.kind}): {error!r}", since=started)
+            failing = True
+            delay = backoff.next_delay()
+            log.warning(
+                "write to %s failed (%s); retrying in %.2fs", target, failure.kind, delay,
+                extra={"pipeline": self.pipeline, "shard": self.shard_id, "error": repr(error)},
+            )
+            await wait(delay)

@@ -79,10 +79,11 @@ class ShardStats:
         self.handler_calls += 1
         self.handler_buckets[bisect_left(HANDLER_BUCKETS, seconds)] += 1
 
-    def mark_blocked(self, cause: str, error: str) -> None:
-        """The shard is retrying instead of moving on (a failing call, write or read)."""
+    def mark_blocked(self, cause: str, error: str, since: float | None = None) -> None:
+        """The shard is retrying instead of moving on (a failing call, write or read), since ``since``
+        (monotonic; now by default: a failed write counts from its start)."""
         if self.blocked_since is None:
-            self.blocked_since = time.monotonic()
+            self.blocked_since = time.monotonic() if since is None else since
         self.blocked_cause = cause
         self.last_error = error
 
