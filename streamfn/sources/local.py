@@ -15,7 +15,7 @@ from ..errors import StateMismatchError
 from ..lambda_shapes import kinesis_event
 from ..records import Batch, Position
 from .base import ReadResult, ShardInfo, StartingPosition
-from .local_log import LocalLog, Retention
+from .local_log import LocalLog, Retention, TrimmedRange
 
 log = logging.getLogger("streamfn.source.local")
 
@@ -92,6 +92,7 @@ class LocalSource:
         self._trim_interval = trim_interval
         self._log: LocalLog | None = None
         self._trimmer: asyncio.Task[None] | None = None
+        self._trimming: asyncio.Future[list[TrimmedRange]] | None = None
 
     @property
     def log(self) -> LocalLog:
@@ -124,8 +125,10 @@ class LocalSource:
     async def _trim_loop(self) -> None:
         """Trim now, then every interval; a failed pass (disk full...) is logged and tried again."""
         while True:
+            # Shielded: cancelling the loop must not abandon a trim whose thread still uses the log.
+            self._trimming = asyncio.ensure_future(asyncio.to_thread(self.log.trim, self.name, self.retention))
             try:
-                trimmed = await asyncio.to_thread(self.log.trim, self.name, self.retention)
+                trimmed = await asyncio.shield(self._trimming)
             except Exception as exc:
                 log.warning("trimming the local log failed; trying again in %.0fs", self._trim_interval,
                             extra={"stream": self.name, "path": str(self.path), "error": repr(exc)})
@@ -166,6 +169,9 @@ class LocalSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._trimmer
             self._trimmer = None
+        if self._trimming is not None:  # the log's connections close only once no trim uses them
+            await asyncio.gather(self._trimming, return_exceptions=True)
+            self._trimming = None
         if self._log is not None:
             self._log.close()
             self._log = None
