@@ -16,7 +16,7 @@ from typing import Any
 from ..backoff import Backoff
 from ..checkpoints.base import CheckpointStore
 from ..checkpoints.kafka import KafkaCheckpointStoreConfig
-from ..checkpoints.local import LocalCheckpointStoreConfig
+from ..checkpoints.local import LocalCheckpointStoreConfig, bind_local_log
 from ..components import BuildContext
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError
@@ -121,6 +121,7 @@ class Pipeline:
     async def open(self) -> None:
         await self.source.open()
         await self.store.open()
+        await bind_local_log(self.source, self.store)  # refuse checkpoints made against another local log
         for sink in self.sinks:
             await sink.open()
         if self.destination is not None:
