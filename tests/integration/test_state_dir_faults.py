@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,8 +41,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def fill(disk: Path) -> Path:
-    """Fill ``disk`` to the last page; delete the returned file to free the space again."""
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill ``disk`` but ``leave`` bytes; delete the returned file to free the space again."""
     filler = disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
     try:
@@ -51,9 +52,17 @@ def fill(disk: Path) -> Path:
                     os.write(fd, bytes(size))
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
+        if leave:
+            os.ftruncate(fd, os.fstat(fd).st_size - leave)
     finally:
         os.close(fd)
     return filler
+
+
+def remount(disk: Path, mode: str) -> None:
+    done = subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"remounting the tmpfs {mode} is not permitted here: {done.stderr.strip()}")
 
 
 def storage_error(call: Callable[[], object]) -> RetryableError:
@@ -189,3 +198,50 @@ def test_a_daemon_whose_state_disk_fills_blocks_then_resumes_with_no_duplicate(
     assert again.returncode == 0, stderr.decode()[-3000:]
     seen = handled()
     assert len(seen) == len(set(seen)) == total  # every record's output exactly once
+
+
+def test_produce_on_a_full_disk_says_how_many_records_went_in(small_disk: Path) -> None:
+    config = write_pipeline(small_disk / "pipe", "def handle(batch, context):\n    return []\n", shards=2)
+    append(config, [("k", b"{}")])
+    log_path = config.parent / "state" / "log.sqlite3"
+    filler = fill(small_disk, leave=2 << 20)  # room for one 5,000-record chunk, not four
+    done = subprocess.run([sys.executable, "-m", "streamfn", "produce", str(config), "--count", "20000", "--quiet"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    filler.unlink()
+    assert done.returncode == 1, done.stderr
+    log = LocalLog(log_path)
+    try:
+        appended = sum(log.last_seq("s", shard) for shard in log.shard_ids("s")) - 1
+        assert appended % 5000 == 0 and appended < 20000
+        assert f"stopped after appending the first {appended:,} records" in done.stderr
+        assert "SQLITE_FULL" in done.stderr and "free space" in done.stderr and "Traceback" not in done.stderr
+        assert log._conn().execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        log.close()
+
+
+async def test_a_read_only_state_folder_is_retryable_and_recovers(small_disk: Path) -> None:
+    log = LocalLog(small_disk / "log.sqlite3")
+    log.create_stream("s", 1)
+    log.append("s", [("k", b"v")] * 5)
+    log.close()
+    store = LocalCheckpointStore(small_disk / "checkpoints.sqlite3", "p")
+    await store.open()
+    await store.save("shard-0000", Checkpoint(position=Position(5)))
+    await store.close()
+
+    remount(small_disk, "ro")
+    try:
+        storage_error(lambda: LocalLog(small_disk / "log.sqlite3"))
+        await async_storage_error(LocalCheckpointStore(small_disk / "checkpoints.sqlite3", "p").open)
+    finally:
+        remount(small_disk, "rw")
+    log = LocalLog(small_disk / "log.sqlite3")
+    store = LocalCheckpointStore(small_disk / "checkpoints.sqlite3", "p")
+    await store.open()
+    try:
+        assert [r.sequence for r in log.read("s", "shard-0000", 0, 10)] == [1, 2, 3, 4, 5]
+        assert await store.load("shard-0000") == Checkpoint(position=Position(5))
+    finally:
+        log.close()
+        await store.close()
