@@ -235,3 +235,21 @@ async def test_closing_the_source_while_it_trims_leaves_the_log_intact(tmp_path:
         assert sum(t.records for t in log.trim("s", Retention())) == 20 * 2000
     finally:
         log.close()
+
+
+async def test_status_lag_leaves_out_what_retention_trimmed(tmp_path: Path) -> None:
+    from streamfn.config import load_pipeline
+    from streamfn.ops.status import collect
+
+    (tmp_path / "handler_status_trim.py").write_text("def handle(batch, context):\n    return []\n")
+    config = tmp_path / "pipeline.toml"
+    config.write_text('name = "p"\nhandler = "handler_status_trim:handle"\n'
+                      '[source]\ntype = "local"\nstream = "s"\nshards = 1\n')
+    log = LocalLog(tmp_path / "state" / "log.sqlite3")
+    log.create_stream("s", 1)
+    log.append("s", [("k", b"old")] * 30, arrival_time=time.time() - 2 * DAY)
+    log.append("s", [("k", b"new")] * 5)
+    assert log.trim("s", Retention()) == [TrimmedRange("shard-0000", 1, 30)]
+    log.close()
+    rows = await collect(load_pipeline(config))
+    assert [(row.checkpoint, row.tip, row.lag) for row in rows] == [(None, 35, 5)]
