@@ -157,7 +157,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    """Show or edit the lease table's checkpoints (pipelines with ``[checkpoints] type = "dynamodb"``)."""
+    """Show or edit the lease table's checkpoints (``[checkpoints] type = "dynamodb"``); reset local ones."""
     from .checkpoints import admin
     from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
     from .ops.parts import parse_moment
@@ -165,13 +165,17 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
     loaded = load_pipeline(args.config)
     store = loaded.config.checkpoints
+    if args.action == "reset" and _local_checkpoints(loaded):
+        return _reset_local_checkpoints(loaded, args)
     if not isinstance(store, DynamoDBCheckpointStoreConfig):
-        raise ConfigError("checkpoints show/reset/set edit a DynamoDB lease table; this pipeline keeps its "
-                          "checkpoints elsewhere (see `streamfn status`)", file=str(loaded.path), field="checkpoints")
+        raise ConfigError("checkpoints show/set edit a DynamoDB lease table (and reset local checkpoints); this "
+                          "pipeline keeps its checkpoints elsewhere (see `streamfn status`)", file=str(loaded.path),
+                          field="checkpoints")
     name = loaded.config.name
     if args.action == "show":
         print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
     elif args.action == "reset":
+        args.to = args.to or "trim_horizon"
         if args.to in ("trim_horizon", "latest"):
             to = StartingPosition(args.to)
         else:
@@ -187,12 +191,51 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _local_checkpoints(loaded: LoadedPipeline) -> bool:
+    """Whether the pipeline keeps its checkpoints in the local store (``checkpoints.sqlite3``)."""
+    from .checkpoints.local import LocalCheckpointStoreConfig
+    from .sources.kafka import KafkaSourceConfig
+
+    store = loaded.config.checkpoints
+    if store is None:
+        return not isinstance(loaded.config.source, KafkaSourceConfig)
+    return isinstance(store, LocalCheckpointStoreConfig)
+
+
+def _reset_local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
+    """Forget local checkpoints: the shards start at the pipeline's ``starting_position`` on the next run."""
+    from .checkpoints.local import LocalCheckpointStoreConfig
+
+    start = loaded.config.starting_position
+    if args.to is not None and args.to != start:
+        raise ConfigError(f"a local checkpoint store resets shards to the pipeline's starting_position ({start}); "
+                          "set starting_position in the file to start elsewhere", file=str(loaded.path),
+                          field="starting_position")
+    configured = loaded.config.checkpoints
+    store = (configured if isinstance(configured, LocalCheckpointStoreConfig)
+             else LocalCheckpointStoreConfig()).build(loaded.context)
+
+    async def reset() -> list[str]:
+        await store.open()
+        try:
+            return await store.reset(args.shard)
+        finally:
+            await store.close()
+
+    done = asyncio.run(reset())
+    print(f"reset {len(done)} shard(s) of pipeline {loaded.config.name!r}: they start at {start} on the next run"
+          + (f" ({', '.join(done)})" if done else ""))
+    return EXIT_OK
+
+
 def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints in a lease table")
+    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints in a lease table; "
+                                                       "reset local checkpoints (stop the daemon first)")
     checkpoints.add_argument("action", choices=["show", "reset", "set"])
     checkpoints.add_argument("config")
-    checkpoints.add_argument("--to", default="trim_horizon",
-                             help="reset: trim_horizon (default), latest, or a time (epoch seconds or ISO 8601)")
+    checkpoints.add_argument("--to", default=None,
+                             help="reset: trim_horizon (default), latest, or a time (epoch seconds or ISO 8601); "
+                                  "local checkpoints reset to the pipeline's starting_position")
     checkpoints.add_argument("--shard", action="append", help="only this shard (repeatable; set: exactly one)")
     checkpoints.add_argument("--sequence", type=int, default=None, help="set: resume strictly after this sequence")
     checkpoints.add_argument("--sub-sequence", type=int, default=0)

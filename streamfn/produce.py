@@ -1,4 +1,9 @@
-"""``streamfn produce``: append synthetic click events or NDJSON lines to a pipeline's local log."""
+"""``streamfn produce``: append synthetic click events or NDJSON lines to a pipeline's local log.
+
+Appends commit in chunks; on a failure (a full disk...) the error says how many records were
+committed before it, so nothing is appended twice by accident. Afterwards the stream is trimmed
+to the source's retention, so a log fed without a running daemon stays bounded too.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from contextlib import ExitStack
 from typing import BinaryIO
 
 from .config import LoadedPipeline
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, RetryableError
 from .sources.local import LocalSourceConfig
 from .sources.local_log import LocalLog
 from .sources.local_produce import ndjson_records, synthetic_clicks
@@ -47,13 +52,26 @@ def produce(
                 records = synthetic_clicks(count or 0, seed)
             appended: list[int] = [0]
             try:
-                return _append_chunks(log, source.stream, records, total=count, progress=progress, done=appended)
+                done = _append_chunks(log, source.stream, records, total=count, progress=progress, done=appended)
             except ValueError as exc:
                 raise InputError(
                     f"{source_file}: {exc}; stopped after appending the first {appended[0]:,} records"
                 ) from None
+            except RetryableError as exc:
+                raise RetryableError(f"{exc}; stopped after appending the first {appended[0]:,} records (the"
+                                     " others were not appended)", kind=exc.kind) from exc
+        _trim(log, source)
+        return done
     finally:
         log.close()
+
+
+def _trim(log: LocalLog, source: LocalSourceConfig) -> None:
+    """Trim to the retention; a failure only warns: the records are in, and a daemon trims too."""
+    try:
+        log.trim(source.stream, source.retention())
+    except RetryableError as exc:
+        sys.stderr.write(f"warning: {exc}\n")
 
 
 def _append_chunks(

@@ -73,7 +73,10 @@ class Batcher:
         self._window_closed = False
         self._replayed = False
         self.behind_ms: float | None = None
+        #: Records skipped by the filter, and records the source's retention removed before they
+        #: were read: counts since the caller last took them (``take_counts``).
         self.filtered = 0
+        self.trimmed = 0
 
     async def next(self) -> Unit | None:
         """The next batch, or None when nothing arrived within the wait (the shard is caught up)."""
@@ -106,12 +109,19 @@ class Batcher:
             self._shard_end = self._shard_end or result.shard_end
             if result.behind_ms is not None:
                 self.behind_ms = result.behind_ms
+            self.trimmed += result.trimmed
             if window <= 0 and not result.records and not have and not self._shard_end and not self._replaying:
                 return None
         if through is None:
             return Unit([], Position(-1), True) if self._shard_end else None
         return Unit(records, through, self._shard_end and self._offset >= len(self._buffer), self._window_closed,
                     self._replayed)
+
+    def take_counts(self) -> tuple[int, int]:
+        """(filtered, trimmed) since the last call: each lane's batcher adds its own to the shard's."""
+        counts = (self.filtered, self.trimmed)
+        self.filtered = self.trimmed = 0
+        return counts
 
     def window_start(self, record: Record) -> float:
         """The tumbling window a record belongs to, by its arrival time."""

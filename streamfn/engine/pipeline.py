@@ -15,7 +15,7 @@ from typing import Any
 from ..backoff import Backoff
 from ..checkpoints.base import CheckpointStore
 from ..checkpoints.kafka import KafkaCheckpointStoreConfig
-from ..checkpoints.local import LocalCheckpointStoreConfig
+from ..checkpoints.local import LocalCheckpointStoreConfig, bind_local_log
 from ..components import BuildContext
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError, SourceError, StreamfnError
@@ -129,6 +129,7 @@ class Pipeline:
     async def open(self) -> None:
         await self.source.open()
         await self.store.open()
+        await bind_local_log(self.source, self.store)  # refuse checkpoints made against another local log
         for sink in self.sinks:
             await sink.open()
         if self.destination is not None:

@@ -126,8 +126,12 @@ class LaneWorker:
             unit = await batcher.next()
             if self.stats.blocked_cause in _READ_CAUSES:
                 self.stats.mark_unblocked()  # reading works again after a failed start
-            self.stats.behind_ms = batcher.behind_ms
-            self.stats.filtered = batcher.filtered
+            stats = self.stats
+            stats.behind_ms = batcher.behind_ms
+            if batcher.filtered or batcher.trimmed:
+                filtered, trimmed = batcher.take_counts()
+                stats.filtered += filtered
+                stats.trimmed += trimmed
             if unit is None:
                 window = self._window
                 if window is not None and time.time() >= window.end + FINAL_CALL_GRACE:
@@ -565,6 +569,7 @@ class ShardRunner:
         while True:
             result = await reader.read(self.env.limits.max_records, IDLE_WAIT)
             self._dispatcher_idle = not result.records
+            self.stats.trimmed += result.trimmed
             for record in result.records:
                 lane = lane_of(record.partition_key, lanes)
                 position = record.position

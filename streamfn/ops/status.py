@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ..checkpoints.base import Checkpoint
+from ..checkpoints.local import bind_local_log
 from ..config import LoadedPipeline
 from .parts import build_source, build_store
 
@@ -72,6 +73,7 @@ async def collect(loaded: LoadedPipeline) -> list[ShardStatus]:
         store = build_store(loaded, source)
         await store.open()
         try:
+            await bind_local_log(source, store)  # another log's checkpoints would show a false lag
             owners = await _lease_owners(store)
             tips = await _tips(source, [s.shard_id for s in shards])
             rows = []
@@ -108,8 +110,9 @@ async def _tips(source: Any, shard_ids: list[str]) -> dict[str, Tip]:
     source's own ``shard_tip(shard_id) -> int | None`` coroutine. Kinesis cannot (no cheap tip)."""
     from ..sources.local import LocalSource
 
-    if isinstance(source, LocalSource):
-        return {shard_id: Tip(source.log.last_seq(source.name, shard_id)) for shard_id in shard_ids}
+    if isinstance(source, LocalSource):  # records before the oldest retained one were trimmed: no lag
+        return {shard_id: Tip(source.log.last_seq(source.name, shard_id),
+                              source.log.first_retained_seq(source.name, shard_id) - 1) for shard_id in shard_ids}
     if getattr(source, "kind", None) == "kafka":
         partitions = {shard_id: source.topic_partition(shard_id) for shard_id in shard_ids}
         ends = await source.consumer.end_offsets(list(partitions.values()))

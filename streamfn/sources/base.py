@@ -44,11 +44,14 @@ class ReadResult(msgspec.Struct):
     ``shard_end`` means the shard is closed and every record of it has now been handed
     out: the engine checkpoints ``SHARD_END`` once these records are done.
     ``behind_ms`` is how far the reader is behind the tip of the shard, when known.
+    ``trimmed`` counts records skipped because retention removed them before this read
+    (they come before ``records``; the reader has logged their range).
     """
 
     records: list[Record]
     shard_end: bool = False
     behind_ms: float | None = None
+    trimmed: int = 0
 
 
 @runtime_checkable

@@ -14,6 +14,16 @@ B-tree entry and a Python row tuple per record; blocks amortise both over ~1000 
 ``shards(stream, shard, last_seq, last_arrival)`` keeps each shard's tip, so sequences
 never restart after ``trim`` and arrival times never go backwards within a shard.
 
+Identity. ``meta`` holds a random ``log_id`` chosen when the file is created (or first opened
+by a release that knows it): checkpoints record it, so a recreated log is never read with
+another log's checkpoints. ``PRAGMA user_version`` is the layout version (0: before ``meta``).
+
+Retention. ``trim`` drops whole blocks older than an age or beyond a size, oldest first, as
+Kinesis trims by retention period; sequences continue, and readers count what they missed.
+
+Storage faults. A full, read-only or failing disk raises ``RetryableError(kind="storage")``
+and leaves the file as it was: the failed transaction is rolled back, nothing half-written.
+
 Durability. WAL journal with ``synchronous=NORMAL``: a committed append survives a
 ``kill -9`` of any process (the WAL is in the OS page cache); it may not survive a power
 loss or kernel crash, which needs ``synchronous=FULL``. Readers in other processes see
@@ -22,10 +32,12 @@ commits as they happen and never block the writer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import repeat
@@ -36,6 +48,7 @@ import msgspec
 
 from ..errors import SourceError
 from ..records import Record
+from ..storage_errors import is_transient, storage_error, storage_faults
 
 BLOCK_RECORDS = 1000
 BLOCK_BYTES = 1 << 20
@@ -67,7 +80,42 @@ CREATE TABLE IF NOT EXISTS blocks (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS blocks_by_seq ON blocks (stream, shard, last_seq);
 CREATE INDEX IF NOT EXISTS blocks_by_arrival ON blocks (stream, shard, arrival, last_seq);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 """
+#: The layout this code writes (``PRAGMA user_version``); 0 is the layout before ``meta``.
+LAYOUT_VERSION = 1
+
+
+class Retention(msgspec.Struct, frozen=True):
+    """How much of a stream the log keeps; None is no limit of that kind.
+
+    ``max_age`` (seconds) drops blocks whose records all arrived longer ago; ``max_shard_bytes``
+    and ``max_stream_bytes`` drop the oldest blocks of a shard / of the whole stream until the
+    stored payloads fit. Whole blocks only: a block is kept while any of its records is kept.
+    """
+
+    max_age: float | None = 24 * 3600.0
+    max_shard_bytes: int | None = None
+    max_stream_bytes: int | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.max_age is None and self.max_shard_bytes is None and self.max_stream_bytes is None
+
+
+class TrimmedRange(NamedTuple):
+    """Sequences ``first..last`` of one shard that a trim removed."""
+
+    shard_id: str
+    first: int
+    last: int
+
+    @property
+    def records(self) -> int:
+        return self.last - self.first + 1
 
 
 def shard_id_of(index: int) -> str:
@@ -97,7 +145,6 @@ class LocalLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -108,14 +155,31 @@ class LocalLog:
         # Per shard, the last block a read stopped inside of: a reader taking 100 records at a
         # time then decodes each 1000-record block once, not ten times. Blocks never change.
         self._partial: dict[tuple[str, int], _Block] = {}
-        conn = self._conn()
+        try:
+            with storage_faults(self.path, "opening the local log"):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.log_id = self._set_up(self._conn())
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, conn: sqlite3.Connection) -> str:
+        """Create or upgrade the layout; the log's id (chosen now if the file has none yet)."""
         # Before the first table exists: big pages keep a ~250 KB block on a short overflow chain.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         with self._transaction(conn):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > LAYOUT_VERSION:
+                raise SourceError(f"{self.path} was written by a newer streamfn (layout {version}); upgrade streamfn")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            # A log from before identities gets one now: checkpoints made against it adopt it.
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+            if version < LAYOUT_VERSION:
+                conn.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
+            return str(conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0])
 
     # -- connections -------------------------------------------------------------------
 
@@ -136,14 +200,20 @@ class LocalLog:
     @staticmethod
     @contextmanager
     def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken up front, so concurrent writers queue on busy_timeout."""
+        """A write transaction taken up front, so concurrent writers queue on busy_timeout.
+
+        A failed COMMIT (disk full, I/O error) may leave the transaction open or may already
+        have rolled it back: either way it ends rolled back, and the connection stays usable.
+        """
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection this object opened, in any thread."""
@@ -161,7 +231,7 @@ class LocalLog:
         if shards < 1:
             raise SourceError(f"stream {name!r}: shards must be >= 1, got {shards}")
         conn = self._conn()
-        with self._transaction(conn):
+        with storage_faults(self.path, f"creating stream {name!r}"), self._transaction(conn):
             row = conn.execute("SELECT shard_count FROM streams WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 if row[0] != shards:
@@ -172,12 +242,14 @@ class LocalLog:
 
     def streams(self) -> dict[str, int]:
         """Every stream and its shard count."""
-        return dict(self._conn().execute("SELECT name, shard_count FROM streams ORDER BY name"))
+        with storage_faults(self.path, "listing streams"):
+            return dict(self._conn().execute("SELECT name, shard_count FROM streams ORDER BY name"))
 
     def shard_count(self, stream: str) -> int:
         count = self._shard_counts.get(stream)
         if count is None:
-            row = self._conn().execute("SELECT shard_count FROM streams WHERE name = ?", (stream,)).fetchone()
+            with storage_faults(self.path, f"reading stream {stream!r}"):
+                row = self._conn().execute("SELECT shard_count FROM streams WHERE name = ?", (stream,)).fetchone()
             if row is None:
                 raise SourceError(f"no stream {stream!r} in {self.path}")
             count = self._shard_counts[stream] = int(row[0])
@@ -191,7 +263,8 @@ class LocalLog:
     def append(self, stream: str, records: Iterable[tuple[str, bytes]], arrival_time: float | None = None) -> int:
         """Append ``(partition_key, data)`` pairs in one transaction; returns how many.
 
-        Once this returns, every record is committed and will be readable after a crash.
+        Once this returns, every record is committed and will be readable after a crash. On
+        a ``RetryableError`` (disk full...) nothing of the call was appended: append it again.
         ``arrival_time`` (epoch seconds) replaces "now", e.g. when importing history; arrival
         times still never go backwards within a shard.
         """
@@ -207,7 +280,7 @@ class LocalLog:
         if not total:
             return 0
         conn = self._conn()
-        with self._transaction(conn):
+        with storage_faults(self.path, f"appending to stream {stream!r}"), self._transaction(conn):
             now = time.time() if arrival_time is None else arrival_time
             for shard in range(shard_count):
                 if keys[shard]:
@@ -239,29 +312,88 @@ class LocalLog:
             (seq, arrival, stream, shard),
         )
 
-    def trim(self, stream: str, before_timestamp: float) -> int:
-        """Drop whole blocks whose records all arrived before ``before_timestamp``; returns rows dropped."""
+    def trim(self, stream: str, retention: Retention, now: float | None = None) -> list[TrimmedRange]:
+        """Drop the whole blocks that ``retention`` no longer keeps; what each shard lost.
+
+        One short transaction per shard, so a writer waits at most one shard's delete; readers
+        (WAL) never wait. Sequences continue after a trim: the tip is kept in ``shards``.
+        """
+        if retention.unlimited:
+            return []
+        now = time.time() if now is None else now
+        with storage_faults(self.path, f"trimming stream {stream!r}"):
+            cutoffs = self._trim_cutoffs(stream, retention, now)
+            trimmed = []
+            for shard, cutoff in sorted(cutoffs.items()):
+                conn = self._conn()
+                with self._transaction(conn):
+                    first = conn.execute(
+                        "SELECT min(first_seq) FROM blocks WHERE stream = ? AND shard = ? AND last_seq <= ?",
+                        (stream, shard, cutoff),
+                    ).fetchone()[0]
+                    if first is None:
+                        continue
+                    conn.execute("DELETE FROM blocks WHERE stream = ? AND shard = ? AND last_seq <= ?",
+                                 (stream, shard, cutoff))
+                self._partial.pop((stream, shard), None)
+                trimmed.append(TrimmedRange(shard_id_of(shard), int(first), cutoff))
+            return trimmed
+
+    def _trim_cutoffs(self, stream: str, retention: Retention, now: float) -> dict[int, int]:
+        """Per shard, the highest ``last_seq`` of the blocks to drop (shards losing none are absent)."""
         conn = self._conn()
-        with self._transaction(conn):
-            dropped = 0
+        cutoffs: dict[int, int] = {}
+
+        def drop(shard: int, last_seq: int) -> None:
+            cutoffs[shard] = max(cutoffs.get(shard, 0), last_seq)
+
+        if retention.max_age is not None:
             for shard in range(self.shard_count(stream)):  # per shard, so the arrival index applies
-                dropped += conn.execute(
-                    "DELETE FROM blocks WHERE stream = ? AND shard = ? AND arrival < ?",
-                    (stream, shard, before_timestamp),
-                ).rowcount
-            return dropped
+                row = conn.execute(
+                    "SELECT max(last_seq) FROM blocks WHERE stream = ? AND shard = ? AND arrival < ?",
+                    (stream, shard, now - retention.max_age),
+                ).fetchone()
+                if row[0] is not None:
+                    drop(shard, int(row[0]))
+        if retention.max_shard_bytes is None and retention.max_stream_bytes is None:
+            return cutoffs
+        # Newest first: length() of a blob reads its header, not its pages.
+        blocks = conn.execute(
+            "SELECT shard, last_seq, length(payload) FROM blocks WHERE stream = ? ORDER BY arrival DESC, last_seq DESC",
+            (stream,),
+        ).fetchall()
+        shard_bytes: dict[int, int] = {}
+        stream_bytes = 0
+        for shard, last_seq, size in blocks:
+            shard_bytes[shard] = shard_bytes.get(shard, 0) + size
+            stream_bytes += size
+            if (retention.max_shard_bytes is not None and shard_bytes[shard] > retention.max_shard_bytes) or (
+                retention.max_stream_bytes is not None and stream_bytes > retention.max_stream_bytes
+            ):
+                drop(shard, last_seq)
+        return cutoffs
 
     # -- reading -----------------------------------------------------------------------
 
     def read(self, stream: str, shard_id: str, after_seq: int, max_records: int) -> list[Record]:
         """Up to ``max_records`` records of one shard with sequence > ``after_seq``, in order.
 
-        Records trimmed away are skipped: the read starts at the oldest block left.
+        Records trimmed away are skipped: the read starts at the oldest block left (a caller
+        sees the gap in the sequences; see ``first_retained_seq``).
         """
         shard = shard_index_of(shard_id)
         out: list[Record] = []
         if max_records <= 0:
             return out
+        try:  # not ``with storage_faults``: a context manager costs microseconds on this hot path
+            return self._read(stream, shard, shard_id, after_seq, max_records, out)
+        except sqlite3.Error as exc:
+            if not is_transient(exc):
+                raise
+            raise storage_error(exc, self.path, f"reading {stream!r} {shard_id}") from exc
+
+    def _read(self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int,
+              out: list[Record]) -> list[Record]:
         cached = self._partial.get((stream, shard))
         if cached is not None and cached.first_seq <= after_seq < cached.last_seq:
             after_seq = self._take(cached, shard_id, after_seq, max_records, out)
@@ -307,30 +439,39 @@ class LocalLog:
 
     def last_seq(self, stream: str, shard_id: str) -> int:
         """The newest sequence of a shard, 0 when nothing was ever appended."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT last_seq FROM shards WHERE stream = ? AND shard = ?",
-                (stream, shard_index_of(shard_id)),
-            )
-            .fetchone()
-        )
+        try:  # polled while a shard is idle: no context manager here either
+            row = self._conn().execute(
+                "SELECT last_seq FROM shards WHERE stream = ? AND shard = ?", (stream, shard_index_of(shard_id))
+            ).fetchone()
+        except sqlite3.Error as exc:
+            if not is_transient(exc):
+                raise
+            raise storage_error(exc, self.path, f"reading the tip of {stream!r} {shard_id}") from exc
         if row is None:
             raise SourceError(f"no shard {shard_id!r} in stream {stream!r} of {self.path}")
         return int(row[0])
 
     def first_seq_at_or_after(self, stream: str, shard_id: str, timestamp: float) -> int | None:
         """The first retained sequence that arrived at or after ``timestamp``, None if none yet."""
-        row = (
-            self._conn()
-            .execute(
+        with storage_faults(self.path, f"reading {stream!r} {shard_id}"):
+            row = self._conn().execute(
                 "SELECT first_seq FROM blocks WHERE stream = ? AND shard = ? AND arrival >= ?"
                 " ORDER BY arrival, last_seq LIMIT 1",
                 (stream, shard_index_of(shard_id), timestamp),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return None if row is None else int(row[0])
+
+    def first_retained_seq(self, stream: str, shard_id: str) -> int:
+        """The oldest sequence still stored in a shard; the tip + 1 when none is (all trimmed or empty)."""
+        with storage_faults(self.path, f"reading {stream!r} {shard_id}"):
+            row = self._conn().execute(  # one statement: the block and the tip from one snapshot
+                "SELECT coalesce((SELECT first_seq FROM blocks WHERE stream = ?1 AND shard = ?2"
+                " ORDER BY last_seq LIMIT 1), (SELECT last_seq + 1 FROM shards WHERE stream = ?1 AND shard = ?2))",
+                (stream, shard_index_of(shard_id)),
+            ).fetchone()
+        if row[0] is None:
+            raise SourceError(f"no shard {shard_id!r} in stream {stream!r} of {self.path}")
+        return int(row[0])
 
 
 class _Block(NamedTuple):

@@ -18,7 +18,14 @@ from streamfn.errors import SourceError
 from streamfn.records import Batch, Position
 from streamfn.sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from streamfn.sources.local import LocalSource, LocalSourceConfig
-from streamfn.sources.local_log import BLOCK_RECORDS, LocalLog, shard_for_key, shard_id_of
+from streamfn.sources.local_log import (
+    BLOCK_RECORDS,
+    LocalLog,
+    Retention,
+    TrimmedRange,
+    shard_for_key,
+    shard_id_of,
+)
 from streamfn.sources.local_produce import ndjson_records, synthetic_clicks
 
 
@@ -120,13 +127,14 @@ def test_first_seq_at_or_after_a_timestamp(log: LocalLog) -> None:
 
 def test_trim_drops_old_blocks_and_sequences_continue(log: LocalLog) -> None:
     log.create_stream("s", 1)
-    log.append("s", [("k", b"old")] * 3)
-    time.sleep(0.01)
-    cut = time.time()
-    log.append("s", [("k", b"new")] * 2)
-    assert log.trim("s", cut) == 1
+    now = time.time()
+    log.append("s", [("k", b"old")] * 3, arrival_time=now - 100)
+    log.append("s", [("k", b"new")] * 2, arrival_time=now)
+    assert log.trim("s", Retention(max_age=50), now=now) == [TrimmedRange("shard-0000", 1, 3)]
     assert [r.sequence for r in log.read("s", "shard-0000", 0, 10)] == [4, 5]
-    assert log.trim("s", time.time() + 1) == 1
+    assert log.first_retained_seq("s", "shard-0000") == 4
+    assert log.trim("s", Retention(max_age=50), now=now + 51) == [TrimmedRange("shard-0000", 4, 5)]
+    assert log.first_retained_seq("s", "shard-0000") == 6
     log.append("s", [("k", b"later")])
     assert [r.sequence for r in log.read("s", "shard-0000", 0, 10)] == [6]
 
