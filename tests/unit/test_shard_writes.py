@@ -4,9 +4,12 @@ retries; output a sink refuses goes through the batch's failure policy like a ha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from decimal import Decimal
 from typing import Any
+
+import pytest
 
 from streamfn import Batch, Context, Position, Record
 from streamfn.engine.batching import BatchLimits
@@ -151,3 +154,32 @@ async def test_output_a_sink_refuses_goes_through_the_failure_policy() -> None:
     output = sorted(i["seq"] for items in sink.objects.values() for i in items)
     assert output == [seq for seq in range(1, 21) if seq != 7]
     assert runner.stats.write_errors[("sink", "rejected")] >= 1
+
+
+class TrimmedSource(MemorySource):
+    """The first read reports records that retention removed before they could be read."""
+
+    def reader(self, shard: Any, after: Any, start: Any) -> Any:
+        reader = super().reader(shard, after, start)
+        plain_read = reader.read
+        reported = False
+
+        async def read(max_records: int, wait: float) -> Any:
+            nonlocal reported
+            result = await plain_read(max_records, wait)
+            if not reported:
+                reported, result.trimmed = True, 7
+            return result
+
+        reader.read = read  # type: ignore[method-assign]
+        return reader
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+async def test_records_trimmed_before_they_were_read_are_counted_once(lanes: int) -> None:
+    env = shard_env(echo, MemorySink())
+    records = env.source.records  # type: ignore[attr-defined]
+    env = dataclasses.replace(env, source=TrimmedSource(records), lanes=lanes)
+    runner = ShardRunner(SHARD, env)
+    await runner.run()
+    assert runner.stats.trimmed == 7
