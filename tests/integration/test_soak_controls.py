@@ -313,6 +313,8 @@ def test_soak_tumbling_windows_of_single_records(tmp_path: Path) -> None:
     soak = Soak(initial=initial, later=later, every=1.2, seed=50)
     # One call per record here, so a slower handler keeps the daemon behind.
     config = pipeline(tmp_path, handler(WINDOWED, SLEEP=5 * SLEEP), extra="tumbling_window = 1")
+    # Arrival times days back: keep them all (the local log's default retention is 24 hours).
+    config.write_text(config.read_text().replace("[source]\n", '[source]\nretention_hours = "unlimited"\n', 1))
     outcome = soak.run(config)
     assert_exact("tumbling_window", outcome, soak.total)
     assert outcome.window_records, "windows were handled"
