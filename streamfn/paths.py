@@ -16,17 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import RetryableError, SinkError
+from .storage_errors import STORAGE_ERRNOS
 
 #: Pipeline names: they appear in object keys, state rows and ARNs, so path syntax is kept out.
 NAME_RULE = "1-128 letters, digits, '.', '_' or '-', not starting with '.'"
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
-#: A full, read-only or unavailable disk: an operator (or time) fixes it, so the write is retried
-#: and the shard counts as blocked meanwhile; the batch is never disposed of for it.
-STORAGE_ERRNOS = frozenset({
-    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EMFILE,
-    errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EBUSY, errno.ESTALE,
-})
 #: The object's name itself cannot be written here: every retry would fail the same way.
 NAME_ERRNOS = frozenset({
     errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.EILSEQ, errno.ELOOP,

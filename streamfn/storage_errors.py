@@ -27,8 +27,12 @@ TRANSIENT_SQLITE_CODES = frozenset({
     sqlite3.SQLITE_PROTOCOL,
 })
 
-#: errno values of a disk that is full, read-only or failing.
-TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
+#: A full, read-only or unavailable disk (errno): an operator (or time) fixes it, so the write is
+#: retried and the shard counts as blocked meanwhile; a batch is never disposed of for it.
+STORAGE_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EMFILE,
+    errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EBUSY, errno.ESTALE,
+})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -37,7 +41,7 @@ def is_transient(exc: BaseException) -> bool:
         # Errors raised by the sqlite3 module itself (a closed connection) carry no SQLite code.
         code: int | None = getattr(exc, "sqlite_errorcode", None)
         return code is not None and (code & 0xFF) in TRANSIENT_SQLITE_CODES
-    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
 def storage_error(exc: BaseException, path: Path, action: str) -> RetryableError:

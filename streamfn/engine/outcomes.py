@@ -8,7 +8,6 @@ windows) through random failure patterns.
 
 from __future__ import annotations
 
-import errno
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -16,6 +15,7 @@ import orjson
 from ..destinations.base import Condition
 from ..errors import LeaseLostError, RetryableError, SinkError
 from ..records import Position, Record
+from ..storage_errors import STORAGE_ERRNOS
 from .policy import FailurePolicy
 
 
@@ -128,11 +128,6 @@ def expire(segment: Segment, policy: FailurePolicy, now: float | None = None) ->
 
 WriteAction = Literal["retry", "fail_batch", "stop"]
 
-#: errno values that mean the disk or the filesystem, not the data: wait for space to come back.
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EAGAIN, errno.EMFILE,
-                             errno.ENFILE})
-
-
 class WriteFailure(NamedTuple):
     """What to do after a sink, store or destination write failed, and the cause's kind (for metrics)."""
 
@@ -159,6 +154,6 @@ def classify_write_error(exc: BaseException) -> WriteFailure:
         return WriteFailure("retry", "timeout")
     if isinstance(exc, ConnectionError):
         return WriteFailure("retry", "connection")
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         return WriteFailure("retry", "storage")
     return WriteFailure("retry", "other")
