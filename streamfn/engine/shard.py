@@ -189,8 +189,8 @@ class LaneWorker:
                     last = Record(self.shard_id, self._position.sequence, "", b"", window.end,
                                   self._position.sub_sequence)
                     await self._emit([last], result.items, window_final=True)
-            except (HandlerError, SinkError) as exc:
-                self._block("handler", str(exc), [], 1)
+            except (HandlerError, SinkError) as exc:  # nothing to dispose of: retry until it works
+                self._block("sink" if isinstance(exc, SinkError) else "handler", str(exc), [], 1)
                 await self._wait(backoff.next_delay())
                 continue
             break
