@@ -63,7 +63,7 @@ class CallResult:
 
 
 class Invoker:
-    """Calls one handler: async ones in a task of their own, plain functions in a thread of their own.
+    """Calls one handler: async ones in the calling lane's task, plain functions in a thread of their own.
 
     Use one :class:`HandlerSlot` per lane (:meth:`slot`): a slot never starts a call while its
     previous one, timed out but not yet ended, still runs.
@@ -100,22 +100,41 @@ class Invoker:
         of the same batch, so a loop that retries should call through :meth:`slot` instead."""
         return await HandlerSlot(self).call(batch, context)
 
+    async def _call_async(self, batch: Batch, context: Context) -> CallResult:
+        """An async handler runs in the calling lane's own task: the lane's next call cannot start
+        before it ends, and a timeout cancels it. Whatever it raises (SystemExit and
+        KeyboardInterrupt included) is caught here, before it could escape the task and stop the
+        loop; one that swallows the cancellation and answers late has still timed out."""
+        payload: Any = self._event(batch, context) if self._interface == "lambda" else batch
+        task = asyncio.current_task()
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                answer = await self._handler(payload, context)
+        except asyncio.CancelledError as exc:
+            if task is not None and task.cancelling():
+                raise  # the engine's own cancellation (a stop): not the handler's failure
+            raise HandlerError(f"handler raised CancelledError: {exc}") from exc
+        except BaseException as exc:
+            if deadline.expired():
+                raise HandlerError(f"handler timed out after {self.timeout:g}s") from None
+            if isinstance(exc, HandlerError):
+                raise
+            raise HandlerError(f"handler raised {type(exc).__name__}: {exc}") from exc
+        if deadline.expired():
+            raise HandlerError(f"handler timed out after {self.timeout:g}s")
+        return self._interpret(answer, batch)
+
     def _start(self, batch: Batch, context: Context, reply: asyncio.Future[Outcome]) -> asyncio.Future[Any]:
-        """Start the handler. ``reply`` gets the call's Outcome as soon as it is known; the future
-        returned ends exactly when the call ends (later than a timeout, for a stuck call)."""
+        """Start a plain-function handler in a thread. ``reply`` gets the call's Outcome as soon as it
+        is known; the future returned ends exactly when the call ends (later than a timeout, for a
+        stuck call: a thread cannot be stopped, its call runs on to its end)."""
         payload: Any = batch
         if self._interface == "lambda":
             payload = self._event(batch, context)
-        if self._is_async:
-            return reply.get_loop().create_task(_guarded(self._handler, payload, context, reply))
         running = self._threads.submit(self._handler, payload, context)
         running.add_done_callback(functools.partial(_relay, reply))
         return running
-
-    def _stop(self, running: asyncio.Future[Any]) -> None:
-        """Cancel an async call; a thread cannot be stopped, its call runs on to its end."""
-        if self._is_async:
-            running.cancel()
 
     def _event(self, batch: Batch, context: Context) -> dict[str, Any]:
         event = self._lambda_event(batch)
@@ -206,11 +225,15 @@ class HandlerSlot:
     A slot serves one caller at a time: its lane.
     """
 
-    __slots__ = ("_invoker", "_running")
+    __slots__ = ("_invoker", "_running", "call")
 
     def __init__(self, invoker: Invoker) -> None:
         self._invoker = invoker
         self._running: asyncio.Future[Any] | None = None
+        #: An async handler runs in the lane's own task (no task, no loop turn of its own per call):
+        #: nothing can overlap it, and a call that outlives its timeout holds only its lane.
+        self.call: Callable[[Batch, Context], Awaitable[CallResult]] = (
+            invoker._call_async if invoker._is_async else self._call_in_thread)
 
     @property
     def busy(self) -> bool:
@@ -224,7 +247,7 @@ class HandlerSlot:
         if running is not None and not running.done():
             await asyncio.wait((running,))
 
-    async def call(self, batch: Batch, context: Context) -> CallResult:
+    async def _call_in_thread(self, batch: Batch, context: Context) -> CallResult:
         """Call the handler on ``batch`` once the previous call ended.
 
         Raises HandlerError on any exception from the handler (SystemExit and KeyboardInterrupt
@@ -241,13 +264,9 @@ class HandlerSlot:
         expiry = loop.call_later(invoker.timeout, _settle, reply, _TIMED_OUT)
         try:
             outcome = await reply
-        except asyncio.CancelledError:
-            invoker._stop(running)
-            raise
         finally:
             expiry.cancel()
         if outcome is _TIMED_OUT:
-            invoker._stop(running)
             raise HandlerError(f"handler timed out after {invoker.timeout:g}s")
         if running.done():
             self._running = None  # holds the call's answer: let it go with the batch
@@ -265,20 +284,3 @@ def _settle(reply: asyncio.Future[Outcome], outcome: Outcome) -> None:
 
 def _relay(reply: asyncio.Future[Outcome], running: asyncio.Future[Outcome]) -> None:
     _settle(reply, running.result())
-
-
-async def _guarded(
-    handler: Callable[..., Awaitable[Any]], payload: Any, context: Context, reply: asyncio.Future[Outcome]
-) -> None:
-    """Run an async handler in a task of its own and put what it returned or raised in ``reply``:
-    a SystemExit or KeyboardInterrupt escaping a task would stop the event loop itself."""
-    try:
-        outcome = Outcome(await handler(payload, context), None)
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # cancelled by its slot (timeout, stop): nobody waits for a reply any more
-        outcome = Outcome(None, exc)  # the handler's own CancelledError: a failure like any other
-    except BaseException as exc:
-        outcome = Outcome(None, exc)
-    _settle(reply, outcome)

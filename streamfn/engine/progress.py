@@ -7,6 +7,7 @@ lane is the one-lane case of the same watermark, not a second path.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -51,15 +52,19 @@ class ShardProgress:
         (with one lane it always does; a window's state may change without the position moving)."""
         moved = self.watermark.lane_done(lane, position)
         if moved is not None:
-            await self.save(Checkpoint(position=moved, window_state=window_state), wait)
+            self.stats.checkpoint = show_position(moved)
+            checkpoint = Checkpoint(position=moved, window_state=window_state)
+            await self.persist(functools.partial(self._store.save, self.shard_id, checkpoint), "checkpoint store",
+                               wait)
 
     async def save(self, checkpoint: Checkpoint, wait: Wait) -> None:
         self.stats.checkpoint = "SHARD_END" if checkpoint.shard_end else show_position(checkpoint.position)
-        await self.persist(lambda: self._store.save(self.shard_id, checkpoint), "checkpoint store", wait)
+        await self.persist(functools.partial(self._store.save, self.shard_id, checkpoint), "checkpoint store", wait)
 
     async def record_pending(self, first: Position, last: Position, wait: Wait) -> None:
         """Durably note that output for [first, last] may be written: a restart forms this batch again."""
-        await self.persist(lambda: self._store.record_pending(self.shard_id, first, last), "checkpoint store", wait)
+        await self.persist(functools.partial(self._store.record_pending, self.shard_id, first, last),
+                           "checkpoint store", wait)
 
     async def persist(self, write: Callable[[], Awaitable[None]], target: WriteTarget, wait: Wait) -> None:
         """Retry a durable write until it succeeds: the shard waits and shows as blocked, nothing is

@@ -25,7 +25,7 @@ from ..sinks.base import Sink, SinkBatch
 from ..sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from . import windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
-from .invoke import CallResult, Invoker
+from .invoke import Invoker
 from .lanes import LaneQueue, lane_of
 from .outcomes import (
     Dispose,
@@ -184,7 +184,9 @@ class LaneWorker:
                               state=window.state, window=window.bounds, is_final=True,
                               terminated_early=window.terminated_early)
             try:
-                result = await self._call(Batch(self.shard_id, []), context)
+                if self._slot.busy:
+                    await self._wait_for_stuck_call()
+                result = await self._slot.call(Batch(self.shard_id, []), context)
                 if result.items and self._position is not None:
                     last = Record(self.shard_id, self._position.sequence, "", b"", window.end,
                                   self._position.sub_sequence)
@@ -199,27 +201,23 @@ class LaneWorker:
         if self._position is not None:
             await self._checkpoint(self._position)
 
-    async def _call(self, batch: Batch, context: Context) -> CallResult:
-        """One handler call through this lane's slot. A timed-out plain-function call still running
-        in its thread holds the lane (and only the lane): it shows as "handler stuck" until it ends,
-        and a stop request abandons the wait."""
-        slot = self._slot
-        if slot.busy:
+    async def _wait_for_stuck_call(self) -> None:
+        """A timed-out plain-function call still running in its thread holds this lane (and only
+        this lane): it shows as "handler stuck" until it ends; a stop request abandons the wait."""
+        if self.stopping:
+            raise Abandoned
+        self.stats.mark_blocked("handler stuck", f"a call past its {self.env.timeout:g}s timeout is still running")
+        log.warning("handler stuck: a timed-out call is still running; the lane waits for it",
+                    extra={"pipeline": self.env.pipeline, "shard": self.shard_id})
+        self.phase = "waiting"
+        try:
+            await self._slot.wait_idle()
+        except asyncio.CancelledError:
             if self.stopping:
-                raise Abandoned
-            self.stats.mark_blocked("handler stuck", f"a call past its {self.env.timeout:g}s timeout is still running")
-            log.warning("handler stuck: a timed-out call is still running; the lane waits for it",
-                        extra={"pipeline": self.env.pipeline, "shard": self.shard_id})
-            self.phase = "waiting"
-            try:
-                await slot.wait_idle()
-            except asyncio.CancelledError:
-                if self.stopping:
-                    raise Abandoned from None
-                raise
-            self.phase = "processing"
-            self.stats.mark_unblocked("handler stuck")
-        return await slot.call(batch, context)
+                raise Abandoned from None
+            raise
+        self.phase = "processing"
+        self.stats.mark_unblocked("handler stuck")
 
     def _context(self, attempts: int, final: bool) -> Context:
         env, window = self.env, self._window
@@ -242,7 +240,7 @@ class LaneWorker:
         units: deque[Segment] = deque([Segment(records)])
         while units:
             unit = units.popleft()
-            saved = self._window_snapshot()
+            saved = None if self._window is None else self._window_snapshot()
             done = await self._run_unit(unit, final=final and not units)
             if len(done) == 1:  # the common case: no copies on the per-record path
                 done_records, items = done[0].records, done[0].items
@@ -269,18 +267,24 @@ class LaneWorker:
         env, stats = self.env, self.stats
         todo: deque[Segment] = deque([unit])
         done: list[Done] = []
+        expiring = env.policy.max_record_age > 0
         while todo:
-            disposal, fresh = expire(todo.popleft(), env.policy)
-            if disposal is not None:
-                await self._dispose(disposal)
-            if fresh is None:
-                continue
-            segment = fresh
+            segment = todo.popleft()
+            if expiring:
+                disposal, fresh = expire(segment, env.policy)
+                if disposal is not None:
+                    await self._dispose(disposal)
+                if fresh is None:
+                    continue
+                segment = fresh
             stats.attempt = segment.attempts
             context = self._context(segment.attempts, final and not todo)
             started = time.perf_counter()
             try:
-                result = await self._call(Batch(self.shard_id, segment.records), context)
+                if self._slot.busy:
+                    await self._wait_for_stuck_call()
+                stats.calls_due[self._lane] = time.monotonic() + env.timeout  # past it: shown as stuck
+                result = await self._slot.call(Batch(self.shard_id, segment.records), context)
             except HandlerError as exc:
                 outcome: Outcome = Failed(str(exc))
             else:
@@ -288,15 +292,20 @@ class LaneWorker:
                     outcome = Succeeded(result.items, result.state)
                 else:
                     outcome = PartlyFailed(result.failed_at, result.items, result.state)
+            finally:
+                stats.calls_due.pop(self._lane, None)
             stats.observe_handler(time.perf_counter() - started)
+            if isinstance(outcome, Succeeded):  # the common case, as after_call decides it: all done
+                done.append(Done(segment.records, outcome.items, outcome.state))
+                if self._window is not None:
+                    self._keep_window_state(outcome.state, context.is_final)
+                continue
             steps = after_call(segment, outcome, env.policy)
             for step in steps:
                 if isinstance(step, Done):
                     done.append(step)
                     # A final call closes its window only if nothing of it is left to retry.
-                    self._keep_window_state(step.state, context.is_final and isinstance(outcome, Succeeded))
-            if isinstance(outcome, Succeeded):
-                continue  # the common case: nothing to retry or dispose of
+                    self._keep_window_state(step.state, False)
             error = outcome.error if isinstance(outcome, Failed) else "partial batch failure"
             failed = segment.records if isinstance(outcome, Failed) else [
                 r for r in segment.records if r.position >= outcome.failed_at]
@@ -357,8 +366,10 @@ class LaneWorker:
 
     def _unblocked(self, backoff: Backoff) -> None:
         backoff.reset()
-        self.stats.mark_unblocked()
-        self.stats.attempt = 0
+        stats = self.stats
+        if stats.blocked_since is not None or stats.attempt:  # cheap when nothing failed
+            stats.mark_unblocked()
+            stats.attempt = 0
 
     async def _emit(self, records: list[Record], items: list[Any], *, window_final: bool = False,
                     overwrite: bool = False) -> None:

@@ -26,6 +26,7 @@ class ShardStats:
         "behind_ms",
         "blocked_cause",
         "blocked_since",
+        "calls_due",
         "checkpoint",
         "failed",
         "filtered",
@@ -68,6 +69,9 @@ class ShardStats:
         self.write_errors: dict[tuple[str, str], int] = {}
         #: Start times (monotonic) of the writes in flight now, by a token of each.
         self.writes_in_flight: dict[int, float] = {}
+        #: Handler calls in flight now: by lane, the time (monotonic) by which each should have ended.
+        #: One past it holds its lane (an async handler that swallows its cancellation).
+        self.calls_due: dict[int, float] = {}
         #: Records the source's retention removed before this shard read them.
         self.trimmed = 0
         self.last_error: str | None = None
@@ -108,17 +112,29 @@ class ShardStats:
     def blocked_for(self) -> float:
         """Seconds this shard has been unable to move on: retrying the same records, or waiting on a
         write still in flight (a hung endpoint blocks before its first failure). 0 when moving."""
+        now = time.monotonic()
         since = self.blocked_since
         if self.writes_in_flight:
             oldest = min(self.writes_in_flight.values())
             since = oldest if since is None else min(since, oldest)
-        return 0.0 if since is None else time.monotonic() - since
+        overdue = self._overdue_since(now)
+        if overdue is not None:
+            since = overdue if since is None else min(since, overdue)
+        return 0.0 if since is None else now - since
+
+    def _overdue_since(self, now: float) -> float | None:
+        due = [deadline for deadline in self.calls_due.values() if deadline <= now]
+        return min(due) if due else None
 
     def is_blocked(self, stalled_after: float) -> bool:
-        """Blocked now: retrying, or a write has been in flight longer than ``stalled_after`` seconds."""
+        """Blocked now: retrying, a handler call past its timeout still running, or a write in flight
+        longer than ``stalled_after`` seconds."""
         if self.blocked_since is not None:
             return True
-        return bool(self.writes_in_flight) and time.monotonic() - min(self.writes_in_flight.values()) > stalled_after
+        now = time.monotonic()
+        if self._overdue_since(now) is not None:
+            return True
+        return bool(self.writes_in_flight) and now - min(self.writes_in_flight.values()) > stalled_after
 
 
 _tokens = itertools.count()

@@ -4,6 +4,7 @@ retries; output a sink refuses goes through the batch's failure policy like a ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from decimal import Decimal
@@ -183,3 +184,25 @@ async def test_records_trimmed_before_they_were_read_are_counted_once(lanes: int
     runner = ShardRunner(SHARD, env)
     await runner.run()
     assert runner.stats.trimmed == 7
+
+
+async def test_an_async_call_past_its_timeout_shows_its_shard_blocked() -> None:
+    release = asyncio.Event()
+
+    async def swallows_its_cancellation(batch: Batch, context: Context) -> list[Any]:
+        while not release.is_set() and context.attempt == 0:
+            with contextlib.suppress(asyncio.CancelledError):  # a handler bug: the lane must hold, and say so
+                await release.wait()
+        return [{"seq": r.sequence} for r in batch]
+
+    env = dataclasses.replace(shard_env(swallows_its_cancellation, MemorySink(), n=3), timeout=0.05,
+                              invoker=Invoker(swallows_its_cancellation, interface="native", timeout=0.05,
+                                                   report_failures=False, lambda_event=lambda b: {}))
+    runner = ShardRunner(SHARD, env)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.3)
+    assert runner.stats.is_blocked(stalled_after=60) and runner.stats.blocked_for() >= 0.2
+    release.set()
+    async with asyncio.timeout(5):
+        await task
+    assert runner.finished and not runner.stats.is_blocked(stalled_after=60)
