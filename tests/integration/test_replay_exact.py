@@ -3,12 +3,15 @@ the live checkpoint: every record's output exists exactly once, counted record b
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 
+from tests.integration.aws_support import client, unique
 from tests.integration.test_ops_cli import CALLS_LOG, ok, streamfn
 from tests.pipelines import append, output_objects, write_pipeline
 
@@ -96,3 +99,29 @@ def test_replay_with_lanes_overwrites_each_lanes_batches(tmp_path: Path) -> None
     assert handled(calls) == Counter(range(500))
     assert sorted(output_objects(out)) == sorted(live)
     assert outputs(out) == Counter(range(500))
+
+
+async def s3_outputs(endpoint: str, bucket: str) -> dict[str, list[int]]:
+    """Every object of the bucket and the records whose output it holds."""
+    found = {}
+    async with client("s3", endpoint) as s3:
+        listing = await s3.list_objects_v2(Bucket=bucket)
+        for entry in listing.get("Contents", []):
+            body = await (await s3.get_object(Bucket=bucket, Key=entry["Key"]))["Body"].read()
+            found[entry["Key"]] = [orjson.loads(line)["v"] for line in gzip.decompress(body).splitlines()]
+    return found
+
+
+async def test_replay_into_s3_overwrites_the_live_objects(moto_endpoint: str, aws_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    bucket = unique("replay")
+    sinks = (f'[[sinks]]\ntype = "s3"\nbucket = "{bucket}"\nendpoint_url = "{moto_endpoint}"\ncreate_bucket = true\n'
+             'gzip = true\nkey = "{year}/{pipeline}/{shard_id}/{first_seq}-{last_seq}.ndjson"\n')
+    config = await asyncio.to_thread(produce_run_produce_run, tmp_path, sinks=sinks)
+    live = await s3_outputs(moto_endpoint, bucket)
+    assert Counter(v for values in live.values() for v in values) == Counter(range(500))
+    (tmp_path / "calls.log").unlink()
+    await asyncio.to_thread(lambda: ok(streamfn("replay", str(config), "--from", "trim_horizon", "--quiet",
+                                                cwd=tmp_path)))
+    assert handled(tmp_path / "calls.log") == Counter(range(500))
+    assert await s3_outputs(moto_endpoint, bucket) == live, "every object overwritten, none added"
