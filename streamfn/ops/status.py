@@ -16,8 +16,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ..aws import error_code
 from ..checkpoints.base import Checkpoint
+from ..checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from ..config import LoadedPipeline
+from ..errors import CheckpointError
 from ..sources.local import LocalSourceConfig
 from ..sources.local_log import shard_id_of
 from .parts import build_source, build_store, local_log_path, local_store_path, source_kind
@@ -126,9 +129,20 @@ async def _collect_local(loaded: LoadedPipeline) -> list[ShardStatus]:
 
 async def _from_store(loaded: LoadedPipeline, source: Any, shard_ids: list[str]
                       ) -> tuple[dict[str, Checkpoint], dict[str, str]]:
-    """Checkpoints and lease owners from a remote store (DynamoDB, Kafka group)."""
+    """Checkpoints and lease owners from a remote store (DynamoDB, Kafka group); a lease table that
+    does not exist yet is not created here (no checkpoints, no owners)."""
+    configured = loaded.config.checkpoints
+    if isinstance(configured, DynamoDBCheckpointStoreConfig) and configured.create_table:
+        config = msgspec.structs.replace(loaded.config, checkpoints=msgspec.structs.replace(configured,
+                                                                                            create_table=False))
+        loaded = LoadedPipeline(config=config, path=loaded.path)
     store = build_store(loaded, source)
-    await store.open()
+    try:
+        await store.open()
+    except CheckpointError as exc:
+        if not _missing_table(exc):
+            raise
+        return {}, {}
     try:
         owners = await _lease_owners(store)
         checkpoints = {}
@@ -139,6 +153,15 @@ async def _from_store(loaded: LoadedPipeline, source: Any, shard_ids: list[str]
         return checkpoints, owners
     finally:
         await store.close()
+
+
+def _missing_table(exc: BaseException | None) -> bool:
+    """Whether DynamoDB said the table does not exist, anywhere in the chain of causes."""
+    while exc is not None:
+        if error_code(exc) == "ResourceNotFoundException":
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _row(loaded: LoadedPipeline, shard_id: str, parents: tuple[str, ...], checkpoint: Checkpoint | None,

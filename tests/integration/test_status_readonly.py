@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import orjson
 
+from tests.integration.aws_support import client, unique
 from tests.integration.test_ops_cli import CALLS_LOG, ok, streamfn, table_rows
 from tests.pipelines import append, write_pipeline
 
@@ -71,3 +73,14 @@ def test_status_refuses_checkpoints_of_another_log_without_writing(tmp_path: Pat
     result = streamfn("status", str(config), cwd=tmp_path)
     assert result.returncode != 0 and "checkpoints reset" in result.stderr, result.stderr
     assert listing(tmp_path) == before
+
+
+async def test_status_does_not_create_a_missing_lease_table(moto_endpoint: str, aws_env: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    table = unique("status-leases")
+    leases = f'[checkpoints]\ntype = "dynamodb"\ntable = "{table}"\nendpoint_url = "{moto_endpoint}"\n'
+    config = write_pipeline(tmp_path, CALLS_LOG, shards=2, extra=leases)
+    out = await asyncio.to_thread(lambda: ok(streamfn("status", str(config), cwd=tmp_path)))
+    assert sorted(table_rows(out)) == ["shard-0000", "shard-0001"], out
+    async with client("dynamodb", moto_endpoint) as dynamodb:
+        assert table not in (await dynamodb.list_tables())["TableNames"], "status created the lease table"
