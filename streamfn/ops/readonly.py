@@ -46,7 +46,8 @@ class ReadOnlyLog(LocalLog):
         self._decode = msgspec.msgpack.Decoder(tuple[list[str], list[bytes]]).decode
         self._shard_counts = {}
         self._partial = {}
-        row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone() if "meta" in tables else None
         #: None for a log written before logs had ids (a run gives it one).
         self.log_id = None if row is None else str(row[0])  # type: ignore[assignment]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 
 from tests.integration.aws_support import client, unique
+from tests.integration.test_local_log_upgrade import copy_fixture
 from tests.integration.test_ops_cli import CALLS_LOG, ok, streamfn, table_rows
 from tests.pipelines import append, write_pipeline
 
@@ -84,3 +85,11 @@ async def test_status_does_not_create_a_missing_lease_table(moto_endpoint: str, 
     assert sorted(table_rows(out)) == ["shard-0000", "shard-0001"], out
     async with client("dynamodb", moto_endpoint) as dynamodb:
         assert table not in (await dynamodb.list_tables())["TableNames"], "status created the lease table"
+
+
+def test_status_of_a_previous_release_state_adopts_and_upgrades_nothing(tmp_path: Path) -> None:
+    config = copy_fixture(tmp_path)  # a log of an older layout, checkpoints with no log identity
+    before = listing(config.parent)
+    rows = table_rows(ok(streamfn("status", str(config), cwd=tmp_path)))
+    assert listing(config.parent) == before, "status upgraded the log or adopted its identity"
+    assert {shard: cells[2] for shard, cells in rows.items()} == {"shard-0000": "301", "shard-0001": "299"}
