@@ -97,7 +97,8 @@ class BoundedReader:
                 kept.append(record)
         self._source.delivered += len(kept)
         if self._ended or len(kept) < len(result.records):
-            return ReadResult(kept, shard_end=self._ended, behind_ms=result.behind_ms, trimmed=result.trimmed)
+            return ReadResult(kept, shard_end=self._ended or result.shard_end, behind_ms=result.behind_ms,
+                              trimmed=result.trimmed)
         return result
 
     def _verdict(self, record: Record) -> str:

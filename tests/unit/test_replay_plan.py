@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,13 +75,13 @@ class ListSource:
         return ListReader(list(self._records))
 
 
-async def delivered(plan: ShardPlan, records: list[Record], *, lanes: int = 1, until: float | None = None
-                    ) -> list[int]:
+async def delivered(plan: ShardPlan, records: list[Record], *, lanes: int = 1, until: float | None = None,
+                    read_size: int = 3) -> list[int]:
     source = BoundedSource(ListSource(records), {"shard-0": plan}, until=until, lanes=lanes)
     reader = source.reader(ShardInfo("shard-0"), None, StartingPosition())
     out: list[int] = []
     for _ in range(100):
-        result = await reader.read(3, 0.0)
+        result = await reader.read(read_size, 0.0)
         out.extend(r.sequence for r in result.records)
         if result.shard_end:
             return out
@@ -103,10 +104,11 @@ async def test_the_reader_completes_a_batch_that_until_cuts() -> None:
     assert await delivered(plan, records, until=107.0) == list(range(1, 11)), "6..10 whole, 11.. not begun"
 
 
-async def test_the_reader_skips_what_is_left_of_a_batch_whose_start_is_gone() -> None:
+@pytest.mark.parametrize("read_size", [3, 100])
+async def test_the_reader_skips_what_is_left_of_a_batch_whose_start_is_gone(read_size: int) -> None:
     records = [Record("shard-0", i, "k", b"", 100.0) for i in range(4, 11)]
     plan = ShardPlan(start=StartingPosition(), batches=batches((6, 10)), skip_through=Position(5))
-    assert await delivered(plan, records) == list(range(6, 11))
+    assert await delivered(plan, records, read_size=read_size) == list(range(6, 11)), "and a closed shard ends"
 
 
 async def test_with_lanes_only_the_straddling_batch_lane_goes_past_the_checkpoint() -> None:
