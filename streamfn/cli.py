@@ -134,7 +134,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if start is not None and until is not None and until < start:
         raise ConfigError("--to is before --from")
     install_event_loop_policy()
-    count = asyncio.run(replay(loaded, start=start, until=until, progress=not args.quiet))
+    count = asyncio.run(replay(loaded, start=start, until=until, past_checkpoint=args.past_checkpoint,
+                               progress=not args.quiet))
     print(f"replayed {count:,} records of pipeline {loaded.config.name!r}", file=sys.stderr)
     return EXIT_OK
 
@@ -249,11 +250,15 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=cmd_status)
 
-    replay = verbs.add_parser("replay", help="reprocess a past range of the source into the sinks")
+    replay = verbs.add_parser("replay", help="reprocess a past range of the source into the sinks, overwriting"
+                              " the live run's objects batch for batch")
     replay.add_argument("config")
     replay.add_argument("--from", dest="start", required=True,
                         help="trim_horizon, or a time (epoch seconds or ISO 8601, UTC if no zone)")
-    replay.add_argument("--to", dest="until", default=None, help="last arrival time to include (default: the tip)")
+    replay.add_argument("--to", dest="until", default=None,
+                        help="last arrival time to include (default: the live checkpoint)")
+    replay.add_argument("--past-checkpoint", action="store_true",
+                        help="go on past the live checkpoint to the tip (the next `run` handles those records again)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(func=cmd_replay)
 

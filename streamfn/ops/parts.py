@@ -54,3 +54,17 @@ def parse_moment(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def local_store_path(loaded: LoadedPipeline) -> Path | None:
+    """The local checkpoint file the daemon would use, None when checkpoints live elsewhere
+    (DynamoDB, or a Kafka group that keeps its own)."""
+    from ..checkpoints.local import LocalCheckpointStoreConfig
+
+    configured = loaded.config.checkpoints
+    if configured is None and source_kind(loaded.config.source) == "kafka":
+        return None
+    if configured is None or isinstance(configured, LocalCheckpointStoreConfig):
+        path = configured.path if configured is not None else None
+        return loaded.context.resolve(path) if path else loaded.context.state_dir / "checkpoints.sqlite3"
+    return None

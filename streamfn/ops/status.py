@@ -1,8 +1,9 @@
 """``streamfn status``: per shard, the checkpoint, the lag behind the source's tip, the lease owner, blocked or not.
 
 Checkpoints and tips come from the checkpoint store and the source, so this works with no daemon
-running. Whether a shard is blocked lives only in a running daemon: it is read from its
-``/metrics`` endpoint when one answers, else shown as unknown.
+running. It only reads: local files are opened read-only and never created (``readonly.py``).
+Whether a shard is blocked lives only in a running daemon: it is read from its ``/metrics``
+endpoint when one answers, else shown as unknown.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ..aws import error_code
 from ..checkpoints.base import Checkpoint
-from ..checkpoints.local import bind_local_log
+from ..checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from ..config import LoadedPipeline
-from .parts import build_source, build_store
+from ..errors import CheckpointError
+from ..sources.local import LocalSourceConfig
+from ..sources.local_log import shard_id_of
+from .parts import build_source, build_store, local_log_path, local_store_path, source_kind
+from .readonly import check_identity, open_log, read_local_checkpoints
 
 
 class ShardStatus(msgspec.Struct, kw_only=True):
@@ -65,32 +71,105 @@ def lag_of(checkpoint: Checkpoint | None, tip: Tip | None) -> int | None:
 
 
 async def collect(loaded: LoadedPipeline) -> list[ShardStatus]:
-    """The status rows of one pipeline, read from its source and checkpoint store."""
+    """The status rows of one pipeline, read from its source and checkpoint store.
+
+    Read-only: local state (log, checkpoint file) is read in place and never created or written;
+    a pipeline that never ran shows its configured shards with no checkpoint.
+    """
+    if source_kind(loaded.config.source) == "local":
+        return await _collect_local(loaded)
     source = build_source(loaded)
     await source.open()
     try:
         shards = await source.list_shards()
-        store = build_store(loaded, source)
-        await store.open()
-        try:
-            await bind_local_log(source, store)  # another log's checkpoints would show a false lag
-            owners = await _lease_owners(store)
-            tips = await _tips(source, [s.shard_id for s in shards])
-            rows = []
-            for shard in shards:
-                checkpoint = await store.load(shard.shard_id)
-                tip = tips.get(shard.shard_id)
-                rows.append(ShardStatus(
-                    pipeline=loaded.config.name, shard_id=shard.shard_id, parents=tuple(shard.parent_ids),
-                    checkpoint=show_checkpoint(checkpoint), tip=None if tip is None else tip.last,
-                    lag=lag_of(checkpoint, tip),
-                    lease_owner=owners.get(shard.shard_id),
-                ))
-            return rows
-        finally:
-            await store.close()
+        shard_ids = [s.shard_id for s in shards]
+        tips = await _tips(source, shard_ids)
+        store_path = local_store_path(loaded)
+        owners: dict[str, str] = {}
+        if store_path is not None:
+            checkpoints = read_local_checkpoints(store_path, loaded.config.name).checkpoints
+        else:
+            checkpoints, owners = await _from_store(loaded, source, shard_ids)
+        return [_row(loaded, shard.shard_id, tuple(shard.parent_ids), checkpoints.get(shard.shard_id),
+                     tips.get(shard.shard_id), owners.get(shard.shard_id)) for shard in shards]
     finally:
         await source.close()
+
+
+async def _collect_local(loaded: LoadedPipeline) -> list[ShardStatus]:
+    """Rows of a pipeline on the local log, every file opened read-only (``readonly.py``)."""
+    config = loaded.config.source
+    assert isinstance(config, LocalSourceConfig)
+    path = local_log_path(loaded)
+    log = None if path is None else open_log(path)
+    try:
+        if log is None or config.stream not in log.streams():
+            shard_ids, tips, log_id = [shard_id_of(i) for i in range(config.shards)], {}, None
+        else:
+            shard_ids = log.shard_ids(config.stream)
+            tips = {shard_id: Tip(log.last_seq(config.stream, shard_id),
+                                  log.first_retained_seq(config.stream, shard_id) - 1) for shard_id in shard_ids}
+            log_id = log.log_id
+    finally:
+        if log is not None:
+            log.close()
+    store_path = local_store_path(loaded)
+    owners: dict[str, str] = {}
+    if store_path is None:
+        checkpoints, owners = await _from_store(loaded, None, shard_ids)
+    else:
+        state = read_local_checkpoints(store_path, loaded.config.name)
+        # another log's checkpoints would show a false lag: refuse them as `run` would
+        check_identity(state, log_id, {s: tip.last for s, tip in tips.items()}, pipeline=loaded.config.name,
+                       path=store_path)
+        checkpoints = state.checkpoints
+    return [_row(loaded, shard_id, (), checkpoints.get(shard_id), tips.get(shard_id), owners.get(shard_id))
+            for shard_id in shard_ids]
+
+
+async def _from_store(loaded: LoadedPipeline, source: Any, shard_ids: list[str]
+                      ) -> tuple[dict[str, Checkpoint], dict[str, str]]:
+    """Checkpoints and lease owners from a remote store (DynamoDB, Kafka group); a lease table that
+    does not exist yet is not created here (no checkpoints, no owners)."""
+    configured = loaded.config.checkpoints
+    if isinstance(configured, DynamoDBCheckpointStoreConfig) and configured.create_table:
+        config = msgspec.structs.replace(loaded.config, checkpoints=msgspec.structs.replace(configured,
+                                                                                            create_table=False))
+        loaded = LoadedPipeline(config=config, path=loaded.path)
+    store = build_store(loaded, source)
+    try:
+        await store.open()
+    except CheckpointError as exc:
+        if not _missing_table(exc):
+            raise
+        return {}, {}
+    try:
+        owners = await _lease_owners(store)
+        checkpoints = {}
+        for shard_id in shard_ids:
+            checkpoint = await store.load(shard_id)
+            if checkpoint is not None:
+                checkpoints[shard_id] = checkpoint
+        return checkpoints, owners
+    finally:
+        await store.close()
+
+
+def _missing_table(exc: BaseException | None) -> bool:
+    """Whether DynamoDB said the table does not exist, anywhere in the chain of causes."""
+    while exc is not None:
+        if error_code(exc) == "ResourceNotFoundException":
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _row(loaded: LoadedPipeline, shard_id: str, parents: tuple[str, ...], checkpoint: Checkpoint | None,
+         tip: Tip | None, owner: str | None) -> ShardStatus:
+    return ShardStatus(
+        pipeline=loaded.config.name, shard_id=shard_id, parents=parents, checkpoint=show_checkpoint(checkpoint),
+        tip=None if tip is None else tip.last, lag=lag_of(checkpoint, tip), lease_owner=owner,
+    )
 
 
 async def _lease_owners(store: Any) -> dict[str, str]:

@@ -7,7 +7,7 @@ import pytest
 from streamfn.checkpoints.base import Checkpoint
 from streamfn.errors import ConfigError
 from streamfn.ops.parts import parse_moment
-from streamfn.ops.replay import BoundedSource
+from streamfn.ops.replay import BoundedSource, ShardPlan
 from streamfn.ops.status import ShardStatus, Tip, lag_of, render_table
 from streamfn.ops.tail import starting_position
 from streamfn.records import Position, Record
@@ -77,7 +77,7 @@ def record(sequence: int, arrival: float) -> Record:
 async def test_bounded_reader_ends_the_shard_after_the_last_record_in_range() -> None:
     # 5 arrived "before" 4 (Kinesis arrival times are approximate): the range is a prefix, with no gap
     inner = ListReader([[record(1, 10.0), record(2, 11.0)], [record(3, 12.0), record(4, 13.0), record(5, 11.5)]])
-    source = BoundedSource(ListSource(inner), until=12.0)
+    source = BoundedSource(ListSource(inner), {"shard-0": ShardPlan(start=StartingPosition())}, until=12.0, lanes=1)
     assert source.kind == "test", "everything else passes through"
     reader = source.reader(ShardInfo("shard-0"), None, StartingPosition())
     first = await reader.read(10, 0.1)
@@ -91,7 +91,8 @@ async def test_bounded_reader_ends_the_shard_after_the_last_record_in_range() ->
 
 
 async def test_unbounded_reader_passes_everything() -> None:
-    source = BoundedSource(ListSource(ListReader([[record(1, 10.0)], []])), until=None)
+    source = BoundedSource(ListSource(ListReader([[record(1, 10.0)], []])),
+                           {"shard-0": ShardPlan(start=StartingPosition())}, until=None, lanes=1)
     reader = source.reader(ShardInfo("shard-0"), None, StartingPosition())
     assert [r.sequence for r in (await reader.read(10, 0.1)).records] == [1]
     assert not (await reader.read(10, 0.1)).shard_end
