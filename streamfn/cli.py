@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import msgspec
 import orjson
@@ -328,6 +328,16 @@ def _add_log_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("--log-level", type=str.lower, choices=logs.LEVELS, default="info" if defaults else unset)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as a JSON log line when ``--log-format json`` was asked for (see ``main``)."""
+
+    def error(self, message: str) -> NoReturn:
+        if logs.current_format() != "json":
+            super().error(message)
+        log.error(message, extra={"usage": self.format_usage().strip()})
+        sys.exit(EXIT_USAGE)
+
+
 class _VerbParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
     """Every verb also accepts the global log flags after it."""
 
@@ -338,7 +348,7 @@ class _VerbParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamfn", description=__doc__)
+    parser = _Parser(prog="streamfn", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamfn {__version__}")
     _add_log_flags(parser, defaults=True)
     parser.register("action", "parsers", _VerbParsers)
@@ -370,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = verbs.add_parser("schema", help="print the JSON Schema of pipeline files")
     schema.set_defaults(func=cmd_schema)
-    _add_ops_verbs(verbs)
+    _add_ops_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
     return parser
 
 
@@ -384,8 +394,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _asks_for_json(words: Sequence[str]) -> bool:
+    pairs = zip(words, [*words[1:], ""], strict=True)
+    return any(word == "--log-format=json" or (word == "--log-format" and value == "json") for word, value in pairs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    if _asks_for_json(words):
+        logs.configure("json")  # so that even a usage error is a JSON line
+    args = build_parser().parse_args(words)
     logs.configure(args.log_format, args.log_level)
     try:
         return int(args.func(args))

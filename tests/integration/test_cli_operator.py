@@ -208,13 +208,15 @@ def test_json_mode_writes_only_json_lines_on_stderr(tmp_path: Path) -> None:
     run = streamfn("run", str(config), "--until-caught-up", "--log-format", "json", "--log-level", "WARNING",
                    cwd=tmp_path)
     bad = streamfn("--log-format", "json", "validate", str(tmp_path / "missing.toml"), cwd=tmp_path)
-    assert produced.returncode == 0 and run.returncode == 0 and bad.returncode == 2
-    docs = [orjson.loads(line) for done in (produced, run, bad) for line in done.stderr.splitlines()]
+    usage = streamfn("run", str(config), "--no-such-flag", "--log-format=json", cwd=tmp_path)
+    assert produced.returncode == 0 and run.returncode == 0 and bad.returncode == usage.returncode == 2
+    docs = [orjson.loads(line) for done in (produced, run, bad, usage) for line in done.stderr.splitlines()]
     assert all(isinstance(doc, dict) and {"time", "level", "message"} <= doc.keys() for doc in docs)
     messages = [doc["message"] for doc in docs]
     assert any(doc.get("records") == 50 for doc in docs), "produce says what it appended, as JSON"
     assert any("has no [[sinks]]" in m for m in messages) and any("batch failed" in m for m in messages)
     assert any(doc["level"] == "error" and "missing.toml" in doc["message"] for doc in docs)
+    assert any("--no-such-flag" in doc["message"] and "usage" in doc for doc in docs)
     run_levels = {orjson.loads(line)["level"] for line in run.stderr.splitlines()}
     assert run_levels == {"warning"}, "--log-level after the verb is honoured"
 
