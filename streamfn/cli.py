@@ -73,14 +73,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
                               stop=None if watch is None else watch.stop,
                               watch=None if watch is None else watch.run))
-    _exit_past_stuck_handlers()
+    code = EXIT_OK
     if watch is not None and watch.verdict is not None:
         logs.say(logging.ERROR, watch.verdict)
-        return EXIT_FAILED
-    return EXIT_OK
+        code = EXIT_FAILED
+    _exit_past_stuck_handlers(code)
+    return code
 
 
-def _exit_past_stuck_handlers() -> None:
+def _exit_past_stuck_handlers(code: int = EXIT_OK) -> None:
     """A plain-function handler call abandoned at the shutdown deadline runs on in its thread; its
     batch was not checkpointed. Exit without waiting for it, and say so. After a clean drain no
     call is running: the interpreter exits normally."""
@@ -91,7 +92,7 @@ def _exit_past_stuck_handlers() -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_OK)
+        os._exit(code)
 
 
 def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) -> MetricsConfig | None:

@@ -8,10 +8,13 @@ graceful stop at a batch boundary) and keeps the verdict for the CLI to print an
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..engine.stats import ShardStats
+
+log = logging.getLogger("streamfn.watchdog")
 
 #: Seconds between looks at the shards' stats: a verdict comes at most this late.
 INTERVAL = 0.2
@@ -55,6 +58,7 @@ class BlockedWatch:
             verdict = blocked_too_long(pipelines, self.limit)
             if verdict is not None:
                 self.verdict = verdict
+                log.error("stopping: %s", verdict)  # now, not only after the graceful stop
                 self.stop.set()
                 return
             await asyncio.sleep(INTERVAL)

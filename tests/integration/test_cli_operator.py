@@ -287,6 +287,16 @@ def test_fail_if_blocked_for_ends_a_stuck_catch_up_naming_the_shard(tmp_path: Pa
     assert elapsed < 15, f"took {elapsed:.1f}s"
 
 
+def test_fail_if_blocked_for_exits_1_past_a_stuck_handler_call(tmp_path: Path) -> None:
+    config = write_pipeline(tmp_path, "import time\n\ndef handle(batch, context):\n    time.sleep(60)\n",
+                            shards=1, extra="timeout = 0.5\nshutdown_timeout = 1\n")
+    append(config, [("k", b'{"v": 1}')])
+    done = streamfn("run", str(config), "--until-caught-up", "--fail-if-blocked-for", "1", cwd=tmp_path, timeout=30)
+    assert done.returncode == 1, done.stderr
+    verdict = next(line for line in done.stderr.splitlines() if line.startswith("error:"))
+    assert "shard-0000" in verdict and "handler stuck" in verdict, "the abandoned call does not turn it into exit 0"
+
+
 def test_fail_if_blocked_for_lets_a_healthy_catch_up_succeed(tmp_path: Path) -> None:
     config = write_pipeline(tmp_path, RETURNS_NOTHING, shards=2)
     append(config, [(f"k{i}", b"{}") for i in range(200)])
