@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import LoadedPipeline
 from .notify import announce_running
@@ -35,7 +35,7 @@ async def run_pipelines(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     metrics: MetricsConfig | None = None,
-    watch: Callable[[Sequence[Pipeline]], Coroutine[None, None, None]] | None = None,
+    watch: Callable[[Sequence[Pipeline]], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run every pipeline until a signal (or ``stop``), or until all are caught up.
 
