@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import msgspec
 import orjson
@@ -18,28 +18,70 @@ from . import __version__, logs
 from .config import LoadedPipeline, json_schema, load_pipeline
 from .engine.handler_threads import running_calls
 from .errors import ConfigError, HandlerLoadError, StreamfnError
+from .extras import check_extras, extra_of_module, install_hint
 
 if TYPE_CHECKING:
     from .metrics import MetricsConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("streamfn.cli")
 
 
-def _load_all(paths: Sequence[str]) -> list[LoadedPipeline]:
-    return [load_pipeline(path) for path in paths]
+def _load(path: str, *, metrics: bool = False) -> LoadedPipeline:
+    """A pipeline file, refused with the extra to install when its connectors need one that is missing."""
+    loaded = load_pipeline(path)
+    check_extras(loaded, metrics=metrics)
+    return loaded
+
+
+def _load_all(paths: Sequence[str], *, metrics: bool = False) -> list[LoadedPipeline]:
+    return [_load(path, metrics=metrics) for path in paths]
+
+
+def _check_handler(loaded: LoadedPipeline) -> None:
+    """Import the handler as ``run`` will; a failure names the file and the ``handler`` field."""
+    from .engine.invoke import load_handler
+
+    ctx = loaded.context
+    try:
+        load_handler(loaded.config.handler, [ctx.config_dir, Path.cwd()])
+    except HandlerLoadError as exc:
+        raise ConfigError(str(exc), file=str(loaded.path), field="handler") from exc
+
+
+def _without_sinks(loaded: LoadedPipeline) -> str | None:
+    """A warning for a pipeline with no sinks: legitimate when the handler writes its output itself."""
+    if loaded.config.sinks:
+        return None
+    return (f"{loaded.path}: pipeline {loaded.config.name!r} has no [[sinks]]: whatever the handler returns is "
+            "discarded (fine if it writes its output itself)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.daemon import install_event_loop_policy, run_pipelines
+    from .ops.watchdog import BlockedWatch
 
-    loaded = _load_all(args.configs)
+    loaded = _load_all(args.configs)  # a missing metrics extra is refused by the ops server as it starts
+    for item in loaded:
+        _check_handler(item)
+        warning = _without_sinks(item)
+        if warning:
+            log.warning(warning, extra={"pipeline": item.config.name})
+    metrics = _metrics_config(args, loaded)
+    watch = None if args.fail_if_blocked_for is None else BlockedWatch(args.fail_if_blocked_for)
     install_event_loop_policy()
-    asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=_metrics_config(args, loaded)))
-    _exit_past_stuck_handlers()
-    return EXIT_OK
+    asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
+                              stop=None if watch is None else watch.stop,
+                              watch=None if watch is None else watch.run))
+    code = EXIT_OK
+    if watch is not None and watch.verdict is not None:
+        logs.say(logging.ERROR, watch.verdict)
+        code = EXIT_FAILED
+    _exit_past_stuck_handlers(code)
+    return code
 
 
-def _exit_past_stuck_handlers() -> None:
+def _exit_past_stuck_handlers(code: int = EXIT_OK) -> None:
     """A plain-function handler call abandoned at the shutdown deadline runs on in its thread; its
     batch was not checkpointed. Exit without waiting for it, and say so. After a clean drain no
     call is running: the interpreter exits normally."""
@@ -50,7 +92,7 @@ def _exit_past_stuck_handlers() -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_OK)
+        os._exit(code)
 
 
 def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) -> MetricsConfig | None:
@@ -68,28 +110,32 @@ def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .engine.invoke import load_handler
-
+    """Every check ``run`` makes before reading, with ``run``'s exit code (2) for a file it would refuse."""
     failed = 0
     for path in args.configs:
         try:
-            loaded = load_pipeline(path)
-            ctx = loaded.context
-            load_handler(loaded.config.handler, [ctx.config_dir, Path.cwd()])
+            loaded = _load(path, metrics=True)
+            _check_handler(loaded)
         except StreamfnError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            logs.say(logging.ERROR, str(exc))
             failed += 1
         else:
+            warning = _without_sinks(loaded)
+            if warning:
+                logs.say(logging.WARNING, warning)
             print(f"ok: {path} (pipeline {loaded.config.name!r})")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from .produce import produce
 
     loaded = load_pipeline(args.config)
-    produce(loaded, count=args.count, source_file=args.input, key_field=args.key_field, seed=args.seed,
-            progress=not args.quiet)
+    text = logs.current_format() == "text"  # in JSON mode stderr carries log lines only
+    count = produce(loaded, count=args.count, source_file=args.input, key_field=args.key_field, seed=args.seed,
+                    progress=not args.quiet and text)
+    if not args.quiet and not text:
+        log.info("appended records", extra={"pipeline": loaded.config.name, "records": count})
     return EXIT_OK
 
 
@@ -143,17 +189,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from .ops.tail import starting_position, tail
 
-    loaded = load_pipeline(args.config)
+    loaded = _load(args.config)
     asyncio.run(tail(loaded, start=starting_position(args.start), shards=args.shard or (), limit=args.count,
                      as_json=args.json))
     return EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .ops.init import write_starter
+    from .ops.init import next_steps, write_starter
 
-    for path in write_starter(Path(args.path), name=args.name, force=args.force):
+    written = write_starter(Path(args.path), name=args.name, force=args.force)
+    for path in written:
         print(f"wrote {path}")
+    print(next_steps(written[0]))
     return EXIT_OK
 
 
@@ -277,16 +325,47 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     init.set_defaults(func=cmd_init)
 
 
+def _add_log_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--log-format`` / ``--log-level`` before the verb (with defaults) and after it (without, so
+    that a value given before the verb is not overwritten)."""
+    unset = argparse.SUPPRESS
+    parser.add_argument("--log-format", choices=["text", "json"], default="text" if defaults else unset,
+                        help="text: logfmt lines; json: one JSON object per line, nothing else on stderr")
+    parser.add_argument("--log-level", type=str.lower, choices=logs.LEVELS, default="info" if defaults else unset)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as a JSON log line when ``--log-format json`` was asked for (see ``main``)."""
+
+    def error(self, message: str) -> NoReturn:
+        if logs.current_format() != "json":
+            super().error(message)
+        log.error(message, extra={"usage": self.format_usage().strip()})
+        sys.exit(EXIT_USAGE)
+
+
+class _VerbParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Every verb also accepts the global log flags after it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        _add_log_flags(parser, defaults=False)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamfn", description=__doc__)
+    parser = _Parser(prog="streamfn", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamfn {__version__}")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    parser.add_argument("--log-level", default="INFO")
+    _add_log_flags(parser, defaults=True)
+    parser.register("action", "parsers", _VerbParsers)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT")
     run.add_argument("configs", nargs="+")
     run.add_argument("--until-caught-up", action="store_true", help="exit 0 once every shard is drained")
+    run.add_argument("--fail-if-blocked-for", type=_positive_seconds, default=None, metavar="SECONDS",
+                     help="stop and exit 1, naming the shard and its error, once any shard has been blocked "
+                          "this long (keeps --until-caught-up from hanging a CI job)")
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz on this port")
     run.add_argument("--metrics-host", default=None,
                      help="address for --metrics-port (default: the file's [metrics] host, else 127.0.0.1)")
@@ -307,23 +386,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = verbs.add_parser("schema", help="print the JSON Schema of pipeline files")
     schema.set_defaults(func=cmd_schema)
-    _add_ops_verbs(verbs)
+    _add_ops_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
     return parser
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _asks_for_json(words: Sequence[str]) -> bool:
+    pairs = zip(words, [*words[1:], ""], strict=True)
+    return any(word == "--log-format=json" or (word == "--log-format" and value == "json") for word, value in pairs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    if _asks_for_json(words):
+        logs.configure("json")  # so that even a usage error is a JSON line
+    args = build_parser().parse_args(words)
     logs.configure(args.log_format, args.log_level)
     try:
         return int(args.func(args))
     except (ConfigError, HandlerLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logs.say(logging.ERROR, str(exc))
         return EXIT_USAGE
     except StreamfnError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logs.say(logging.ERROR, str(exc))
         return EXIT_FAILED
+    except ModuleNotFoundError as exc:
+        extra = extra_of_module(exc.name)
+        if extra is None:
+            raise
+        logs.say(logging.ERROR, f"{exc}: this needs the {extra!r} extra: {install_hint(extra)}")
+        return EXIT_USAGE
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception:
+        if logs.current_format() != "json":
+            raise
+        log.exception("unexpected error")  # a traceback as one JSON line, not raw text on stderr
+        return EXIT_FAILED
+
+
+def _discard_stdout() -> None:
+    """The reader of stdout went away (``streamfn tail ... | head``): that is how such a command ends.
+    Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

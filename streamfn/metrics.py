@@ -288,6 +288,21 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Re
 _MAX_HEADER = 16 * 1024
 
 
+def wants_openmetrics(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for OpenMetrics (Prometheus sends it first when it can parse it)."""
+    return any(part.split(";", 1)[0].strip().lower() == "application/openmetrics-text" for part in accept.split(","))
+
+
+def request_header(head: bytes, name: bytes) -> str:
+    """One header's value from a request head ("" when absent), joined with commas if repeated."""
+    values = []
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            values.append(value.strip().decode("latin-1"))
+    return ", ".join(values)
+
+
 class OpsServer:
     """/metrics, /healthz and /readyz over plain asyncio: one request per connection, no keep-alive.
 
@@ -336,12 +351,16 @@ class OpsServer:
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
             status, content_type, body = self.respond(head)
+            head_only = head.startswith(b"HEAD ")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             status, content_type, body = 400, "text/plain", b"bad request\n"
+            head_only = False
+        allow = "Allow: GET, HEAD\r\n" if status == 405 else ""
         try:
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                f"Content-Length: {len(body)}\r\n{allow}Connection: close\r\n\r\n".encode()
+                + (b"" if head_only else body)  # HEAD: the GET's status and headers, no body
             )
             await writer.drain()
         except ConnectionError:
@@ -352,17 +371,22 @@ class OpsServer:
                 await writer.wait_closed()
 
     def respond(self, head: bytes) -> tuple[int, str, bytes]:
-        """Status, content type and body for one request head."""
+        """Status, content type and body for one request head (a HEAD request gets the GET's)."""
         parts = head.split(b"\r\n", 1)[0].split()
         if len(parts) != 3:
             return 400, "text/plain", b"bad request\n"
         method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method != b"GET":
-            return 405, "text/plain", b"only GET\n"
+        if method not in (b"GET", b"HEAD"):
+            return 405, "text/plain", b"only GET and HEAD\n"
         if target == b"/metrics":
+            assert self._registry is not None
+            if wants_openmetrics(request_header(head, b"accept")):
+                from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+                from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+                return 200, OPENMETRICS, openmetrics(self._registry)  # type: ignore[no-untyped-call]
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-            assert self._registry is not None
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
         if target == b"/healthz":
             return 200, "text/plain", b"ok\n"

@@ -8,6 +8,7 @@ to the source's retention, so a log fed without a running daemon stays bounded t
 from __future__ import annotations
 
 import itertools
+import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -71,7 +72,7 @@ def _trim(log: LocalLog, source: LocalSourceConfig) -> None:
     try:
         log.trim(source.stream, source.retention())
     except RetryableError as exc:
-        sys.stderr.write(f"warning: {exc}\n")
+        logging.getLogger("streamfn.produce").warning("%s", exc)  # a log line: JSON in --log-format json
 
 
 def _append_chunks(
@@ -80,7 +81,8 @@ def _append_chunks(
 ) -> int:
     """Append in chunks of CHUNK records; ``done[0]`` counts what is committed, even on an error."""
     started = time.monotonic()
-    live = progress and sys.stderr.isatty()  # a redrawn bar only on a terminal; a summary line otherwise
+    # A redrawn bar only on a terminal, a summary line otherwise; the CLI passes progress=False in JSON mode.
+    live = progress and sys.stderr.isatty()
     for chunk in _chunks(records, CHUNK):
         done[0] += log.append(stream, chunk)
         if live:

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..config import LoadedPipeline
 from .notify import announce_running
@@ -35,10 +35,12 @@ async def run_pipelines(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     metrics: MetricsConfig | None = None,
+    watch: Callable[[Sequence[Pipeline]], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run every pipeline until a signal (or ``stop``), or until all are caught up.
 
     With ``metrics`` enabled, /metrics, /healthz and /readyz are served while the pipelines run.
+    ``watch`` runs beside the pipelines once they are open (it may set ``stop``), and is cancelled after.
     """
     stop = stop or asyncio.Event()
     pipelines = [Pipeline(item) for item in loaded]  # handler import errors surface here, before any read
@@ -48,6 +50,7 @@ async def run_pipelines(
             loop.add_signal_handler(signum, _on_signal, stop, signum)
     opened: list[Pipeline] = []
     ops: OpsServer | None = None
+    watching: asyncio.Task[None] | None = None
     try:
         if metrics is not None and metrics.enabled:  # -- ops endpoint (streamfn.metrics) --
             from ..metrics import start_ops_server
@@ -61,6 +64,7 @@ async def run_pipelines(
         log.info("running", extra={"pipelines": [p.name for p in pipelines]})
         announce_running(stop)  # sd_notify READY=1 now, STOPPING=1 once stop is set
         runs = [asyncio.create_task(p.run(stop, until_caught_up=until_caught_up)) for p in pipelines]
+        watching = None if watch is None else asyncio.create_task(watch(pipelines))
         done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
         await asyncio.gather(*runs, return_exceptions=True)
@@ -69,6 +73,9 @@ async def run_pipelines(
                 raise task.exception()  # type: ignore[misc]
     finally:
         stop.set()
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
         try:
             await asyncio.gather(*(p.shutdown() for p in opened), return_exceptions=False)
         finally:

@@ -80,3 +80,13 @@ def write_starter(folder: Path, *, name: str = "my-pipeline", force: bool = Fals
     config.write_text(PIPELINE.format(name=name, module=module, config=config), encoding="utf-8")
     handler.write_text(HANDLER.format(name=name), encoding="utf-8")
     return [config, handler]
+
+
+def next_steps(config: Path) -> str:
+    """What to type after ``init``, with the path just written."""
+    return (f"\nNext steps:\n"
+            f"  streamfn validate {config}                  # check the file and that the handler imports\n"
+            f"  streamfn produce {config} --count 10000     # append synthetic click events to the local log\n"
+            f"  streamfn run {config} --until-caught-up     # handle them, then exit (output in out/)\n"
+            f"  streamfn status {config}                    # checkpoints and lag per shard\n"
+            f"Then edit the handler and swap [source] for your stream (`streamfn schema` lists every field).")

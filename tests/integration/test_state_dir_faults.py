@@ -168,7 +168,12 @@ def test_a_daemon_whose_state_disk_fills_blocks_then_resumes_with_no_duplicate(
     def handled() -> list[tuple[str, int]]:
         return [(item["shard"], item["seq"]) for items in output_objects(out).values() for item in items]
 
-    process = daemon(config)
+    # stderr to a file, not a pipe nobody reads while the disk is full: ~60 KB of retry warnings would
+    # fill a pipe's 64 KiB buffer and block the daemon on its next log line.
+    log_file = tmp_path / "daemon.log"
+    with open(log_file, "wb") as log_out:
+        process = subprocess.Popen([sys.executable, "-m", "streamfn", "run", str(config)], cwd=config.parent,
+                                   stdout=subprocess.DEVNULL, stderr=log_out, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while len(handled()) < 200:
@@ -187,7 +192,8 @@ def test_a_daemon_whose_state_disk_fills_blocks_then_resumes_with_no_duplicate(
             assert process.poll() is None
             time.sleep(0.1)
         kill(process, signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        stderr = log_file.read_bytes()
         assert process.returncode == 0, stderr.decode()[-3000:]
         assert b"SQLITE_FULL" in stderr
     finally:

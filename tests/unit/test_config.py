@@ -95,7 +95,7 @@ def test_validate_reports_missing_handler_module(tmp_path: Path) -> None:
     path.write_text(GOOD.replace("h:handle", "no_such_handler_module:handle"))
     done = subprocess.run([sys.executable, "-m", "streamfn", "validate", str(path)],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 2  # as run exits for the same error
     assert "no_such_handler_module" in done.stderr
 
 
@@ -208,5 +208,5 @@ def test_validate_refuses_a_pipeline_named_dot_dot(tmp_path: Path) -> None:
     path.write_text(GOOD.replace('"p1"', '".."'))
     done = subprocess.run([sys.executable, "-m", "streamfn", "validate", str(path)],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 2  # as run exits for the same error
     assert f"{path}: field `name`: '..' is not a valid name" in done.stderr
