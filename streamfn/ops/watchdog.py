@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
-from ..engine.stats import ShardStats
+from ..metrics import ObservedPipeline
 
 log = logging.getLogger("streamfn.watchdog")
 
@@ -20,19 +19,7 @@ log = logging.getLogger("streamfn.watchdog")
 INTERVAL = 0.2
 
 
-class _Runner(Protocol):
-    @property
-    def stats(self) -> ShardStats: ...
-
-
-class WatchedPipeline(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def runners(self) -> Mapping[str, _Runner]: ...
-
-
-def blocked_too_long(pipelines: Sequence[WatchedPipeline], limit: float) -> str | None:
+def blocked_too_long(pipelines: Sequence[ObservedPipeline], limit: float) -> str | None:
     """A sentence naming the first shard blocked for ``limit`` seconds or more, with its error; None if none is."""
     for pipeline in pipelines:
         for shard_id, runner in list(pipeline.runners.items()):
@@ -53,7 +40,7 @@ class BlockedWatch:
         self.stop = asyncio.Event()
         self.verdict: str | None = None
 
-    async def run(self, pipelines: Sequence[WatchedPipeline]) -> None:
+    async def run(self, pipelines: Sequence[ObservedPipeline]) -> None:
         while not self.stop.is_set():
             verdict = blocked_too_long(pipelines, self.limit)
             if verdict is not None:
