@@ -144,6 +144,42 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- handler tests (streamfn.testing) ----------------------------------------------------
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run the handler over --input in memory; exit 0 when its output equals --expect, else 1 with a diff."""
+    from .testing.run import compare, read_expected, run_file, write_expected
+
+    if args.update:
+        actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards,
+                          timeout=args.timeout)
+        write_expected(args.expect, actual)
+        print(f"wrote {len(actual)} items to {args.expect}")
+        return EXIT_OK
+    expected = read_expected(args.expect)
+    actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards, timeout=args.timeout)
+    comparison = compare(expected, actual, unordered=args.unordered)
+    if comparison.passed:
+        print(f"ok: {args.config}: {len(comparison.actual)} items as expected in {args.expect}")
+        return EXIT_OK
+    sys.stdout.write(comparison.diff + "\n")
+    print(f"FAILED: {args.config}: the output differs from {args.expect} (- expected, + actual)")
+    return EXIT_FAILED
+
+
+def _add_test_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    test = verbs.add_parser("test", help="run the handler over a file of records in memory and compare its "
+                                         "output with a file of expected items")
+    test.add_argument("config")
+    test.add_argument("--input", required=True, help="JSON lines: one record's data per line (as `produce`)")
+    test.add_argument("--expect", required=True, help="JSON lines: the items the sinks should receive, in order")
+    test.add_argument("--key-field", default=None, help="JSON field used as partition key (default: line number)")
+    test.add_argument("--unordered", action="store_true", help="compare the items in any order")
+    test.add_argument("--shards", type=int, default=1, help="shards of the in-memory source (default 1)")
+    test.add_argument("--timeout", type=_positive_seconds, default=60.0, help="seconds before giving up")
+    test.add_argument("--update", action="store_true", help="write the actual output to --expect instead")
+    test.set_defaults(func=cmd_test)
+
+
 # -- operators' verbs (streamfn.ops) ------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from .ops.status import render_table, status
@@ -387,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = verbs.add_parser("schema", help="print the JSON Schema of pipeline files")
     schema.set_defaults(func=cmd_schema)
     _add_ops_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_test_verb(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
     return parser
 
 

@@ -23,7 +23,7 @@ from streamfn.sources.base import Source
 from tests.integration.aws_support import client, create_stream, unique
 
 CONTEXT = BuildContext(pipeline="contract", config_dir=Path("."), state_dir=Path("."))
-SOURCE_KINDS = ["local", "kinesis-mock", "kinesalite", "dynamodb_streams", "kafka"]
+SOURCE_KINDS = ["memory", "local", "kinesis-mock", "kinesalite", "dynamodb_streams", "kafka"]
 
 
 def document(number: int) -> bytes:
@@ -201,7 +201,27 @@ class KafkaKit(SourceKit):
         await super().cleanup()
 
 
+class MemorySourceKit(SourceKit):
+    """streamfn.testing's MemorySource: its records live in the object, so every open is of that one."""
+
+    min_shards = 3
+
+    def __init__(self) -> None:
+        from streamfn.testing import MemorySource
+
+        super().__init__()
+        self.source = MemorySource("contract", 3)
+
+    async def write(self, numbers: Iterable[int]) -> None:
+        self.source.extend((f"k{n}", document(n)) for n in numbers)
+
+    def build(self) -> Source:
+        return self.source
+
+
 async def source_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> SourceKit:
+    if kind == "memory":
+        return MemorySourceKit()
     if kind == "local":
         return LocalKit(folder)
     if kind in ("kinesis-mock", "kinesalite"):
@@ -222,7 +242,7 @@ def json_lines(body: bytes) -> list[Any]:
 
 # ---- sinks ------------------------------------------------------------------------------------------------------
 
-SINK_KINDS = ["local", "s3", "dynamodb"]
+SINK_KINDS = ["memory", "local", "s3", "dynamodb"]
 
 
 class SinkKit:
@@ -314,7 +334,22 @@ class DynamoDBSinkKit(SinkKit):
         return [sorted((item_from_dynamodb(item) for item in items), key=lambda item: str(item["id"]))]
 
 
+class MemorySinkKit(SinkKit):
+    def __init__(self) -> None:
+        from streamfn.testing import MemorySink
+
+        self.sink = MemorySink()
+
+    def build(self, endpoint: str | None = None) -> Any:
+        return self.sink
+
+    async def stored(self) -> list[list[Any]]:
+        return [list(batch.items) for batch in self.sink.batches]
+
+
 def sink_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> SinkKit:
+    if kind == "memory":
+        return MemorySinkKit()
     if kind == "local":
         return LocalSinkKit(folder)
     request.getfixturevalue("aws_env")
@@ -328,7 +363,7 @@ def sink_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> SinkKit
 
 # ---- on-failure destinations -------------------------------------------------------------------------------------
 
-DESTINATION_KINDS = ["local", "s3", "local_log", "kinesis", "kafka"]
+DESTINATION_KINDS = ["memory", "local", "s3", "local_log", "kinesis", "kafka"]
 
 
 class DestinationKit:
@@ -476,7 +511,25 @@ class KafkaDestinationKit(DestinationKit):
             await consumer.stop()
 
 
+class MemoryDestinationKit(DestinationKit):
+    idempotent = False  # a list of what was sent, as the stream destinations append
+
+    def __init__(self) -> None:
+        from streamfn.testing import MemoryDestination
+
+        self.destination = MemoryDestination()
+
+    def build(self, endpoint: str | None = None) -> Any:
+        return self.destination
+
+    async def documents(self) -> list[Any]:
+        documents: list[Any] = orjson.loads(orjson.dumps(self.destination.documents))
+        return documents
+
+
 def destination_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> DestinationKit:
+    if kind == "memory":
+        return MemoryDestinationKit()
     if kind == "local":
         return LocalDestinationKit(folder)
     if kind == "local_log":

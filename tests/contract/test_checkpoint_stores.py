@@ -1,8 +1,8 @@
 """The contract every CheckpointStore keeps (see streamfn/checkpoints/base.py).
 
-Each store (local SQLite, the DynamoDB lease table on moto, Kafka's committed offsets on Tansu) is
-exercised through two instances over the same durable state: what one instance flushed (or recorded
-as pending) the other must load.
+Each store (streamfn.testing's in-memory one, local SQLite, the DynamoDB lease table on moto,
+Kafka's committed offsets on Tansu) is exercised through two instances over the same durable state:
+what one instance flushed (or recorded as pending) the other must load.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from streamfn.checkpoints.local import LocalCheckpointStore
 from streamfn.components import BuildContext
 from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
+from streamfn.testing import MemoryCheckpointStore
 from tests.integration.kafka_util import create_topic
 from tests.integration.test_kafka_checkpoints import broker_keeps_commit_metadata
 
@@ -46,7 +47,7 @@ class Stores(msgspec.Struct, frozen=True):
 SHARDS = ("s1", "s2", "s3")
 
 
-@pytest.fixture(params=["local", "dynamodb", "kafka"])
+@pytest.fixture(params=["memory", "local", "dynamodb", "kafka"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     """The first instance is the worker that owns the shards (lease holder, assigned partitions);
     later ones only read what it made durable."""
@@ -61,9 +62,13 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         shards, unknown = (f"{topic}-0", f"{topic}-1", f"{topic}-2"), f"{topic}-3"
         extras = await broker_keeps_commit_metadata(bootstrap, topic)
 
+    memory = MemoryCheckpointStore()
+
     async def make() -> CheckpointStore:
         store: CheckpointStore
-        if request.param == "local":
+        if request.param == "memory":  # its state is the object: every instance is that one
+            store = memory
+        elif request.param == "local":
             store = LocalCheckpointStore(tmp_path / "cp.sqlite3", "pipeline-a")
             await store.open()
         elif request.param == "dynamodb":

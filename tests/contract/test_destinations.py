@@ -1,9 +1,11 @@
-"""The contract every on-failure Destination keeps (see streamfn/destinations/base.py), on real servers.
+"""The contract every on-failure Destination keeps (see streamfn/destinations/base.py), on real
+servers.
 
-Parametrised over the local folder, S3 (moto), a local log stream, Kinesis (kinesis-mock) and Kafka
-(Tansu). Each stores a failure record in Lambda's shape with the failed records in it; the keyed
-ones (folder, S3) store a failure sent twice once, the streams append each send whole; a
-throttled server is a ``RetryableError``; ``close`` may be called again.
+Parametrised over streamfn.testing's MemoryDestination, the local folder, S3 (moto), a local log
+stream, Kinesis (kinesis-mock) and Kafka (Tansu). Each stores a failure record in Lambda's shape
+with the failed records in it; the keyed ones (folder, S3) store a failure sent twice once, the
+streams append each send whole; a throttled server is a ``RetryableError``; ``close`` may be called
+again.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The contract every Sink keeps (see streamfn/sinks/base.py), on real servers.
 
-Parametrised over the local folder sink, S3 and DynamoDB (moto). A batch written twice (a replay
-after a crash) is stored once; items keep their order; a throttled or unreachable server surfaces
-as ``RetryableError`` and the retry lands once; an item the sink cannot encode is a ``SinkError``
-(the batch fails through the failure policy); ``close`` may be called again.
+Parametrised over streamfn.testing's MemorySink, the local folder sink, S3 and DynamoDB (moto). A
+batch written twice (a replay after a crash) is stored once; items keep their order; a throttled or
+unreachable server surfaces as ``RetryableError`` and the retry lands once; an item the sink cannot
+encode is a ``SinkError`` (the batch fails through the failure policy); ``close`` may be called
+again.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The contract every Source and ShardReader keeps (see streamfn/sources/base.py), on real servers.
 
-One suite, parametrised over the local log, Kinesis (kinesis-mock and kinesalite), DynamoDB
-Streams (moto) and Kafka (Tansu). A kit knows how to make a stream and write numbered records to
-it; the tests know only the Source protocol: shards listed, every record read once and in write
-order within its shard, a reader resuming strictly after a position or at one, ``latest`` seeing
-only what comes after it, and close that may be called again.
+One suite, parametrised over streamfn.testing's MemorySource, the local log, Kinesis (kinesis-mock
+and kinesalite), DynamoDB Streams (moto) and Kafka (Tansu). A kit knows how to make a stream and
+write numbered records to it; the tests know only the Source protocol: shards listed, every record
+read once and in write order within its shard, a reader resuming strictly after a position or at
+one, ``latest`` seeing only what comes after it, and close that may be called again.
 """
 
 from __future__ import annotations
