@@ -14,7 +14,7 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import msgspec
 
@@ -31,13 +31,13 @@ log = logging.getLogger("streamfn.metrics")
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The ``[metrics]`` section: an HTTP endpoint with /metrics, /healthz and /readyz (off by default)."""
 
-    enabled: bool = False
-    #: Address to listen on; ``0.0.0.0`` to be scraped from outside the host or pod.
-    host: str = "127.0.0.1"
-    #: TCP port (0 picks a free one, for tests).
-    port: int = 9464
-    #: /readyz fails once any shard has been retrying the same records for longer than this.
-    ready_max_blocked_seconds: float = 300.0
+    enabled: Annotated[bool, msgspec.Meta(description=(
+        "Serve /metrics, /healthz and /readyz while the pipelines run."))] = False
+    host: Annotated[str, msgspec.Meta(description=(
+        "Address to listen on; `0.0.0.0` to be scraped from outside the host or pod."))] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(description="TCP port (0 picks a free one, for tests).")] = 9464
+    ready_max_blocked_seconds: Annotated[float, msgspec.Meta(description=(
+        "/readyz fails once any shard has been retrying the same records for longer than this."))] = 300.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
