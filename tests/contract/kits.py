@@ -20,7 +20,7 @@ import pytest
 from streamfn.components import BuildContext
 from streamfn.records import Record
 from streamfn.sources.base import Source
-from tests.integration.aws_support import client, create_stream, unique
+from tests.integration.aws_support import client, create_stream, unique, wait_active
 
 CONTEXT = BuildContext(pipeline="contract", config_dir=Path("."), state_dir=Path("."))
 SOURCE_KINDS = ["memory", "local", "kinesis-mock", "kinesalite", "dynamodb_streams", "kafka"]
@@ -35,6 +35,11 @@ class SourceKit:
 
     #: At least this many shards are listed (the suite checks records spread over them).
     min_shards = 1
+    #: ThrottleProxy target of the source's read request; None for a source with no AWS server.
+    throttle: str | None = None
+    #: The server can split a shard (closing it, with two children) so the suite sees shard ends.
+    splits = False
+    endpoint = ""
 
     def __init__(self) -> None:
         self.sources: list[Source] = []
@@ -43,17 +48,21 @@ class SourceKit:
         """Append ``{"n": number}`` records in this order (each kind spreads them over its shards)."""
         raise NotImplementedError
 
-    def build(self) -> Source:
+    def build(self, endpoint: str | None = None) -> Source:
         raise NotImplementedError
 
-    async def open_source(self) -> Source:
-        source = self.build()
+    async def open_source(self, endpoint: str | None = None) -> Source:
+        source = self.build(endpoint)
         self.sources.append(source)
         await source.open()
         return source
 
     def number(self, record: Record) -> int:
         return int(record.json()["n"])
+
+    async def split(self) -> None:
+        """Split one shard in two (only where ``splits``)."""
+        raise NotImplementedError
 
     async def cleanup(self) -> None:
         for source in self.sources:
@@ -85,7 +94,7 @@ class LocalKit(SourceKit):
         finally:
             log.close()
 
-    def build(self) -> Source:
+    def build(self, endpoint: str | None = None) -> Source:
         from streamfn.sources.local import LocalSource
 
         return LocalSource(self.path, self.stream, 3)
@@ -93,6 +102,7 @@ class LocalKit(SourceKit):
 
 class KinesisKit(SourceKit):
     min_shards = 2
+    throttle = "Kinesis_20131202.GetRecords"
 
     def __init__(self, endpoint: str) -> None:
         super().__init__()
@@ -109,15 +119,26 @@ class KinesisKit(SourceKit):
             answer = await kinesis.put_records(StreamName=self.stream, Records=entries)
             assert answer.get("FailedRecordCount", 0) == 0, answer
 
-    def build(self) -> Source:
+    async def split(self) -> None:
+        async with client("kinesis", self.endpoint) as kinesis:
+            shard = (await kinesis.list_shards(StreamName=self.stream))["Shards"][0]
+            low = int(shard["HashKeyRange"]["StartingHashKey"])
+            high = int(shard["HashKeyRange"]["EndingHashKey"])
+            await kinesis.split_shard(StreamName=self.stream, ShardToSplit=shard["ShardId"],
+                                      NewStartingHashKey=str((low + high) // 2))
+            await wait_active(kinesis, self.stream)
+
+    def build(self, endpoint: str | None = None) -> Source:
         from streamfn.sources.kinesis import KinesisSourceConfig
 
-        config = KinesisSourceConfig(stream=self.stream, endpoint_url=self.endpoint, backoff_initial=0.01,
+        config = KinesisSourceConfig(stream=self.stream, endpoint_url=endpoint or self.endpoint, backoff_initial=0.01,
                                      backoff_max=0.05, idle_interval=0.02, max_reads_per_second=100.0)
         return config.build(None)  # type: ignore[arg-type]
 
 
 class DynamoDBStreamsKit(SourceKit):
+    throttle = "DynamoDBStreams_20120810.GetRecords"
+
     def __init__(self, endpoint: str) -> None:
         super().__init__()
         self.endpoint = endpoint
@@ -137,10 +158,11 @@ class DynamoDBStreamsKit(SourceKit):
             for n in numbers:
                 await ddb.put_item(TableName=self.table, Item={"id": {"S": f"i{n}"}, "n": {"N": str(n)}})
 
-    def build(self) -> Source:
+    def build(self, endpoint: str | None = None) -> Source:
         from streamfn.sources.dynamodb_streams import DynamoDBStreamsSourceConfig
 
-        config = DynamoDBStreamsSourceConfig(table=self.table, endpoint_url=self.endpoint, idle_interval=0.02,
+        config = DynamoDBStreamsSourceConfig(table=self.table, endpoint_url=endpoint or self.endpoint,
+                                             idle_interval=0.02,
                                              max_reads_per_second=100.0, backoff_initial=0.01)
         return config.build(None)  # type: ignore[arg-type]
 
@@ -177,18 +199,18 @@ class KafkaKit(SourceKit):
         finally:
             await producer.stop()
 
-    def build(self) -> Source:
+    def build(self, endpoint: str | None = None) -> Source:
         from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
 
         return KafkaSource(KafkaSourceConfig(bootstrap_servers=self.bootstrap, topic=self.topic,
                                              group_id=unique("contract"), fetch_max_wait_ms=20))
 
-    async def open_source(self) -> Source:
+    async def open_source(self, endpoint: str | None = None) -> Source:
         from aiokafka import TopicPartition
 
         from streamfn.sources.kafka import KafkaSource
 
-        source = await super().open_source()
+        source = await super().open_source(endpoint)
         assert isinstance(source, KafkaSource)
         source.consumer.assign([TopicPartition(self.topic, p) for p in range(3)])
         self.fetchers.append(asyncio.create_task(source.fetch()))
@@ -215,7 +237,7 @@ class MemorySourceKit(SourceKit):
     async def write(self, numbers: Iterable[int]) -> None:
         self.source.extend((f"k{n}", document(n)) for n in numbers)
 
-    def build(self) -> Source:
+    def build(self, endpoint: str | None = None) -> Source:
         return self.source
 
 
@@ -227,7 +249,9 @@ async def source_kit(kind: str, request: pytest.FixtureRequest, folder: Path) ->
     if kind in ("kinesis-mock", "kinesalite"):
         request.getfixturevalue("aws_env")
         fixture = "kinesis_endpoint" if kind == "kinesis-mock" else "kinesalite_endpoint"
-        return KinesisKit(request.getfixturevalue(fixture))
+        made = KinesisKit(request.getfixturevalue(fixture))
+        made.splits = kind == "kinesis-mock"  # kinesalite lists no ChildShards
+        return made
     if kind == "dynamodb_streams":
         request.getfixturevalue("aws_env")
         return DynamoDBStreamsKit(request.getfixturevalue("moto_endpoint"))

@@ -18,6 +18,7 @@ import pytest
 from streamfn.records import Record
 from streamfn.sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from tests.contract.kits import SOURCE_KINDS, SourceKit, source_kit
+from tests.throttle_proxy import ThrottleProxy
 
 TRIM = StartingPosition()
 COUNT = 24
@@ -63,6 +64,9 @@ async def test_every_record_is_read_once_in_write_order_within_its_shard(kit: So
     source = await kit.open_source()
     shards = await source.list_shards()
     assert len({s.shard_id for s in shards}) == len(shards) >= kit.min_shards
+    listed = [s.shard_id for s in shards]
+    assert all(listed.index(parent) < listed.index(s.shard_id)  # parents before children
+               for s in shards for parent in s.parent_ids if parent in listed)
     got = await read_everything(source, shards, COUNT)
     assert sorted(n for records in got.values() for n in numbers(kit, records)) == list(range(COUNT))
     for shard_id, records in got.items():
@@ -110,6 +114,57 @@ async def test_latest_sees_only_records_written_after_the_reader_started(kit: So
         for reader in readers.values():
             await reader.close()
     assert sorted(n for records in got.values() for n in numbers(kit, records)) == [COUNT, COUNT + 1]
+
+
+async def test_throttled_reads_are_retried_inside_the_reader_from_the_last_record(kit: SourceKit) -> None:
+    if kit.throttle is None:
+        pytest.skip("this source has no AWS server to throttle it")
+    await kit.write(range(COUNT // 2))
+    async with ThrottleProxy(kit.endpoint) as proxy:
+        source = await kit.open_source(proxy.endpoint)
+        shards = await source.list_shards()
+        readers = {shard.shard_id: source.reader(shard, None, TRIM) for shard in shards}
+        try:
+            got = await read_until(readers, COUNT // 2)
+            proxy.inject(kit.throttle, 3)
+            await kit.write(range(COUNT // 2, COUNT))
+            more = await read_until(readers, COUNT // 2)
+        finally:
+            for reader in readers.values():
+                await reader.close()
+    assert proxy.injected[kit.throttle] == 3
+    for shard_id, records in more.items():
+        got[shard_id] += records
+    assert sorted(n for records in got.values() for n in numbers(kit, records)) == list(range(COUNT))
+    for records in got.values():
+        assert numbers(kit, records) == sorted(numbers(kit, records))
+
+
+async def test_a_split_shard_ends_and_its_children_follow_it(kit: SourceKit) -> None:
+    if not kit.splits:
+        pytest.skip("this source's shards never close")
+    await kit.write(range(COUNT // 2))
+    await kit.split()
+    await kit.write(range(COUNT // 2, COUNT))
+    source = await kit.open_source()
+    shards = await source.list_shards()
+    listed = [s.shard_id for s in shards]
+    children = [s for s in shards if s.parent_ids]
+    assert len(children) == 2
+    parent = next(s for s in shards if s.shard_id == children[0].parent_ids[0])
+    assert all(listed.index(parent.shard_id) < listed.index(child.shard_id) for child in children)
+    reader = source.reader(parent, None, TRIM)
+    ended, before = False, []
+    async with asyncio.timeout(30):
+        while not ended:
+            result = await reader.read(100, 0.05)
+            before += result.records
+            ended = result.shard_end
+    await reader.close()
+    after = await read_everything(source, [s for s in shards if s is not parent], COUNT - len(before))
+    assert sorted(numbers(kit, before) + [n for records in after.values() for n in numbers(kit, records)]) \
+        == list(range(COUNT))
+    assert all(n < COUNT // 2 for n in numbers(kit, before))  # nothing lands on a closed shard
 
 
 async def test_close_may_be_called_again(kit: SourceKit) -> None:
