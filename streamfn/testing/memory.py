@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -35,21 +35,26 @@ def shard_name(index: int) -> str:
 
 class MemorySource:
     """A sharded stream held in lists. Records are appended by partition key (hashed to a shard, as
-    the local log does) or to a named shard; sequences start at 1 in every shard.
+    the local log does) or to a named shard; sequences count up from ``first_sequence`` in every shard.
 
     ``kind`` and ``filter_data_key`` say which real source it stands for (``kinesis``: filters see
     ``data``; ``kafka``: ``value``; ``dynamodb_streams``: ``dynamodb``), and ``lambda_event`` builds
     the event an unmodified Lambda handler receives (Kinesis-shaped unless given).
     """
 
-    def __init__(self, name: str = "memory", shards: int = 1, *, kind: str = "kinesis",
-                 filter_data_key: str = "data", lambda_event: LambdaEvent | None = None) -> None:
-        if shards < 1:
-            raise ValueError("a MemorySource needs at least one shard")
+    def __init__(self, name: str = "memory", shards: int | Sequence[str] = 1, *, kind: str = "kinesis",
+                 filter_data_key: str = "data", lambda_event: LambdaEvent | None = None,
+                 first_sequence: int = 1) -> None:
+        """``shards``: how many (named ``shard-0000``...), or their ids. ``first_sequence``: the
+        sequence of each shard's first record (1 as in the local log, 0 as a Kafka offset)."""
+        ids = [shard_name(i) for i in range(shards)] if isinstance(shards, int) else list(shards)
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError("a MemorySource needs at least one shard, each with its own id")
         self.name = name
         self.kind = kind
         self.filter_data_key = filter_data_key
-        self.shards: dict[str, list[Record]] = {shard_name(i): [] for i in range(shards)}
+        self.shards: dict[str, list[Record]] = {shard_id: [] for shard_id in ids}
+        self.first_sequence = first_sequence
         self._arrived = {shard_id: asyncio.Event() for shard_id in self.shards}
         self._lambda_event = lambda_event or self._kinesis_event
         self.opened = self.closed = False
@@ -63,7 +68,7 @@ class MemorySource:
         elif shard_id not in self.shards:
             raise KeyError(f"no shard {shard_id!r} in MemorySource {self.name!r}: it has {sorted(self.shards)}")
         records = self.shards[shard_id]
-        record = Record(shard_id, len(records) + 1, partition_key, data,
+        record = Record(shard_id, len(records) + self.first_sequence, partition_key, data,
                         time.time() if arrival_time is None else arrival_time, attributes=attributes)
         records.append(record)
         self._arrived[shard_id].set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ def read_expected(path: str | Path) -> list[Any]:
 
 
 def memory_source(loaded: LoadedPipeline, shards: int = 1) -> MemorySource:
-    """An empty in-memory stand-in for the pipeline's source: same stream name, same Lambda event shape."""
+    """An empty in-memory stand-in for the pipeline's source: same stream name, same Lambda event shape
+    (Kafka's shards are named ``<topic>-<partition>`` as the Kafka source names them)."""
     config = loaded.config.source
     tag = str(type(config).__struct_config__.tag)
     kind, data_key = _SOURCE_TRAITS.get(tag, ("kinesis", "data"))
@@ -100,7 +102,39 @@ def memory_source(loaded: LoadedPipeline, shards: int = 1) -> MemorySource:
         service = "dynamodb" if isinstance(real, DynamoDBStreamsSource) else "kinesis"
         resource = f"table/{name}/stream/local" if service == "dynamodb" else f"stream/{name}"
         real.stream_arn = f"arn:aws:{service}:{real.region}:000000000000:{resource}"
-    return MemorySource(name, shards, kind=kind, filter_data_key=data_key, lambda_event=real.lambda_event)
+    ids = [f"{name}-{i}" for i in range(shards)] if kind == "kafka" else shards
+    return MemorySource(name, ids, kind=kind, filter_data_key=data_key, lambda_event=real.lambda_event,
+                        first_sequence=0 if kind == "kafka" else 1)
+
+
+def add_record(source: MemorySource, partition_key: str, data: bytes) -> None:
+    """Append one input record as the configured kind of source would hand it out.
+
+    Kafka: the value, with topic, partition and key attributes. DynamoDB Streams: the line is a
+    Lambda event record (``{"eventName": ..., "dynamodb": {...}}``) or just its ``dynamodb`` part
+    (an INSERT); the record's data is that part, its attributes the event record. Others: the data.
+    """
+    if source.kind == "kafka":
+        shard_ids = list(source.shards)
+        shard_id = shard_ids[zlib.crc32(partition_key.encode("utf-8")) % len(shard_ids)]
+        attributes = {"topic": source.name, "partition": shard_ids.index(shard_id),
+                      "key": partition_key.encode("utf-8"), "headers": (), "timestamp_type": "CREATE_TIME"}
+        source.append(data, partition_key, shard_id=shard_id, attributes=attributes)
+        return
+    if source.kind == "dynamodb_streams":
+        try:
+            line = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            line = None
+        if not isinstance(line, dict):
+            raise InputError("a DynamoDB Streams record is a JSON object: an event record or its `dynamodb` part")
+        event = line if isinstance(line.get("dynamodb"), dict) else {
+            "eventName": "INSERT", "eventVersion": "1.1", "eventSource": "aws:dynamodb", "dynamodb": line}
+        change = event["dynamodb"]
+        key = orjson.dumps(change.get("Keys") or {}, option=orjson.OPT_SORT_KEYS).decode()
+        source.append(orjson.dumps(change), key, attributes=event)
+        return
+    source.append(data, partition_key)
 
 
 async def run_records(pipeline: str | Path | LoadedPipeline, records: Iterable[tuple[str, bytes]], *,
@@ -112,7 +146,8 @@ async def run_records(pipeline: str | Path | LoadedPipeline, records: Iterable[t
     """
     loaded = pipeline if isinstance(pipeline, LoadedPipeline) else load_pipeline(pipeline)
     source = memory_source(loaded, shards)
-    source.extend(records)
+    for partition_key, data in records:
+        add_record(source, partition_key, data)
     sink, store = MemorySink(), MemoryCheckpointStore()
     destination = MemoryDestination()
     config = msgspec.structs.replace(

@@ -30,6 +30,9 @@ def lambda_style(event, context):
     return [{"source": r["eventSource"], "arn": r["eventSourceARN"], "key": r["kinesis"]["partitionKey"]}
             for r in event["Records"]]
 
+def event(event, context):
+    return [event]
+
 def fail_odd(batch, context):
     return {"batchItemFailures": [{"itemIdentifier": r.identifier} for r in batch if r.json()["n"] % 2]}
 '''
@@ -73,6 +76,28 @@ async def test_a_lambda_handler_gets_the_configured_sources_event_shape(tmp_path
     result = await testing.run_records(config, [("user-1", b'{"n": 1}')])
     assert result.items == [{"source": "aws:kinesis", "arn": "arn:aws:kinesis:eu-west-1:000000000000:stream/orders",
                              "key": "user-1"}]
+
+
+async def test_a_dynamodb_streams_pipeline_takes_event_records_or_their_change(tmp_path: Path) -> None:
+    config = pipeline(tmp_path, "event", 'interface = "lambda"', source='type = "dynamodb_streams"\ntable = "orders"')
+    change = {"Keys": {"id": {"S": "a"}}, "NewImage": {"id": {"S": "a"}, "n": {"N": "1"}}}
+    removed = {"eventName": "REMOVE", "dynamodb": {"Keys": {"id": {"S": "b"}}}}
+    result = await testing.run_records(config, [("", orjson.dumps(change)), ("", orjson.dumps(removed))])
+    [records] = [item["Records"] for item in result.items]
+    assert [r["eventName"] for r in records] == ["INSERT", "REMOVE"]
+    assert records[0]["dynamodb"] == change
+    assert records[0]["eventSourceARN"] == "arn:aws:dynamodb:us-east-1:000000000000:table/orders/stream/local"
+
+
+async def test_a_kafka_pipeline_gets_kafkas_event_with_topic_partition_and_offsets(tmp_path: Path) -> None:
+    config = pipeline(tmp_path, "event", 'interface = "lambda"\n[checkpoints]\ntype = "kafka"',
+                      source='type = "kafka"\nbootstrap_servers = "b:9092"\ntopic = "orders"\ngroup_id = "g"')
+    result = await testing.run_records(config, [("k", b'{"n": 1}'), ("k", b'{"n": 2}')])
+    [event] = result.items
+    assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == "b:9092"
+    [(partition, records)] = event["records"].items()
+    assert partition.startswith("orders-")
+    assert [(r["topic"], r["offset"], r["key"]) for r in records] == [("orders", 0, "aw=="), ("orders", 1, "aw==")]
 
 
 async def test_a_handler_that_keeps_failing_without_a_retry_limit_is_reported(tmp_path: Path) -> None:
