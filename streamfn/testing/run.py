@@ -128,9 +128,9 @@ def add_record(source: MemorySource, partition_key: str, data: bytes) -> None:
             line = None
         if not isinstance(line, dict):
             raise InputError("a DynamoDB Streams record is a JSON object: an event record or its `dynamodb` part")
-        event = line if isinstance(line.get("dynamodb"), dict) else {
+        event: dict[str, Any] = line if isinstance(line.get("dynamodb"), dict) else {
             "eventName": "INSERT", "eventVersion": "1.1", "eventSource": "aws:dynamodb", "dynamodb": line}
-        change = event["dynamodb"]
+        change: dict[str, Any] = event["dynamodb"]
         key = orjson.dumps(change.get("Keys") or {}, option=orjson.OPT_SORT_KEYS).decode()
         source.append(orjson.dumps(change), key, attributes=event)
         return
