@@ -151,12 +151,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     if args.update:
         actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards,
-                          timeout=args.timeout)
+                          time_limit=args.timeout)
         write_expected(args.expect, actual)
         print(f"wrote {len(actual)} items to {args.expect}")
         return EXIT_OK
     expected = read_expected(args.expect)
-    actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards, timeout=args.timeout)
+    actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards,
+                      time_limit=args.timeout)
     comparison = compare(expected, actual, unordered=args.unordered)
     if comparison.passed:
         print(f"ok: {args.config}: {len(comparison.actual)} items as expected in {args.expect}")

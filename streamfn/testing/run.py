@@ -206,23 +206,23 @@ def compare(expected: list[Any], actual: list[Any], *, unordered: bool = False) 
 
 
 def run_file(pipeline: str | Path | LoadedPipeline, input_path: str | Path, *, key_field: str | None = None,
-             shards: int = 1, timeout: float = 60.0) -> list[Any]:
+             shards: int = 1, time_limit: float = 60.0) -> list[Any]:
     """The items the handler sends to the sinks for the records of ``input_path``, as JSON values."""
     records = read_records(input_path, key_field)
-    result = asyncio.run(run_records(pipeline, records, shards=shards, time_limit=timeout))
+    result = asyncio.run(run_records(pipeline, records, shards=shards, time_limit=time_limit))
     return _as_json(result.items)
 
 
 def check_file(pipeline: str | Path | LoadedPipeline, input_path: str | Path, expect_path: str | Path, *,
                key_field: str | None = None, unordered: bool = False, shards: int = 1,
-               timeout: float = 60.0) -> Comparison:
+               time_limit: float = 60.0) -> Comparison:
     """Run the handler over the records of ``input_path`` and compare the sink items with ``expect_path``.
 
     Both files hold one JSON document per line: the input as ``streamfn produce --input`` takes it,
     the expectation as the items the handler returns, in order.
     """
     expected = read_expected(expect_path)
-    actual = run_file(pipeline, input_path, key_field=key_field, shards=shards, timeout=timeout)
+    actual = run_file(pipeline, input_path, key_field=key_field, shards=shards, time_limit=time_limit)
     return compare(expected, actual, unordered=unordered)
 
 

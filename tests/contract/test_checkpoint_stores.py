@@ -19,6 +19,7 @@ from streamfn.checkpoints.base import Checkpoint, CheckpointStore
 from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from streamfn.checkpoints.local import LocalCheckpointStore
 from streamfn.components import BuildContext
+from streamfn.errors import LeaseLostError
 from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
 from streamfn.testing import MemoryCheckpointStore
 from tests.integration.kafka_util import create_topic
@@ -42,6 +43,8 @@ class Stores(msgspec.Struct, frozen=True):
     big_sequences: bool = True
     sub_sequences: bool = True
     extras: bool = True
+    #: A shard the first instance does not own (no lease, not assigned); None where stores own every shard.
+    unowned: str | None = None
 
 
 SHARDS = ("s1", "s2", "s3")
@@ -92,8 +95,9 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         opened.append(store)
         return store
 
+    unowned = {"dynamodb": "s4", "kafka": unknown}.get(request.param)
     yield Stores(make, shards, unknown, big_sequences=request.param != "kafka",
-                 sub_sequences=request.param != "kafka", extras=extras)
+                 sub_sequences=request.param != "kafka", extras=extras, unowned=unowned)
     for store in opened:
         await store.close()
     for close in closers:
@@ -142,3 +146,14 @@ async def test_pending_bounds_are_durable_at_once_and_pruned_by_progress(stores:
     after = await (await stores.make()).load(s1)
     assert after is not None and after.position == Position(20)
     assert after.pending == ((Position(21), Position(30)),)
+
+
+async def test_a_shard_this_worker_does_not_own_is_refused_with_lease_lost(stores: Stores) -> None:
+    if stores.unowned is None:
+        pytest.skip("this store serves one worker: it owns every shard")
+    owner = await stores.make()
+    with pytest.raises(LeaseLostError):
+        await owner.save(stores.unowned, Checkpoint(position=Position(5)))
+        await owner.flush()
+    reader = await stores.make()
+    assert await reader.load(stores.unowned) is None  # nothing was written for it

@@ -159,3 +159,12 @@ def test_the_cli_names_a_bad_input_line(tmp_path: Path) -> None:
     answer = streamfn(config, "--input", records, "--expect", lines(tmp_path / "e.jsonl", []))
     assert answer.returncode == 1
     assert "line 2" in answer.stderr
+
+
+def test_the_public_names_are_the_ones_meant() -> None:
+    assert sorted(testing.__all__) == [
+        "Comparison", "MemoryCheckpointStore", "MemoryDestination", "MemoryShardReader", "MemorySink",
+        "MemorySource", "RunResult", "check_file", "compare", "read_expected", "read_records", "run_file",
+        "run_records", "write_expected",
+    ]
+    assert all(hasattr(testing, name) for name in testing.__all__)
