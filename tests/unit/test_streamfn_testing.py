@@ -13,9 +13,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamfn import testing
 from streamfn.errors import HandlerError
+from streamfn.records import Position
+from streamfn.sources.base import ShardInfo, StartingPosition
 
 HANDLERS = '''
 import json
@@ -168,3 +172,16 @@ def test_the_public_names_are_the_ones_meant() -> None:
         "run_records", "write_expected",
     ]
     assert all(hasattr(testing, name) for name in testing.__all__)
+
+
+@given(st.lists(st.integers(0, 2), max_size=30), st.integers(0, 35))
+async def test_a_memory_reader_resumes_strictly_after_any_position(targets: list[int], after: int) -> None:
+    source = testing.MemorySource("s", 3)
+    for index, target in enumerate(targets):
+        source.append(b"%d" % index, shard_id=f"shard-{target:04d}")
+    shard = ShardInfo("shard-0000")
+    reader = source.reader(shard, Position(after), StartingPosition())
+    got = (await reader.read(100, 0)).records
+    assert got == [r for r in source.shards["shard-0000"] if r.sequence > after]
+    at = source.reader(shard, None, StartingPosition("at_sequence", position=Position(after)))
+    assert (await at.read(100, 0)).records == [r for r in source.shards["shard-0000"] if r.sequence >= after]
