@@ -185,3 +185,10 @@ async def test_a_memory_reader_resumes_strictly_after_any_position(targets: list
     assert got == [r for r in source.shards["shard-0000"] if r.sequence > after]
     at = source.reader(shard, None, StartingPosition("at_sequence", position=Position(after)))
     assert (await at.read(100, 0)).records == [r for r in source.shards["shard-0000"] if r.sequence >= after]
+
+
+def test_the_readme_example_under_configs_passes() -> None:
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    answer = streamfn(configs / "quickstart.toml", "--input", configs / "test" / "quickstart.input.jsonl",
+                      "--expect", configs / "test" / "quickstart.expected.jsonl", "--key-field", "user_id")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
