@@ -266,7 +266,7 @@ def json_lines(body: bytes) -> list[Any]:
 
 # ---- sinks ------------------------------------------------------------------------------------------------------
 
-SINK_KINDS = ["memory", "local", "s3", "dynamodb"]
+SINK_KINDS = ["memory", "stdout", "local", "s3", "dynamodb"]
 
 
 class SinkKit:
@@ -275,6 +275,8 @@ class SinkKit:
     #: Items land in objects whose lines keep the batch's order (object stores); else items are
     #: stored by key and a later item of one key replaces an earlier one (tables).
     objects = True
+    #: A batch written again replaces itself; False for a stream of lines (stdout) that prints it again.
+    replays_once = True
     #: ThrottleProxy target of the sink's write request and the AWS error it answers with; None
     #: for a sink with no server (the local sink's transient failure is a full disk).
     throttle: tuple[str, int, str] | None = None
@@ -371,9 +373,30 @@ class MemorySinkKit(SinkKit):
         return [list(batch.items) for batch in self.sink.batches]
 
 
+class StdoutSinkKit(SinkKit):
+    """The stdout sink, its lines captured at the file descriptor: one stream holding every write."""
+
+    replays_once = False
+
+    def __init__(self, capture: pytest.CaptureFixture[str]) -> None:
+        self.capture = capture
+        self.lines: list[Any] = []
+
+    def build(self, endpoint: str | None = None) -> Any:
+        from streamfn.sinks.stdout import StdoutSinkConfig
+
+        return StdoutSinkConfig().build(CONTEXT)
+
+    async def stored(self) -> list[list[Any]]:
+        self.lines += json_lines(self.capture.readouterr().out.encode())
+        return [self.lines] if self.lines else []
+
+
 def sink_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> SinkKit:
     if kind == "memory":
         return MemorySinkKit()
+    if kind == "stdout":
+        return StdoutSinkKit(request.getfixturevalue("capfd"))
     if kind == "local":
         return LocalSinkKit(folder)
     request.getfixturevalue("aws_env")
