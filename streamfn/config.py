@@ -22,6 +22,8 @@ from .checkpoints.local import LocalCheckpointStoreConfig
 from .components import BuildContext
 from .destinations.local import LocalDestinationConfig
 from .destinations.s3 import S3DestinationConfig
+from .destinations.sns import SnsDestinationConfig
+from .destinations.sqs import SqsDestinationConfig
 from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig, LocalLogDestinationConfig
 from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
@@ -44,7 +46,7 @@ SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkCon
 CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig | KafkaCheckpointStoreConfig
 DestinationConfig = (
     LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
-    | KafkaDestinationConfig
+    | KafkaDestinationConfig | SqsDestinationConfig | SnsDestinationConfig
 )
 
 
