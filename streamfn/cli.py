@@ -220,6 +220,47 @@ def _add_version_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser
     versions.set_defaults(func=cmd_versions)
 
 
+# -- SAM / CloudFormation import (streamfn.sam_import) -------------------------------------
+def cmd_import(args: argparse.Namespace) -> int:
+    """One pipeline file per stream mapping of the template, each checked as ``validate`` checks it."""
+    from .sam_import import import_template
+
+    parameters = dict(item.split("=", 1) for item in args.parameter)
+    out = Path(args.out) if args.out else Path(args.template).parent
+    result = import_template(Path(args.template), out, parameters)
+    failed = 0
+    for path, notes in result.written:
+        print(f"wrote {path}" + (": not carried over, or carried over by assumption:" if notes else ""))
+        for note in notes:
+            print(f"  - {note}")
+        try:
+            _check_handler(_load(str(path)))
+        except StreamfnError as exc:
+            logs.say(logging.ERROR, str(exc))
+            failed += 1
+    for name, why in result.skipped:
+        logs.say(logging.WARNING, f"skipped {name}: {why}")
+    if not result.written and not result.skipped:
+        logs.say(logging.WARNING, f"{args.template}: no Kinesis, DynamoDB, MSK or SelfManagedKafka mappings found")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _add_import_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imported = verbs.add_parser("import", help="turn a SAM / CloudFormation template's stream event source "
+                                               "mappings into pipeline files")
+    imported.add_argument("template")
+    imported.add_argument("--out", default=None, help="folder for the pipeline files (default: the template's)")
+    imported.add_argument("--parameter", action="append", default=[], type=_parameter, metavar="NAME=VALUE",
+                          help="a template parameter's value (repeatable; default: its Default)")
+    imported.set_defaults(func=cmd_import)
+
+
+def _parameter(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return text
+
+
 # -- operators' verbs (streamfn.ops) ------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from .ops.status import render_table, status
@@ -464,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_schema)
     _add_ops_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
     _add_version_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_import_verb(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
     return parser
 
 
