@@ -233,3 +233,22 @@ def test_validate_refuses_a_version_that_is_not_there(tmp_path: Path, capsys: An
     assert "<- live" in capsys.readouterr().out
     config.write_text(config.read_text().replace('"live"', "0"))
     assert main(["validate", str(config)]) == 2
+
+
+def test_the_active_version_is_a_metric(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamfn.metrics import StatsCollector, build_registry
+
+    store, invoker = _versioned(tmp_path, 2)
+    slot = invoker.slot()
+    store.set_alias("live", 2)
+    asyncio.run(_call(slot, _records(1, 1)))
+    pipelines: Any = [SimpleNamespace(name=invoker.pipeline, runners={}, assigner=SimpleNamespace())]
+    text = generate_latest(build_registry(StatsCollector(lambda: pipelines), process=False)).decode()
+    values = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
+              for s in family.samples if s.name == "streamfn_handler_version"}
+    assert values == {(("pipeline", invoker.pipeline),): 2}
