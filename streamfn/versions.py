@@ -11,7 +11,8 @@ the new version, and notices a change from the file's stat alone.
 Each version is imported under its own package name (``_streamfn_versions.<pipeline>_v<n>_<hash>``),
 so two versions of the same module live side by side in one process with separate globals. Inside
 a version, relative imports (``from . import util``) resolve to that version's own files; an
-absolute import of another module (installed packages, or the unversioned working copy) is shared.
+absolute import of another module (installed packages, or the unversioned working copy) is shared,
+so a handler spread over several top-level modules should be a package to be frozen whole.
 """
 
 from __future__ import annotations

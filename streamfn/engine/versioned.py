@@ -90,6 +90,8 @@ class VersionedInvoker:
         self._invokers: dict[int, Invoker] = {}
         self.invoker(picker.version)  # a version that cannot load stops the pipeline at start-up
         ACTIVE_VERSIONS[pipeline] = picker.version
+        log.info("handler version %d", picker.version,
+                 extra={"pipeline": pipeline, "version": picker.version, "alias": picker.alias})
 
     def invoker(self, version: int) -> Invoker:
         found = self._invokers.get(version)
