@@ -252,3 +252,20 @@ def test_the_active_version_is_a_metric(tmp_path: Path) -> None:
     values = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
               for s in family.samples if s.name == "streamfn_handler_version"}
     assert values == {(("pipeline", invoker.pipeline),): 2}
+
+
+def test_concurrent_publishers_get_distinct_numbers(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = VersionStore(tmp_path / "state")
+    folders = []
+    for n in range(6):
+        folder = tmp_path / f"src{n}"
+        folder.mkdir()
+        write_handler(folder, f"m{n}")
+        folders.append(folder)
+    with ThreadPoolExecutor(6) as pool:
+        numbers = list(pool.map(lambda folder: publish(store, folder), folders))
+    assert sorted(numbers) == [1, 2, 3, 4, 5, 6]
+    for number, folder in zip(numbers, folders, strict=True):
+        assert (store.code_dir(number) / "app.py").read_text() == (folder / "app.py").read_text()
