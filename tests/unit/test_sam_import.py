@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from streamfn.cfn_template import Resolver, Unresolved, load_template
 from streamfn.cli import main
 from streamfn.config import load_pipeline
-from streamfn.sam_import import Resolver, Unresolved, import_template, load_template
+from streamfn.sam_import import import_template
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sam"
 
