@@ -231,6 +231,11 @@ def test_validate_refuses_a_version_that_is_not_there(tmp_path: Path, capsys: An
     assert main(["validate", str(config)]) == 0
     assert main(["versions", str(config)]) == 0
     assert "<- live" in capsys.readouterr().out
+    (tmp_path / "app.py").write_text("import no_such_module_anywhere\n")
+    assert main(["publish", str(config)]) == 0
+    assert main(["alias", "set", str(config), "live", "2"]) == 2, "an alias never points at code that fails"
+    assert "no_such_module_anywhere" in capsys.readouterr().err
+    assert VersionStore(tmp_path / "state").resolve("live") == 1
     config.write_text(config.read_text().replace('"live"', "0"))
     assert main(["validate", str(config)]) == 2
 
