@@ -23,6 +23,8 @@ from .components import BuildContext
 from .config_doc import accept_lambda_spellings, document_schema, explain_choices
 from .destinations.local import LocalDestinationConfig
 from .destinations.s3 import S3DestinationConfig
+from .destinations.sns import SnsDestinationConfig
+from .destinations.sqs import SqsDestinationConfig
 from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig, LocalLogDestinationConfig
 from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
@@ -39,13 +41,14 @@ from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
 from .sources.kafka import KafkaSourceConfig
 from .sources.kinesis import KinesisSourceConfig
 from .sources.local import LOG_FILE, LocalSourceConfig
+from .versions import version_ref_problem
 
 SourceConfig = LocalSourceConfig | KinesisSourceConfig | DynamoDBStreamsSourceConfig | KafkaSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkConfig
 CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig | KafkaCheckpointStoreConfig
 DestinationConfig = (
     LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
-    | KafkaDestinationConfig
+    | KafkaDestinationConfig | SqsDestinationConfig | SnsDestinationConfig
 )
 
 
@@ -109,6 +112,9 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs."))]
     handler: Annotated[str, msgspec.Meta(description=(
         "`module:function`, looked up in the config's folder, then the working directory."))]
+    handler_version: Annotated[int | str | None, msgspec.Meta(description=(
+        "A version published with `streamfn publish` to run instead of the working copy: its number, or an alias "
+        "(`streamfn alias set`) that a running daemon follows at batch boundaries."))] = None
     source: Annotated[SourceConfig, msgspec.Meta(description=(
         "Where records come from: a table whose `type` is local, kinesis, dynamodb_streams or kafka."))]
     interface: Annotated[Literal["native", "lambda"], msgspec.Meta(description=(
@@ -171,6 +177,7 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def _own_problems(self) -> list[tuple[str, str | None]]:
         return [
             ("name", name_problem(self.name)),
+            ("handler_version", version_ref_problem(self.handler_version)),
             ("parallelization_factor", "must be at least 1" if self.parallelization_factor < 1 else None),
             ("tumbling_window", "must be 0 (off) or between 1 and 900 seconds"
              if self.tumbling_window and not 1 <= self.tumbling_window <= 900 else None),
