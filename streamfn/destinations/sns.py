@@ -23,16 +23,16 @@ if TYPE_CHECKING:
 class SnsDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="sns"):
     """Failure records published to an SNS topic: Lambda's JSON document as each message."""
 
-    #: The topic's ARN.
-    topic_arn: str
-    #: Add the failed records (base64 ``data``), split over several messages when large; false sends
-    #: exactly Lambda's metadata-only record.
-    include_records: bool = True
-    endpoint_url: str | None = None
-    #: Default: the region in the topic's ARN, else the environment's.
-    region: str | None = None
-    #: Seconds one request may take in all (connect, send, answer) before it is retried.
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    topic_arn: Annotated[str, msgspec.Meta(description="The topic's ARN.")]
+    include_records: Annotated[bool, msgspec.Meta(description=(
+        "Add the failed records (base64 `data`), split over several messages when large; false sends exactly "
+        "Lambda's metadata-only record."))] = True
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "An SNS-compatible endpoint; default `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "Default: the region in the topic's ARN, else the environment's."))] = None
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def __post_init__(self) -> None:
         if arn_parts(self.topic_arn) is None:

@@ -58,16 +58,16 @@ def arn_parts(arn: str) -> tuple[str, str, str] | None:
 class SqsDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="sqs"):
     """Failure records sent to an SQS queue: Lambda's JSON document as each message's body."""
 
-    #: The queue's URL, ARN or name.
-    queue: str
-    #: Add the failed records (base64 ``data``), split over several messages when large; false sends
-    #: exactly Lambda's metadata-only record (read the records from the stream before they expire).
-    include_records: bool = True
-    endpoint_url: str | None = None
-    #: Default: the region in the queue's ARN, else the environment's.
-    region: str | None = None
-    #: Seconds one request may take in all (connect, send, answer) before it is retried.
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    queue: Annotated[str, msgspec.Meta(description="The queue's URL, ARN or name.")]
+    include_records: Annotated[bool, msgspec.Meta(description=(
+        "Add the failed records (base64 `data`), split over several messages when large; false sends exactly "
+        "Lambda's metadata-only record (read the records from the stream before they expire)."))] = True
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "An SQS-compatible endpoint; default `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "Default: the region in the queue's ARN, else the environment's."))] = None
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> SqsDestination:
         from ..aws import AwsClient

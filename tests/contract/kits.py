@@ -410,7 +410,7 @@ def sink_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> SinkKit
 
 # ---- on-failure destinations -------------------------------------------------------------------------------------
 
-DESTINATION_KINDS = ["memory", "local", "s3", "local_log", "kinesis", "kafka"]
+DESTINATION_KINDS = ["memory", "local", "s3", "local_log", "kinesis", "kafka", "sqs", "sqs_fifo", "sns"]
 
 
 class DestinationKit:
@@ -574,6 +574,56 @@ class MemoryDestinationKit(DestinationKit):
         return documents
 
 
+class SqsDestinationKit(DestinationKit):
+    """An SQS queue (standard: each send arrives; FIFO: a send repeated within 5 minutes is dropped by
+    its deduplication id), or an SNS topic read through a queue subscribed to it with raw delivery."""
+
+    throttle = ("AmazonSQS.SendMessage", 400, "ThrottlingException")
+
+    def __init__(self, endpoint: str, *, fifo: bool = False, topic: bool = False) -> None:
+        self.endpoint = endpoint
+        self.name = unique("failures") + (".fifo" if fifo else "")
+        self.idempotent = fifo
+        self.topic = topic
+        if topic:
+            self.throttle = None  # SNS speaks the query protocol: no target to throttle by
+        self.url = self.topic_arn = ""
+        self.received: list[Any] = []
+
+    def build(self, endpoint: str | None = None) -> Any:
+        from streamfn.destinations.sns import SnsDestinationConfig
+        from streamfn.destinations.sqs import SqsDestinationConfig
+
+        if self.topic:
+            return SnsDestinationConfig(topic_arn=self.topic_arn, endpoint_url=endpoint or self.endpoint)\
+                .build(CONTEXT)
+        return SqsDestinationConfig(queue=self.name, endpoint_url=endpoint or self.endpoint).build(CONTEXT)
+
+    async def prepare(self) -> None:
+        attributes = {"FifoQueue": "true"} if self.name.endswith(".fifo") else {}
+        async with client("sqs", self.endpoint) as sqs:
+            self.url = (await sqs.create_queue(QueueName=self.name, Attributes=attributes))["QueueUrl"]
+            if not self.topic:
+                return
+            queue_arn = (await sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+                         )["Attributes"]["QueueArn"]
+        async with client("sns", self.endpoint) as sns:
+            self.topic_arn = (await sns.create_topic(Name=self.name))["TopicArn"]
+            await sns.subscribe(TopicArn=self.topic_arn, Protocol="sqs", Endpoint=queue_arn,
+                                Attributes={"RawMessageDelivery": "true"})
+
+    async def documents(self) -> list[Any]:
+        async with client("sqs", self.endpoint) as sqs:
+            while True:
+                answer = await sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+                messages = answer.get("Messages", [])
+                if not messages:
+                    return self.received
+                for message in messages:
+                    self.received.append(orjson.loads(message["Body"]))
+                    await sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+
+
 def destination_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> DestinationKit:
     if kind == "memory":
         return MemoryDestinationKit()
@@ -588,4 +638,6 @@ def destination_kit(kind: str, request: pytest.FixtureRequest, folder: Path) -> 
         return S3DestinationKit(request.getfixturevalue("moto_endpoint"))
     if kind == "kinesis":
         return KinesisDestinationKit(request.getfixturevalue("kinesis_endpoint"))
+    if kind in ("sqs", "sqs_fifo", "sns"):
+        return SqsDestinationKit(request.getfixturevalue("moto_endpoint"), fifo=kind == "sqs_fifo", topic=kind == "sns")
     raise ValueError(kind)

@@ -2,10 +2,10 @@
 servers.
 
 Parametrised over streamfn.testing's MemoryDestination, the local folder, S3 (moto), a local log
-stream, Kinesis (kinesis-mock) and Kafka (Tansu). Each stores a failure record in Lambda's shape
-with the failed records in it; the keyed ones (folder, S3) store a failure sent twice once, the
-streams append each send whole; a throttled server is a ``RetryableError``; ``close`` may be called
-again.
+stream, Kinesis (kinesis-mock), Kafka (Tansu), and SQS (standard and FIFO) and SNS on moto. Each
+stores a failure record in Lambda's shape with the failed records in it; the keyed ones (folder, S3,
+a FIFO queue by its deduplication id) store a failure sent twice once, the streams append each send
+whole; a throttled server is a ``RetryableError``; ``close`` may be called again.
 """
 
 from __future__ import annotations
