@@ -578,7 +578,7 @@ class SqsDestinationKit(DestinationKit):
     """An SQS queue (standard: each send arrives; FIFO: a send repeated within 5 minutes is dropped by
     its deduplication id), or an SNS topic read through a queue subscribed to it with raw delivery."""
 
-    throttle = ("AmazonSQS.SendMessage", 400, "ThrottlingException")
+    throttle: tuple[str, int, str] | None = ("AmazonSQS.SendMessage", 400, "ThrottlingException")
 
     def __init__(self, endpoint: str, *, fifo: bool = False, topic: bool = False) -> None:
         self.endpoint = endpoint
