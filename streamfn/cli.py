@@ -21,6 +21,7 @@ from .errors import ConfigError, HandlerLoadError, StreamfnError
 from .extras import check_extras, extra_of_module, install_hint
 
 if TYPE_CHECKING:
+    from .engine.daemon import Reloader
     from .metrics import MetricsConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -59,9 +60,11 @@ def _without_sinks(loaded: LoadedPipeline) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.daemon import install_event_loop_policy, run_pipelines
+    from .engine.reload import pipeline_files
     from .ops.watchdog import BlockedWatch
 
-    loaded = _load_all(args.configs)  # a missing metrics extra is refused by the ops server as it starts
+    # a missing metrics extra is refused by the ops server as it starts
+    loaded = _load_all([str(path) for path in pipeline_files(args.configs)])
     for item in loaded:
         _check_handler(item)
         warning = _without_sinks(item)
@@ -72,13 +75,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_event_loop_policy()
     asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
                               stop=None if watch is None else watch.stop,
-                              watch=None if watch is None else watch.run))
+                              watch=None if watch is None else watch.run, reloader=_reloader(args.configs)))
     code = EXIT_OK
     if watch is not None and watch.verdict is not None:
         logs.say(logging.ERROR, watch.verdict)
         code = EXIT_FAILED
     _exit_past_stuck_handlers(code)
     return code
+
+
+def _reloader(arguments: Sequence[str]) -> Reloader:
+    """SIGHUP's re-read of ``run``'s files and directories, with ``run``'s checks; refusals are logged."""
+    from .engine.reload import pipeline_files
+
+    def reread() -> tuple[dict[Path, LoadedPipeline], list[Path]]:
+        wanted: dict[Path, LoadedPipeline] = {}
+        refused: list[Path] = []
+        for path in pipeline_files(arguments):
+            try:
+                item = _load(str(path))
+                _check_handler(item)
+            except StreamfnError as exc:
+                log.error("reload: file refused, its pipeline (if any) runs on unchanged: %s", exc)
+                refused.append(path)
+            else:
+                wanted[path] = item
+        return wanted, refused
+
+    return reread
 
 
 def _exit_past_stuck_handlers(code: int = EXIT_OK) -> None:
@@ -111,8 +135,10 @@ def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every check ``run`` makes before reading, with ``run``'s exit code (2) for a file it would refuse."""
+    from .engine.reload import expand_directories
+
     failed = 0
-    for path in args.configs:
+    for path in map(str, expand_directories(args.configs)):
         try:
             loaded = _load(path, metrics=True)
             _check_handler(loaded)
@@ -360,8 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.register("action", "parsers", _VerbParsers)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT")
-    run.add_argument("configs", nargs="+")
+    run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT; SIGHUP reloads the files")
+    run.add_argument("configs", nargs="+", metavar="FILE_OR_DIR",
+                     help="pipeline files, or directories of them (*.toml, *.yaml, *.yml, *.json)")
     run.add_argument("--until-caught-up", action="store_true", help="exit 0 once every shard is drained")
     run.add_argument("--fail-if-blocked-for", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="stop and exit 1, naming the shard and its error, once any shard has been blocked "
