@@ -232,89 +232,135 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    """Show or edit the lease table's checkpoints (``[checkpoints] type = "dynamodb"``); reset local ones."""
-    from .checkpoints import admin
+    """Show or edit checkpoints wherever the pipeline keeps them: a lease table, a Kafka group, local."""
     from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+    from .engine.run_lock import local_store_path
+
+    loaded = _load(args.config)
+    target = None if args.action == "show" else _checkpoint_target(args)
+    if isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig):
+        return _lease_table_checkpoints(loaded, loaded.config.checkpoints, args, target)
+    if local_store_path(loaded) is not None:
+        return _local_checkpoints(loaded, args, target)
+    return _kafka_checkpoints(loaded, args, target)
+
+
+def _checkpoint_target(args: argparse.Namespace) -> Any:
+    """Where ``reset --to`` or ``set --sequence`` moves the chosen shards."""
+    from .checkpoints.edits import Target
     from .ops.parts import parse_moment
+
+    if args.action == "set":
+        if not args.shard or len(args.shard) != 1 or args.sequence is None:
+            raise ConfigError("checkpoints set needs exactly one --shard and --sequence")
+        return Target(kind="sequence", sequence=args.sequence)
+    if args.sequence is not None:
+        raise ConfigError("--sequence goes with `checkpoints set`; reset takes --to")
+    if args.to is None:
+        return None  # the store's default
+    if args.to in ("trim_horizon", "latest"):
+        return Target(kind=args.to)
+    return Target(kind="at_timestamp", timestamp=parse_moment(args.to))
+
+
+def _print_edit(loaded: LoadedPipeline, args: argparse.Namespace, changes: Sequence[Any], target: Any) -> None:
+    from .checkpoints.edits import render_changes
+
+    head = "would " + args.action if args.dry_run else args.action
+    print(f"{head} {len(changes)} shard(s) of pipeline {loaded.config.name!r} to {target.describe()}"
+          + (" (dry run: nothing written)" if args.dry_run else ""))
+    if changes:
+        print(render_changes(changes))
+
+
+def _local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
+    """Local checkpoints: positions from the local log; no --to forgets them (the shards start at the
+    pipeline's starting_position)."""
+    from .checkpoints import admin_local
+    from .checkpoints.edits import Target, render_rows
+
+    if args.action == "show":
+        print(render_rows(admin_local.show(loaded)))
+        return EXIT_OK
+    target = target or Target(kind="start")
+    planned = admin_local.plan(loaded, target, args.shard)
+    changes = admin_local.changes(loaded, planned)
+    if not args.dry_run:
+        asyncio.run(admin_local.apply(loaded, planned, force=args.force, every_shard=args.shard is None))
+    shown = target if target.kind != "start" else Target(kind=loaded.config.starting_position)
+    _print_edit(loaded, args, changes, shown)
+    return EXIT_OK
+
+
+def _kafka_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
+    """A Kafka source's group offsets; no --to resets to trim_horizon (the earliest offsets)."""
+    from .checkpoints import admin_kafka
+    from .checkpoints.edits import Target, render_rows
+
+    if args.action == "show":
+        print(render_rows(asyncio.run(admin_kafka.show(loaded))))
+        return EXIT_OK
+    target = target or Target(kind="trim_horizon")
+    changes = asyncio.run(admin_kafka.edit(loaded, target, args.shard, force=args.force, dry_run=args.dry_run))
+    _print_edit(loaded, args, changes, target)
+    return EXIT_OK
+
+
+def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.Namespace, target: Any) -> int:
+    """A lease table: resets are recorded in the leases (``reset_to``) and applied by the next run."""
+    from .checkpoints import admin
+    from .checkpoints.edits import Change, Target
     from .sources.base import StartingPosition
 
-    loaded = load_pipeline(args.config)
-    store = loaded.config.checkpoints
-    if args.action == "reset" and _local_checkpoints(loaded):
-        return _reset_local_checkpoints(loaded, args)
-    if not isinstance(store, DynamoDBCheckpointStoreConfig):
-        raise ConfigError("checkpoints show/set edit a DynamoDB lease table (and reset local checkpoints); this "
-                          "pipeline keeps its checkpoints elsewhere (see `streamfn status`)", file=str(loaded.path),
-                          field="checkpoints")
     name = loaded.config.name
     if args.action == "show":
         print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
-    elif args.action == "reset":
-        args.to = args.to or "trim_horizon"
-        if args.to in ("trim_horizon", "latest"):
-            to = StartingPosition(args.to)
-        else:
-            to = StartingPosition("at_timestamp", parse_moment(args.to))
-        done = asyncio.run(admin.reset_checkpoints(store, name, to, shards=args.shard, force=args.force))
-        print(f"reset {len(done)} shard(s) to {args.to}: {', '.join(done)}")
-    else:
-        if not args.shard or len(args.shard) != 1 or args.sequence is None:
-            raise ConfigError("checkpoints set needs exactly one --shard and --sequence")
-        asyncio.run(admin.set_checkpoint(store, name, args.shard[0], args.sequence, args.sub_sequence,
+        return EXIT_OK
+    target = target or Target(kind="trim_horizon")
+    if args.dry_run:
+        rows = asyncio.run(admin.show_checkpoints(store, name))
+        chosen = [row for row in rows if not args.shard or row.shard_id in args.shard]
+        missing = sorted(set(args.shard or ()) - {row.shard_id for row in rows})
+        if missing:
+            raise ConfigError(f"no lease for shard(s) {', '.join(missing)} in this pipeline")
+        changes = [Change(shard_id=row.shard_id, before=row.checkpoint, after=target.describe()) for row in chosen]
+    elif target.kind == "sequence":
+        asyncio.run(admin.set_checkpoint(store, name, args.shard[0], target.sequence, args.sub_sequence,
                                          force=args.force))
-        print(f"{args.shard[0]}: resumes after {args.sequence}")
+        changes = [Change(shard_id=args.shard[0], before="", after=str(target.sequence))]
+    else:
+        start = StartingPosition(target.kind, target.timestamp)
+        done = asyncio.run(admin.reset_checkpoints(store, name, start, shards=args.shard, force=args.force))
+        changes = [Change(shard_id=shard, before="", after=target.describe()) for shard in done]
+    _print_edit(loaded, args, changes, target)
     return EXIT_OK
 
 
-def _local_checkpoints(loaded: LoadedPipeline) -> bool:
-    """Whether the pipeline keeps its checkpoints in the local store (``checkpoints.sqlite3``)."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
-    from .sources.kafka import KafkaSourceConfig
-
-    store = loaded.config.checkpoints
-    if store is None:
-        return not isinstance(loaded.config.source, KafkaSourceConfig)
-    return isinstance(store, LocalCheckpointStoreConfig)
-
-
-def _reset_local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
-    """Forget local checkpoints: the shards start at the pipeline's ``starting_position`` on the next run."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
-
-    start = loaded.config.starting_position
-    if args.to is not None and args.to != start:
-        raise ConfigError(f"a local checkpoint store resets shards to the pipeline's starting_position ({start}); "
-                          "set starting_position in the file to start elsewhere", file=str(loaded.path),
-                          field="starting_position")
-    configured = loaded.config.checkpoints
-    store = (configured if isinstance(configured, LocalCheckpointStoreConfig)
-             else LocalCheckpointStoreConfig()).build(loaded.context)
-
-    async def reset() -> list[str]:
-        await store.open()
-        try:
-            return await store.reset(args.shard)
-        finally:
-            await store.close()
-
-    done = asyncio.run(reset())
-    print(f"reset {len(done)} shard(s) of pipeline {loaded.config.name!r}: they start at {start} on the next run"
-          + (f" ({', '.join(done)})" if done else ""))
-    return EXIT_OK
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: sequences start at 0")
+    return value
 
 
 def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints in a lease table; "
-                                                       "reset local checkpoints (stop the daemon first)")
+    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints: local, lease table or "
+                                                       "Kafka group (refused while a worker runs the shard)")
     checkpoints.add_argument("action", choices=["show", "reset", "set"])
     checkpoints.add_argument("config")
     checkpoints.add_argument("--to", default=None,
-                             help="reset: trim_horizon (default), latest, or a time (epoch seconds or ISO 8601); "
-                                  "local checkpoints reset to the pipeline's starting_position")
+                             help="reset: trim_horizon, latest, or a time (epoch seconds or ISO 8601); default: "
+                                  "trim_horizon, or for local checkpoints the pipeline's starting_position")
     checkpoints.add_argument("--shard", action="append", help="only this shard (repeatable; set: exactly one)")
-    checkpoints.add_argument("--sequence", type=int, default=None, help="set: resume strictly after this sequence")
-    checkpoints.add_argument("--sub-sequence", type=int, default=0)
-    checkpoints.add_argument("--force", action="store_true", help="edit even while workers hold the leases")
+    checkpoints.add_argument("--sequence", type=_non_negative, default=None,
+                             help="set: resume strictly after this sequence (refused if the shard does not hold it)")
+    checkpoints.add_argument("--sub-sequence", type=_non_negative, default=0)
+    checkpoints.add_argument("--force", action="store_true",
+                             help="edit even while a worker runs the shard (a daemon, a live lease, a group member)")
+    checkpoints.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     checkpoints.set_defaults(func=cmd_checkpoints)
 
     status = verbs.add_parser("status", help="per shard: checkpoint, lag, lease owner, blocked or not")

@@ -77,6 +77,21 @@ class RunLock:
             self._fd = None
 
 
+def is_held(path: Path) -> bool:
+    """Whether some process holds the lock at ``path`` (shared or exclusive), without creating it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextlib.contextmanager
 def editing(loaded: LoadedPipeline, store: Path, *, force: bool) -> Iterator[None]:
     """Hold the exclusive lock while local checkpoints are edited; refuse if a daemon holds the

@@ -64,11 +64,21 @@ def test_show_reset_and_set(tmp_path: Path, moto_endpoint: str, aws_env: dict[st
     assert handled(tmp_path) == list(range(100, 105))
 
 
-def test_refuses_a_pipeline_without_a_lease_table(tmp_path: Path) -> None:
-    config = write_pipeline(tmp_path, ECHO, shards=1, sinks="")
-    done = cli(config, "show", env={})
-    assert done.returncode == 2
-    assert "lease table" in done.stderr
+def test_dry_run_and_negative_sequences_on_a_lease_table(tmp_path: Path, moto_endpoint: str,
+                                                        aws_env: dict[str, str]) -> None:
+    table = f"leases-{uuid.uuid4().hex[:8]}"
+    config = write_pipeline(tmp_path, ECHO, shards=2, sinks="",
+                            extra=f'[checkpoints]\ntype = "dynamodb"\ntable = "{table}"\n'
+                                  f'endpoint_url = "{moto_endpoint}"\nfailover_time = 2.0\n')
+    append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(10)])
+    run_until_caught_up(config)
+    before = cli(config, "show", env=aws_env).stdout
+    dry = cli(config, "reset", "--to", "latest", "--dry-run", env=aws_env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would reset 2 shard(s)" in dry.stdout and "-> latest" in dry.stdout
+    negative = cli(config, "set", "--shard", "shard-0000", "--sequence", "-5", env=aws_env)
+    assert negative.returncode == 2 and "negative" in negative.stderr
+    assert cli(config, "show", env=aws_env).stdout == before, "neither wrote anything"
 
 
 SLOW = """
