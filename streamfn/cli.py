@@ -176,6 +176,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     loaded = _load_all(args.configs)
     url = args.metrics_url if args.metrics_url is not None else _default_metrics_url(loaded)
+    if args.watch:
+        return _watch_status(url, args.interval)
     rows, daemon_seen = status(loaded, metrics_url=url or None)
     if args.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows)).decode() + "\n")
@@ -183,6 +185,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(render_table(rows, daemon_seen=daemon_seen))
         if not daemon_seen:
             sys.stdout.write("(no daemon's /metrics answered: BLOCKED is unknown; see --metrics-url)\n")
+    return EXIT_OK
+
+
+def _watch_status(url: str | None, interval: float) -> int:
+    """``status --watch``: redraw the live table from the daemon's /metrics until Ctrl-C."""
+    from .ops.watch import watch  # needs the metrics extra (prometheus-client parses the page): named if missing
+
+    if not url:
+        raise ConfigError("status --watch reads a running daemon's /metrics: pass --metrics-url, or enable "
+                          "[metrics] in the file (or run the daemon with --metrics-port)")
+    watch(url, interval=interval, out=sys.stdout)
     return EXIT_OK
 
 
@@ -368,6 +381,10 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument("--metrics-url", default=None,
                         help="a running daemon's metrics endpoint, for BLOCKED (default: from [metrics])")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh a live per-shard table (records/s, lag, iterator age, blocked, errors) from "
+                             "the daemon's /metrics until Ctrl-C")
+    status.add_argument("--interval", type=_positive_seconds, default=2.0, help="--watch: seconds between refreshes")
     status.set_defaults(func=cmd_status)
 
     replay = verbs.add_parser("replay", help="reprocess a past range of the source into the sinks, overwriting"
