@@ -229,8 +229,21 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from .ops.tail import starting_position, tail
 
     loaded = _load(args.config)
+    if args.output:
+        return _tail_output(loaded, args)
     asyncio.run(tail(loaded, start=starting_position(args.start), shards=args.shard or (), limit=args.count,
                      as_json=args.json))
+    return EXIT_OK
+
+
+def _tail_output(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
+    """``tail --output``: the items the handler returned, read from the objects the local sinks wrote."""
+    from .ops.tail import starting_position
+    from .ops.tail_output import tail_output
+
+    if args.shard:
+        raise ConfigError("tail --output follows the sinks' objects, which are not split by shard: drop --shard")
+    tail_output(loaded, start=starting_position(args.start), limit=args.count, as_json=args.json, out=sys.stdout)
     return EXIT_OK
 
 
@@ -399,12 +412,16 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(func=cmd_replay)
 
-    tail = verbs.add_parser("tail", help="print the source's records as they arrive")
+    tail = verbs.add_parser("tail", help="print the source's records as they arrive (--output: what the handler "
+                                         "returned, as the local sinks wrote it)")
     tail.add_argument("config")
     tail.add_argument("--from", dest="start", default="latest", help="latest (default), trim_horizon, or a time")
     tail.add_argument("--shard", action="append", help="only this shard (repeatable)")
     tail.add_argument("--count", type=int, default=None, help="exit after this many records")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument("--output", action="store_true",
+                      help="print the handler's output: each item of each object the local sinks write (--from "
+                           "latest: new objects; trim_horizon: all; a time: written since)")
     tail.set_defaults(func=cmd_tail)
 
     init = verbs.add_parser("init", help="write a commented starter pipeline and handler")
