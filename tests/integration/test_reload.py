@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -53,12 +55,12 @@ def wait_for(condition: Callable[[], bool], what: str, log: Path, timeout: float
 
 
 class Daemon:
-    def __init__(self, conf: Path, *targets: str) -> None:
+    def __init__(self, conf: Path, *targets: str, env: dict[str, str] | None = None) -> None:
         self.log = conf.parent / "daemon.log"
         self._err = self.log.open("wb")
         self.process = subprocess.Popen([sys.executable, "-m", "streamfn", "run", *targets], cwd=conf,
                                         stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True,
-                                        env=dict(os.environ))
+                                        env={**os.environ, **(env or {})})
 
     def hangup_and_wait(self) -> None:
         """Send SIGHUP and wait for the reload it starts to finish."""
@@ -87,8 +89,8 @@ def conf(tmp_path: Path) -> Path:
 def running(conf: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(*targets: str) -> Daemon:
-        started.append(Daemon(conf, *targets))
+    def start(*targets: str, env: dict[str, str] | None = None) -> Daemon:
+        started.append(Daemon(conf, *targets, env=env))
         return started[-1]
 
     yield start
@@ -158,3 +160,24 @@ def test_files_added_to_and_removed_from_the_directory_start_and_stop_pipelines(
     wait_for(lambda: sum(map(len, handled(conf, "b"))) == 25, "pipeline b going on", daemon.log)
     assert handled(conf, "a") == [], "pipeline a stopped with its file removed"
     assert daemon.stop() == 0
+
+
+def test_a_reload_tells_systemd_reloading_then_ready(conf: Path, running: Callable[..., Daemon]) -> None:
+    folder = tempfile.mkdtemp(prefix="sfn-")  # a unix socket path must fit in 108 bytes
+    address = os.path.join(folder, "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        try:
+            path = write(conf, "a", max_records=10)
+            daemon = running(str(path), env={"NOTIFY_SOCKET": address})
+            assert sock.recv(4096) == b"READY=1"
+            write(conf, "a", max_records=20)
+            os.kill(daemon.process.pid, signal.SIGHUP)
+            reloading = sock.recv(4096).decode()
+            assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=") and int(reloading.rsplit("=", 1)[1]) > 0
+            assert sock.recv(4096) == b"READY=1", "READY=1 again once the reload is done"
+            assert daemon.stop() == 0
+        finally:
+            os.unlink(address)
+            os.rmdir(folder)
