@@ -65,7 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # a missing metrics extra is refused by the ops server as it starts
     loaded = _load_all([str(path) for path in pipeline_files(args.configs)])
+    if not loaded:
+        raise ConfigError(f"no pipeline files (*.toml, *.yaml, *.yml, *.json) in {', '.join(args.configs)}")
     for item in loaded:
+        _refuse_a_second(item, loaded)
         _check_handler(item)
         warning = _without_sinks(item)
         if warning:
@@ -84,6 +87,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _refuse_a_second(item: LoadedPipeline, others: Sequence[LoadedPipeline]) -> None:
+    """Two files naming the same pipeline would share its checkpoints and object keys: refuse the second."""
+    first = next((other for other in others if other.config.name == item.config.name), item)
+    if first is not item:
+        raise ConfigError(f"pipeline {item.config.name!r} is already defined in {first.path}", file=str(item.path),
+                          field="name")
+
+
 def _reloader(arguments: Sequence[str]) -> Reloader:
     """SIGHUP's re-read of ``run``'s files and directories, with ``run``'s checks; refusals are logged."""
     from .engine.reload import pipeline_files
@@ -95,6 +106,7 @@ def _reloader(arguments: Sequence[str]) -> Reloader:
             try:
                 item = _load(str(path))
                 _check_handler(item)
+                _refuse_a_second(item, list(wanted.values()))
             except StreamfnError as exc:
                 log.error("reload: file refused, its pipeline (if any) runs on unchanged: %s", exc)
                 refused.append(path)

@@ -54,7 +54,7 @@ def pipeline_files(arguments: Iterable[str | Path]) -> list[Path]:
     for path in found:
         if not path.exists():
             raise ConfigError("no such pipeline file or directory", file=str(path))
-    return [path.resolve() for path in found]
+    return list(dict.fromkeys(path.resolve() for path in found))  # a file named twice runs once
 
 
 def expand_directories(arguments: Iterable[str | Path]) -> list[Path]:

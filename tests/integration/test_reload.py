@@ -181,3 +181,16 @@ def test_a_reload_tells_systemd_reloading_then_ready(conf: Path, running: Callab
         finally:
             os.unlink(address)
             os.rmdir(folder)
+
+
+def test_two_files_naming_one_pipeline_are_refused(conf: Path) -> None:
+    write(conf, "a", max_records=10)
+    (conf / "copy.toml").write_text((conf / "a.toml").read_text())
+    done = subprocess.run([sys.executable, "-m", "streamfn", "run", str(conf), "--until-caught-up"], cwd=conf,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "already defined in" in done.stderr and "copy.toml" in done.stderr
+    empty = conf.parent / "empty"
+    empty.mkdir()
+    none = subprocess.run([sys.executable, "-m", "streamfn", "run", str(empty)], cwd=conf, capture_output=True,
+                          text=True, timeout=60)
+    assert none.returncode == 2 and "no pipeline files" in none.stderr
