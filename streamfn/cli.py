@@ -355,6 +355,10 @@ def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.
         print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
         return EXIT_OK
     target = target or Target(kind="trim_horizon")
+    if target.kind == "sequence":
+        from .checkpoints.sequence_check import check_sequence
+
+        asyncio.run(check_sequence(loaded, args.shard[0], target.sequence))
     if args.dry_run:
         rows = asyncio.run(admin.show_checkpoints(store, name))
         chosen = [row for row in rows if not args.shard or row.shard_id in args.shard]

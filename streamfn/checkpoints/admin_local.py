@@ -21,6 +21,7 @@ from ..sources.local_log import LocalLog
 from .base import Checkpoint
 from .edits import Change, Row, Target, describe
 from .local import LocalCheckpointStoreConfig
+from .sequence_check import check_local_sequence
 
 
 def _store_path(loaded: LoadedPipeline) -> Path:
@@ -101,12 +102,8 @@ def _position(loaded: LoadedPipeline, log: LocalLog | None, stream: str, shard: 
         after = tip if found is None else found - 1
     else:
         assert target.sequence is not None
+        check_local_sequence(loaded, stream, shard, target.sequence)
         after = target.sequence
-        if after > tip:
-            raise CheckpointError(f"{shard} has no sequence {after}: the log ends at {tip}")
-        if after < first - 1:
-            raise CheckpointError(f"{shard}: sequences before {first} were trimmed from the log (retention); "
-                                  f"set {first - 1} or later, or reset --to trim_horizon")
     return Checkpoint(position=Position(after))
 
 
