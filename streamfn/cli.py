@@ -249,13 +249,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _tail_output(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
-    """``tail --output``: the items the handler returned, read from the objects the local sinks wrote."""
+    """``tail --output``: the items the handler returned, read from the objects the local and S3 sinks wrote."""
     from .ops.tail import starting_position
     from .ops.tail_output import tail_output
 
     if args.shard:
         raise ConfigError("tail --output follows the sinks' objects, which are not split by shard: drop --shard")
-    tail_output(loaded, start=starting_position(args.start), limit=args.count, as_json=args.json, out=sys.stdout)
+    asyncio.run(tail_output(loaded, start=starting_position(args.start), limit=args.count, as_json=args.json,
+                            out=sys.stdout))
     return EXIT_OK
 
 
@@ -436,7 +437,7 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     tail.add_argument("--count", type=int, default=None, help="exit after this many records")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
     tail.add_argument("--output", action="store_true",
-                      help="print the handler's output: each item of each object the local sinks write (--from "
+                      help="print the handler's output: each item of each object the local and S3 sinks write (--from "
                            "latest: new objects; trim_horizon: all; a time: written since)")
     tail.set_defaults(func=cmd_tail)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -60,7 +62,23 @@ def test_follows_objects_written_since_a_time(tmp_path: Path) -> None:
             follower.communicate(timeout=10)
 
 
+def test_reads_an_s3_sinks_objects(tmp_path: Path, moto_endpoint: str, aws_env: dict[str, str]) -> None:
+    bucket = f"tail-{uuid.uuid4().hex[:8]}"
+    config = write_pipeline(tmp_path, DOUBLE, shards=2, sinks=f'[[sinks]]\ntype = "s3"\nbucket = "{bucket}"\n'
+                                                              f'endpoint_url = "{moto_endpoint}"\n'
+                                                              "create_bucket = true\ngzip = true\n")
+    append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(20)])
+    run_until_caught_up(config)  # aws_env has set fake credentials in os.environ
+    done = subprocess.run([sys.executable, "-m", "streamfn", "tail", str(config), "--output", "--json", "--from",
+                           "trim_horizon", "--count", "20"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env={**os.environ, **aws_env})
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(line["item"]["doubled"] for line in lines) == [2 * i for i in range(20)]
+    assert all(line["object"].endswith(".gz") for line in lines), "gzip objects are shown decompressed"
+
+
 def test_a_pipeline_without_a_local_sink_is_refused(tmp_path: Path) -> None:
     config = write_pipeline(tmp_path, DOUBLE, shards=1, sinks="")
     done = tail(config, "--count", "1")
-    assert done.returncode == 2 and "local sinks" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "local and S3 sinks" in done.stderr and "Traceback" not in done.stderr
