@@ -277,9 +277,15 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
     loaded = _load(args.config)
     target = None if args.action == "show" else _checkpoint_target(args)
-    if isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig):
+    lease_table = isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig)
+    local = not lease_table and local_store_path(loaded) is not None
+    if target is not None and target.kind == "sequence" and (lease_table or local):  # Kafka checks its own
+        from .checkpoints.sequence_check import check_sequence
+
+        asyncio.run(check_sequence(loaded, args.shard[0], target.sequence))
+    if lease_table:
         return _lease_table_checkpoints(loaded, loaded.config.checkpoints, args, target)
-    if local_store_path(loaded) is not None:
+    if local:
         return _local_checkpoints(loaded, args, target)
     return _kafka_checkpoints(loaded, args, target)
 
@@ -356,10 +362,6 @@ def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.
         print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
         return EXIT_OK
     target = target or Target(kind="trim_horizon")
-    if target.kind == "sequence":
-        from .checkpoints.sequence_check import check_sequence
-
-        asyncio.run(check_sequence(loaded, args.shard[0], target.sequence))
     if args.dry_run:
         rows = asyncio.run(admin.show_checkpoints(store, name))
         chosen = [row for row in rows if not args.shard or row.shard_id in args.shard]
