@@ -20,7 +20,11 @@ import pytest
 from tests.pipelines import append, kill, output_objects
 
 HANDLER = """
+import os
+import time
+
 def handle(batch, context):
+    time.sleep(float(os.environ.get("BATCH_SLEEP", "0")))
     return [{"seq": r.sequence, "v": r.json()["v"]} for r in batch]
 """
 
@@ -119,6 +123,24 @@ def test_a_changed_file_restarts_its_pipeline_with_the_new_batching(conf: Path,
     counts = Counter(v for obj in objects for v in obj)
     assert sorted(counts) == list(range(200)) and set(counts.values()) == {1}, "nothing lost or duplicated"
     assert "restart" in daemon.text() and "a.toml" in daemon.text()
+
+
+def test_a_reload_while_batches_are_in_flight_loses_and_repeats_nothing(conf: Path,
+                                                                         running: Callable[..., Daemon]) -> None:
+    path = write(conf, "a", max_records=10)
+    append(path, records(0, 400))
+    daemon = running(str(path), env={"BATCH_SLEEP": "0.02"})
+    wait_for(lambda: sum(map(len, handled(conf, "a"))) >= 50, "the first batches", daemon.log)
+    write(conf, "a", max_records=40)
+    daemon.hangup_and_wait()
+    wait_for(lambda: sum(map(len, handled(conf, "a"))) == 400, "every record", daemon.log)
+    assert daemon.stop() == 0
+    objects = handled(conf, "a")
+    counts = Counter(v for obj in objects for v in obj)
+    assert sorted(counts) == list(range(400)) and set(counts.values()) == {1}, "nothing lost or duplicated"
+    sizes = [len(obj) for obj in sorted(objects, key=lambda obj: obj[0])]
+    assert 40 in sizes and sizes[0] == 10, "batches of 10 before the reload, of up to 40 after"
+    assert set(sizes[:-1]) <= {10, 40}, "no batch cut short by the restart"
 
 
 def test_an_invalid_file_is_refused_and_the_old_pipeline_runs_on(conf: Path, running: Callable[..., Daemon]) -> None:
