@@ -22,6 +22,8 @@ from .checkpoints.local import LocalCheckpointStoreConfig
 from .components import BuildContext
 from .destinations.local import LocalDestinationConfig
 from .destinations.s3 import S3DestinationConfig
+from .destinations.sns import SnsDestinationConfig
+from .destinations.sqs import SqsDestinationConfig
 from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig, LocalLogDestinationConfig
 from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
@@ -38,13 +40,14 @@ from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
 from .sources.kafka import KafkaSourceConfig
 from .sources.kinesis import KinesisSourceConfig
 from .sources.local import LOG_FILE, LocalSourceConfig
+from .versions import version_ref_problem
 
 SourceConfig = LocalSourceConfig | KinesisSourceConfig | DynamoDBStreamsSourceConfig | KafkaSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkConfig
 CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig | KafkaCheckpointStoreConfig
 DestinationConfig = (
     LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
-    | KafkaDestinationConfig
+    | KafkaDestinationConfig | SqsDestinationConfig | SnsDestinationConfig
 )
 
 
@@ -103,6 +106,9 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     #: ``module:function``, looked up in the config's folder, then the working directory.
     handler: str
+    #: A version published with ``streamfn publish`` to run instead of the working copy: its number,
+    #: or an alias (``streamfn alias set``) that a running daemon follows at batch boundaries.
+    handler_version: int | str | None = None
     source: SourceConfig
     #: ``native`` (a Batch of Records) or ``lambda`` (an unmodified AWS Lambda stream handler).
     interface: Literal["native", "lambda"] = "native"
@@ -151,6 +157,7 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def _own_problems(self) -> list[tuple[str, str | None]]:
         return [
             ("name", name_problem(self.name)),
+            ("handler_version", version_ref_problem(self.handler_version)),
             ("parallelization_factor", "must be at least 1" if self.parallelization_factor < 1 else None),
             ("tumbling_window", "must be 0 (off) or between 1 and 900 seconds"
              if self.tumbling_window and not 1 <= self.tumbling_window <= 900 else None),
