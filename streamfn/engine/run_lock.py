@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import time
@@ -21,6 +22,8 @@ from ..checkpoints.local import LocalCheckpointStoreConfig
 from ..config import LoadedPipeline
 from ..errors import CheckpointError
 from ..sources.kafka import KafkaSourceConfig
+
+log = logging.getLogger("streamfn.daemon")
 
 
 def local_store_path(loaded: LoadedPipeline) -> Path | None:
@@ -54,9 +57,17 @@ class RunLock:
         self._fd: int | None = None
 
     async def acquire(self, wait: float = 30.0) -> None:
-        """Take the shared lock, waiting up to ``wait`` seconds for an edit in progress to finish."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Take the shared lock, waiting up to ``wait`` seconds for an edit in progress to finish.
+
+        A lock file that cannot be made (a read-only or full state folder) does not stop the pipeline:
+        the lock only guards operators' edits, and the store reports such a folder itself."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.warning("running without the run lock %s (%s): `streamfn checkpoints` cannot tell that this "
+                        "daemon runs the pipeline", self.path, exc.strerror or exc)
+            return
         deadline = time.monotonic() + wait
         while True:
             try:

@@ -34,3 +34,4 @@ def test_a_directory_means_its_pipeline_files(tmp_path: Path) -> None:
     for name in ("b.toml", "a.yaml", ".hidden.toml", "notes.txt", "c.json~"):
         (tmp_path / name).write_text("")
     assert expand_directories([tmp_path, "x.toml"]) == [tmp_path / "a.yaml", tmp_path / "b.toml", Path("x.toml")]
+
