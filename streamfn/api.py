@@ -103,6 +103,9 @@ def append_records(loaded: LoadedPipeline, records: Iterable[tuple[str, bytes]])
 class Engine:
     """Runs pipelines inside the caller's event loop until ``stop()`` (or the ``async with`` ends).
 
+    The first pipeline whose ``metrics`` section is enabled serves /metrics, /healthz and /readyz
+    for all of them (see ``metrics_url``), as ``streamfn run`` does.
+
     ``start()`` returns once every pipeline has opened its source, store and sinks and started its
     shards; an error there (a handler that does not import, a server that does not answer) is
     raised from it. A pipeline that fails later is raised from ``caught_up()`` or ``stop()``.
@@ -128,13 +131,24 @@ class Engine:
             self._fleet = fleet
             opened.set_result(None)
 
+        metrics = next((p.config.metrics for p in self._loaded if p.config.metrics and p.config.metrics.enabled), None)
         self._task = asyncio.create_task(run_pipelines(self._loaded, stop=self._stop, handle_signals=False,
-                                                       started=started), name="streamfn.Engine")
+                                                       metrics=metrics, started=started), name="streamfn.Engine")
         await asyncio.wait([opened, self._task], return_when=asyncio.FIRST_COMPLETED)
         if not opened.done():
             opened.cancel()
             await self._task  # raises why the pipelines did not start
             raise StreamfnError("the pipelines ended before they started")
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port`` of /metrics, /healthz and /readyz when a pipeline enables ``[metrics]``
+        (``port = 0`` picks a free port: read it here once started); None otherwise."""
+        ops = self._started().ops
+        if ops is None:
+            return None
+        host = ops.config.host if ops.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{ops.port}"
 
     @property
     def running(self) -> bool:

@@ -53,7 +53,8 @@ class Fleet:
 
     def __init__(self, *, until_caught_up: bool, ops: OpsServer | None) -> None:
         self._until_caught_up = until_caught_up
-        self._ops = ops
+        #: The /metrics, /healthz, /readyz endpoint when enabled (its ``port`` once started).
+        self.ops = ops
         self.running: dict[Path, _Running] = {}
         self.pipelines: list[Pipeline] = []
         #: Set whenever the set of run tasks changes, so the daemon's wait picks up the new ones.
@@ -77,8 +78,8 @@ class Fleet:
         entry = _Running(pipeline, lock)
         self.running[key] = entry
         self.pipelines.append(pipeline)
-        if self._ops is not None:
-            self._ops.mark_started(pipeline.name)
+        if self.ops is not None:
+            self.ops.mark_started(pipeline.name)
 
     def launch(self) -> None:
         """Start the run task of every opened pipeline that has none yet."""

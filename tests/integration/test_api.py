@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,24 @@ async def test_a_config_object_and_a_handler_string_work_too(tmp_path: Path) -> 
         async with asyncio.timeout(30):
             await engine.caught_up()
     assert written(tmp_path) == list(range(15))
+
+
+async def test_metrics_are_served_when_the_spec_enables_them(tmp_path: Path) -> None:
+    served = streamfn.pipeline(spec(metrics={"enabled": True, "port": 0}), handler=lambda batch, context: None,
+                               base_dir=tmp_path)
+    streamfn.append_records(served, clicks(0, 12))
+    async with streamfn.Engine(served) as engine:
+        async with asyncio.timeout(30):
+            await engine.caught_up()
+        assert engine.metrics_url is not None
+        page = await asyncio.to_thread(fetch, engine.metrics_url + "/metrics")
+    handled = [line for line in page.splitlines() if line.startswith("streamfn_records_handled_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in handled) == 12
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def test_invalid_specs_name_the_field(tmp_path: Path) -> None:

@@ -211,6 +211,9 @@ def test_two_files_naming_one_pipeline_are_refused(conf: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "streamfn", "run", str(conf), "--until-caught-up"], cwd=conf,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "already defined in" in done.stderr and "copy.toml" in done.stderr
+    checked = subprocess.run([sys.executable, "-m", "streamfn", "validate", str(conf)], cwd=conf, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0 and "a.toml" in checked.stdout and "copy.toml" in checked.stdout, "validate DIR"
     empty = conf.parent / "empty"
     empty.mkdir()
     none = subprocess.run([sys.executable, "-m", "streamfn", "run", str(empty)], cwd=conf, capture_output=True,
