@@ -21,6 +21,7 @@ from .errors import ConfigError, HandlerLoadError, StreamfnError
 from .extras import check_extras, extra_of_module, install_hint
 
 if TYPE_CHECKING:
+    from .engine.daemon import Reloader
     from .metrics import MetricsConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -62,10 +63,15 @@ def _without_sinks(loaded: LoadedPipeline) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.daemon import install_event_loop_policy, run_pipelines
+    from .engine.reload import pipeline_files
     from .ops.watchdog import BlockedWatch
 
-    loaded = _load_all(args.configs)  # a missing metrics extra is refused by the ops server as it starts
+    # a missing metrics extra is refused by the ops server as it starts
+    loaded = _load_all([str(path) for path in pipeline_files(args.configs)])
+    if not loaded:
+        raise ConfigError(f"no pipeline files (*.toml, *.yaml, *.yml, *.json) in {', '.join(args.configs)}")
     for item in loaded:
+        _refuse_a_second(item, loaded)
         _check_handler(item)
         warning = _without_sinks(item)
         if warning:
@@ -75,13 +81,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_event_loop_policy()
     asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
                               stop=None if watch is None else watch.stop,
-                              watch=None if watch is None else watch.run))
+                              watch=None if watch is None else watch.run, reloader=_reloader(args.configs)))
     code = EXIT_OK
     if watch is not None and watch.verdict is not None:
         logs.say(logging.ERROR, watch.verdict)
         code = EXIT_FAILED
     _exit_past_stuck_handlers(code)
     return code
+
+
+def _refuse_a_second(item: LoadedPipeline, others: Sequence[LoadedPipeline]) -> None:
+    """Two files naming the same pipeline would share its checkpoints and object keys: refuse the second."""
+    first = next((other for other in others if other.config.name == item.config.name), item)
+    if first is not item:
+        raise ConfigError(f"pipeline {item.config.name!r} is already defined in {first.path}", file=str(item.path),
+                          field="name")
+
+
+def _reloader(arguments: Sequence[str]) -> Reloader:
+    """SIGHUP's re-read of ``run``'s files and directories, with ``run``'s checks; refusals are logged."""
+    from .engine.reload import pipeline_files
+
+    def reread() -> tuple[dict[Path, LoadedPipeline], list[Path]]:
+        wanted: dict[Path, LoadedPipeline] = {}
+        refused: list[Path] = []
+        for path in pipeline_files(arguments):
+            try:
+                item = _load(str(path))
+                _check_handler(item)
+                _refuse_a_second(item, list(wanted.values()))
+            except StreamfnError as exc:
+                log.error("reload: file refused, its pipeline (if any) runs on unchanged: %s", exc)
+                refused.append(path)
+            else:
+                wanted[path] = item
+        return wanted, refused
+
+    return reread
 
 
 def _exit_past_stuck_handlers(code: int = EXIT_OK) -> None:
@@ -114,8 +150,10 @@ def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every check ``run`` makes before reading, with ``run``'s exit code (2) for a file it would refuse."""
+    from .engine.reload import expand_directories
+
     failed = 0
-    for path in args.configs:
+    for path in map(str, expand_directories(args.configs)):
         try:
             loaded = _load(path, metrics=True)
             _check_handler(loaded)
@@ -304,6 +342,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     loaded = _load_all(args.configs)
     url = args.metrics_url if args.metrics_url is not None else _default_metrics_url(loaded)
+    if args.watch:
+        return _watch_status(url, args.interval)
     rows, daemon_seen = status(loaded, metrics_url=url or None)
     if args.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows)).decode() + "\n")
@@ -311,6 +351,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(render_table(rows, daemon_seen=daemon_seen))
         if not daemon_seen:
             sys.stdout.write("(no daemon's /metrics answered: BLOCKED is unknown; see --metrics-url)\n")
+    return EXIT_OK
+
+
+def _watch_status(url: str | None, interval: float) -> int:
+    """``status --watch``: redraw the live table from the daemon's /metrics until Ctrl-C."""
+    from .ops.watch import watch  # needs the metrics extra (prometheus-client parses the page): named if missing
+
+    if not url:
+        raise ConfigError("status --watch reads a running daemon's /metrics: pass --metrics-url, or enable "
+                          "[metrics] in the file (or run the daemon with --metrics-port)")
+    watch(url, interval=interval, out=sys.stdout)
     return EXIT_OK
 
 
@@ -344,8 +395,22 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from .ops.tail import starting_position, tail
 
     loaded = _load(args.config)
+    if args.output:
+        return _tail_output(loaded, args)
     asyncio.run(tail(loaded, start=starting_position(args.start), shards=args.shard or (), limit=args.count,
                      as_json=args.json))
+    return EXIT_OK
+
+
+def _tail_output(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
+    """``tail --output``: the items the handler returned, read from the objects the local and S3 sinks wrote."""
+    from .ops.tail import starting_position
+    from .ops.tail_output import tail_output
+
+    if args.shard:
+        raise ConfigError("tail --output follows the sinks' objects, which are not split by shard: drop --shard")
+    asyncio.run(tail_output(loaded, start=starting_position(args.start), limit=args.count, as_json=args.json,
+                            out=sys.stdout))
     return EXIT_OK
 
 
@@ -360,89 +425,141 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    """Show or edit the lease table's checkpoints (``[checkpoints] type = "dynamodb"``); reset local ones."""
-    from .checkpoints import admin
+    """Show or edit checkpoints wherever the pipeline keeps them: a lease table, a Kafka group, local."""
     from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+    from .engine.run_lock import local_store_path
+
+    loaded = _load(args.config)
+    target = None if args.action == "show" else _checkpoint_target(args)
+    lease_table = isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig)
+    local = not lease_table and local_store_path(loaded) is not None
+    if target is not None and target.kind == "sequence" and (lease_table or local):  # Kafka checks its own
+        from .checkpoints.sequence_check import check_sequence
+
+        asyncio.run(check_sequence(loaded, args.shard[0], target.sequence))
+    if lease_table:
+        return _lease_table_checkpoints(loaded, loaded.config.checkpoints, args, target)
+    if local:
+        return _local_checkpoints(loaded, args, target)
+    return _kafka_checkpoints(loaded, args, target)
+
+
+def _checkpoint_target(args: argparse.Namespace) -> Any:
+    """Where ``reset --to`` or ``set --sequence`` moves the chosen shards."""
+    from .checkpoints.edits import Target
     from .ops.parts import parse_moment
+
+    if args.action == "set":
+        if not args.shard or len(args.shard) != 1 or args.sequence is None:
+            raise ConfigError("checkpoints set needs exactly one --shard and --sequence")
+        return Target(kind="sequence", sequence=args.sequence)
+    if args.sequence is not None:
+        raise ConfigError("--sequence goes with `checkpoints set`; reset takes --to")
+    if args.to is None:
+        return None  # the store's default
+    if args.to in ("trim_horizon", "latest"):
+        return Target(kind=args.to)
+    return Target(kind="at_timestamp", timestamp=parse_moment(args.to))
+
+
+def _print_edit(loaded: LoadedPipeline, args: argparse.Namespace, changes: Sequence[Any], target: Any) -> None:
+    from .checkpoints.edits import render_changes
+
+    head = "would " + args.action if args.dry_run else args.action
+    print(f"{head} {len(changes)} shard(s) of pipeline {loaded.config.name!r} to {target.describe()}"
+          + (" (dry run: nothing written)" if args.dry_run else ""))
+    if changes:
+        print(render_changes(changes))
+
+
+def _local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
+    """Local checkpoints: positions from the local log; no --to forgets them (the shards start at the
+    pipeline's starting_position)."""
+    from .checkpoints import admin_local
+    from .checkpoints.edits import Target, render_rows
+
+    if args.action == "show":
+        print(render_rows(admin_local.show(loaded)))
+        return EXIT_OK
+    target = target or Target(kind="start")
+    planned = admin_local.plan(loaded, target, args.shard)
+    changes = admin_local.changes(loaded, planned)
+    if not args.dry_run:
+        asyncio.run(admin_local.apply(loaded, planned, force=args.force, every_shard=args.shard is None))
+    shown = target if target.kind != "start" else Target(kind=loaded.config.starting_position)
+    _print_edit(loaded, args, changes, shown)
+    return EXIT_OK
+
+
+def _kafka_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
+    """A Kafka source's group offsets; no --to resets to trim_horizon (the earliest offsets)."""
+    from .checkpoints import admin_kafka
+    from .checkpoints.edits import Target, render_rows
+
+    if args.action == "show":
+        print(render_rows(asyncio.run(admin_kafka.show(loaded))))
+        return EXIT_OK
+    target = target or Target(kind="trim_horizon")
+    changes = asyncio.run(admin_kafka.edit(loaded, target, args.shard, force=args.force, dry_run=args.dry_run))
+    _print_edit(loaded, args, changes, target)
+    return EXIT_OK
+
+
+def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.Namespace, target: Any) -> int:
+    """A lease table: resets are recorded in the leases (``reset_to``) and applied by the next run."""
+    from .checkpoints import admin
+    from .checkpoints.edits import Change, Target
     from .sources.base import StartingPosition
 
-    loaded = load_pipeline(args.config)
-    store = loaded.config.checkpoints
-    if args.action == "reset" and _local_checkpoints(loaded):
-        return _reset_local_checkpoints(loaded, args)
-    if not isinstance(store, DynamoDBCheckpointStoreConfig):
-        raise ConfigError("checkpoints show/set edit a DynamoDB lease table (and reset local checkpoints); this "
-                          "pipeline keeps its checkpoints elsewhere (see `streamfn status`)", file=str(loaded.path),
-                          field="checkpoints")
     name = loaded.config.name
     if args.action == "show":
         print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
-    elif args.action == "reset":
-        args.to = args.to or "trim_horizon"
-        if args.to in ("trim_horizon", "latest"):
-            to = StartingPosition(args.to)
-        else:
-            to = StartingPosition("at_timestamp", parse_moment(args.to))
-        done = asyncio.run(admin.reset_checkpoints(store, name, to, shards=args.shard, force=args.force))
-        print(f"reset {len(done)} shard(s) to {args.to}: {', '.join(done)}")
-    else:
-        if not args.shard or len(args.shard) != 1 or args.sequence is None:
-            raise ConfigError("checkpoints set needs exactly one --shard and --sequence")
-        asyncio.run(admin.set_checkpoint(store, name, args.shard[0], args.sequence, args.sub_sequence,
+        return EXIT_OK
+    target = target or Target(kind="trim_horizon")
+    if args.dry_run:
+        rows = asyncio.run(admin.show_checkpoints(store, name))
+        chosen = [row for row in rows if not args.shard or row.shard_id in args.shard]
+        missing = sorted(set(args.shard or ()) - {row.shard_id for row in rows})
+        if missing:
+            raise ConfigError(f"no lease for shard(s) {', '.join(missing)} in this pipeline")
+        changes = [Change(shard_id=row.shard_id, before=row.checkpoint, after=target.describe()) for row in chosen]
+    elif target.kind == "sequence":
+        asyncio.run(admin.set_checkpoint(store, name, args.shard[0], target.sequence, args.sub_sequence,
                                          force=args.force))
-        print(f"{args.shard[0]}: resumes after {args.sequence}")
+        changes = [Change(shard_id=args.shard[0], before="", after=str(target.sequence))]
+    else:
+        start = StartingPosition(target.kind, target.timestamp)
+        done = asyncio.run(admin.reset_checkpoints(store, name, start, shards=args.shard, force=args.force))
+        changes = [Change(shard_id=shard, before="", after=target.describe()) for shard in done]
+    _print_edit(loaded, args, changes, target)
     return EXIT_OK
 
 
-def _local_checkpoints(loaded: LoadedPipeline) -> bool:
-    """Whether the pipeline keeps its checkpoints in the local store (``checkpoints.sqlite3``)."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
-    from .sources.kafka import KafkaSourceConfig
-
-    store = loaded.config.checkpoints
-    if store is None:
-        return not isinstance(loaded.config.source, KafkaSourceConfig)
-    return isinstance(store, LocalCheckpointStoreConfig)
-
-
-def _reset_local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
-    """Forget local checkpoints: the shards start at the pipeline's ``starting_position`` on the next run."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
-
-    start = loaded.config.starting_position
-    if args.to is not None and args.to != start:
-        raise ConfigError(f"a local checkpoint store resets shards to the pipeline's starting_position ({start}); "
-                          "set starting_position in the file to start elsewhere", file=str(loaded.path),
-                          field="starting_position")
-    configured = loaded.config.checkpoints
-    store = (configured if isinstance(configured, LocalCheckpointStoreConfig)
-             else LocalCheckpointStoreConfig()).build(loaded.context)
-
-    async def reset() -> list[str]:
-        await store.open()
-        try:
-            return await store.reset(args.shard)
-        finally:
-            await store.close()
-
-    done = asyncio.run(reset())
-    print(f"reset {len(done)} shard(s) of pipeline {loaded.config.name!r}: they start at {start} on the next run"
-          + (f" ({', '.join(done)})" if done else ""))
-    return EXIT_OK
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: sequences start at 0")
+    return value
 
 
 def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints in a lease table; "
-                                                       "reset local checkpoints (stop the daemon first)")
+    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints: local, lease table or "
+                                                       "Kafka group (refused while a worker runs the shard)")
     checkpoints.add_argument("action", choices=["show", "reset", "set"])
     checkpoints.add_argument("config")
     checkpoints.add_argument("--to", default=None,
-                             help="reset: trim_horizon (default), latest, or a time (epoch seconds or ISO 8601); "
-                                  "local checkpoints reset to the pipeline's starting_position")
+                             help="reset: trim_horizon, latest, or a time (epoch seconds or ISO 8601); default: "
+                                  "trim_horizon, or for local checkpoints the pipeline's starting_position")
     checkpoints.add_argument("--shard", action="append", help="only this shard (repeatable; set: exactly one)")
-    checkpoints.add_argument("--sequence", type=int, default=None, help="set: resume strictly after this sequence")
-    checkpoints.add_argument("--sub-sequence", type=int, default=0)
-    checkpoints.add_argument("--force", action="store_true", help="edit even while workers hold the leases")
+    checkpoints.add_argument("--sequence", type=_non_negative, default=None,
+                             help="set: resume strictly after this sequence (refused if the shard does not hold it)")
+    checkpoints.add_argument("--sub-sequence", type=_non_negative, default=0)
+    checkpoints.add_argument("--force", action="store_true",
+                             help="edit even while a worker runs the shard (a daemon, a live lease, a group member)")
+    checkpoints.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     checkpoints.set_defaults(func=cmd_checkpoints)
 
     status = verbs.add_parser("status", help="per shard: checkpoint, lag, lease owner, blocked or not")
@@ -450,6 +567,10 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument("--metrics-url", default=None,
                         help="a running daemon's metrics endpoint, for BLOCKED (default: from [metrics])")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh a live per-shard table (records/s, lag, iterator age, blocked, errors) from "
+                             "the daemon's /metrics until Ctrl-C")
+    status.add_argument("--interval", type=_positive_seconds, default=2.0, help="--watch: seconds between refreshes")
     status.set_defaults(func=cmd_status)
 
     replay = verbs.add_parser("replay", help="reprocess a past range of the source into the sinks, overwriting"
@@ -464,12 +585,16 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(func=cmd_replay)
 
-    tail = verbs.add_parser("tail", help="print the source's records as they arrive")
+    tail = verbs.add_parser("tail", help="print the source's records as they arrive (--output: what the handler "
+                                         "returned, as the local sinks wrote it)")
     tail.add_argument("config")
     tail.add_argument("--from", dest="start", default="latest", help="latest (default), trim_horizon, or a time")
     tail.add_argument("--shard", action="append", help="only this shard (repeatable)")
     tail.add_argument("--count", type=int, default=None, help="exit after this many records")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument("--output", action="store_true",
+                      help="print the handler's output: each item of each object the local and S3 sinks write (--from "
+                           "latest: new objects; trim_horizon: all; a time: written since)")
     tail.set_defaults(func=cmd_tail)
 
     init = verbs.add_parser("init", help="write a commented starter pipeline and handler")
@@ -514,8 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.register("action", "parsers", _VerbParsers)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT")
-    run.add_argument("configs", nargs="+")
+    run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT; SIGHUP reloads the files")
+    run.add_argument("configs", nargs="+", metavar="FILE_OR_DIR",
+                     help="pipeline files, or directories of them (*.toml, *.yaml, *.yml, *.json)")
     run.add_argument("--until-caught-up", action="store_true", help="exit 0 once every shard is drained")
     run.add_argument("--fail-if-blocked-for", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="stop and exit 1, naming the shard and its error, once any shard has been blocked "

@@ -270,6 +270,28 @@ class LocalCheckpointStore:
             self._dirty.discard(shard)
         return chosen
 
+    async def overwrite(self, checkpoints: Mapping[str, Checkpoint | None], *, forget_log: bool = False) -> None:
+        """Replace shards' checkpoints exactly as given (None: forget), pending bounds and window
+        state included, in one transaction: an operator's edit, made while no daemon runs the pipeline.
+        ``forget_log`` also forgets which log they were made against (the next run binds the current one)."""
+        db = self._conn()
+        with storage_faults(self._path, "editing checkpoints"), db:
+            db.execute("BEGIN IMMEDIATE")
+            if forget_log:
+                db.execute("DELETE FROM log_identity WHERE pipeline=?", (self._pipeline,))
+            for shard, checkpoint in checkpoints.items():
+                if checkpoint is None:
+                    db.execute("DELETE FROM checkpoints WHERE pipeline=? AND shard_id=?", (self._pipeline, shard))
+                else:
+                    db.execute("INSERT OR REPLACE INTO checkpoints (pipeline, shard_id, state) VALUES (?,?,?)",
+                               (self._pipeline, shard, _encode(checkpoint)))
+        for shard, checkpoint in checkpoints.items():
+            self._dirty.discard(shard)
+            if checkpoint is None:
+                self._current.pop(shard, None)
+            else:
+                self._current[shard] = checkpoint
+
     # -- writing ---------------------------------------------------------------------------
 
     def _raise_if_failed(self) -> None:
