@@ -41,7 +41,10 @@ def _load_all(paths: Sequence[str], *, metrics: bool = False) -> list[LoadedPipe
 def _check_handler(loaded: LoadedPipeline) -> None:
     """Import the handler as ``run`` will; a failure names the file and the ``handler`` field."""
     from .engine.invoke import load_handler
+    from .runtime import check_start
 
+    if check_start(loaded):  # a handler in processes of its own is not imported here
+        return
     ctx = loaded.context
     try:
         load_handler(loaded.config.handler, [ctx.config_dir, Path.cwd()])

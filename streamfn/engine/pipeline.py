@@ -19,6 +19,7 @@ from ..checkpoints.local import LocalCheckpointStoreConfig, bind_local_log
 from ..components import BuildContext
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError, SourceError, StreamfnError
+from ..runtime import process_slots
 from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
@@ -89,7 +90,8 @@ class Pipeline:
         config, ctx = loaded.config, loaded.context
         self.name = config.name
         self.config = config
-        handler = load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])
+        slots = process_slots(loaded)  # a handler in processes of its own is not imported here
+        handler = None if slots is not None else load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])
         self.source = config.source.build(ctx)
         self.sinks = [sink.build(ctx) for sink in config.sinks]
         self.destination = config.on_failure.build(ctx) if config.on_failure else None
@@ -99,7 +101,7 @@ class Pipeline:
             handler, interface=config.interface, timeout=config.timeout,
             report_failures=config.report_batch_item_failures, lambda_event=self.source.lambda_event,
             threads=self._threads,
-            windowed=config.tumbling_window > 0,
+            windowed=config.tumbling_window > 0, slots=slots,
         )
         self.env = ShardEnv(
             pipeline=self.name, stream=self.source.name, source_kind=getattr(self.source, "kind", "kinesis"),
@@ -261,3 +263,4 @@ class Pipeline:
             await self.destination.close()
         await self.source.close()
         self._threads.shutdown()
+        self.env.invoker.close()
