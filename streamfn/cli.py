@@ -41,7 +41,7 @@ def _load_all(paths: Sequence[str], *, metrics: bool = False) -> list[LoadedPipe
 def _check_handler(loaded: LoadedPipeline) -> None:
     """Import the handler as ``run`` will; a failure names the file and the ``handler`` field."""
     from .engine.invoke import load_handler
-    from .runtime import check_start
+    from .runtime.build import check_start
 
     if check_start(loaded):  # a handler in processes of its own is not imported here
         return

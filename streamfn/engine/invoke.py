@@ -12,16 +12,13 @@ import inspect
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import HandlerError, HandlerLoadError
 from ..handler_api import Context, Result
 from ..records import Batch, Position
 from ..timefmt import iso_time
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads, Outcome
-
-if TYPE_CHECKING:
-    from .stats import ShardStats
 
 Interface = Literal["native", "lambda", "runtime-api"]
 EventBuilder = Callable[[Batch], dict[str, Any]]
@@ -53,8 +50,8 @@ class Slot(Protocol):
 class SlotFactory(Protocol):
     """Makes the slots of handlers that run outside the engine's process (one process per lane)."""
 
-    def slot(self, invoker: Invoker, stats: ShardStats | None) -> Slot:
-        """A slot for one lane; ``stats`` (the lane's shard) shows a handler that cannot start."""
+    def slot(self, invoker: Invoker) -> Slot:
+        """A slot for one lane."""
         ...
 
     def close(self) -> None:
@@ -141,10 +138,10 @@ class Invoker:
     def report_failures(self) -> bool:
         return self._report_failures
 
-    def slot(self, stats: ShardStats | None = None) -> Slot:
+    def slot(self) -> Slot:
         """A slot for one lane: its calls run one at a time, a timed-out one included."""
         if self._slots is not None:
-            return self._slots.slot(self, stats)
+            return self._slots.slot(self)
         return HandlerSlot(self)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from ..checkpoints.local import LocalCheckpointStoreConfig, bind_local_log
 from ..components import BuildContext
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError, SourceError, StreamfnError
-from ..runtime import process_slots
+from ..runtime.build import process_slots
 from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads

@@ -108,7 +108,7 @@ class LaneWorker:
         self._position = progress.position  # this lane's own progress (the shard's is the watermark)
         self._window = window
         self._backoff = retry_backoff(env.policy)
-        self._slot = env.invoker.slot(self.stats)  # this lane's calls never overlap, even past a timeout
+        self._slot = env.invoker.slot()  # this lane's calls never overlap, even past a timeout
 
     async def run(self) -> None:
         try:

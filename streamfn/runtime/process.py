@@ -96,4 +96,5 @@ class HandlerProcess:
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip("\r\n")
-            log.info(text, extra={**self.fields, "stream": name, "pid": self.pid})
+            fields = {key: value for key, value in self.fields.items() if value is not None}
+            log.info(text, extra={**fields, "stream": name, "pid": self.pid})

@@ -1,10 +1,10 @@
 """A lane's handler in a process of its own, called through the Lambda Runtime API.
 
 One warm process per lane, reused across batches. A call past its timeout kills the process (its
-whole group) and fails the batch; the next call starts a new one. A process that dies during a call
-fails the batch; one that keeps dying is restarted with a growing delay. A process that cannot start
-(it exits or reports an init error before asking for its first invocation) holds its lane, retried
-with backoff, and shows the shard blocked as "handler init": no record counts as failed for it.
+whole group) and fails the batch; the next call starts a new one. A process that dies during a call,
+or cannot start (it exits, or reports an init error, before asking for its first invocation), fails
+the batch too, as Lambda counts its init and runtime errors: the failure policy retries it with its
+backoff, and the shard shows blocked by the handler with the reason meanwhile.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from typing import Protocol
 import msgspec
 import orjson
 
-from ..backoff import Backoff
 from ..engine.invoke import CallResult, Invoker, Slot
-from ..engine.stats import ShardStats
 from ..errors import HandlerError
 from ..handler_api import Context
 from ..records import Batch
@@ -36,8 +34,6 @@ log = logging.getLogger("streamfn.runtime")
 
 #: Seconds a process may take to ask for its first invocation (Lambda's init phase gets 10).
 INIT_TIMEOUT = 10.0
-#: Why the shard shows blocked while its handler process cannot start.
-INIT_CAUSE = "handler init"
 
 
 class ProcessExited(Exception):
@@ -113,8 +109,8 @@ class ProcessSlots:
         self.spec = spec
         self._slots: set[ProcessSlot] = set()
 
-    def slot(self, invoker: Invoker, stats: ShardStats | None) -> Slot:
-        slot = ProcessSlot(self.spec, invoker, stats, self._slots.discard)
+    def slot(self, invoker: Invoker) -> Slot:
+        slot = ProcessSlot(self.spec, invoker, self._slots.discard)
         self._slots.add(slot)
         return slot
 
@@ -134,17 +130,13 @@ class ProcessSlot:
     The slot ends its process when the task of its first call (the lane's) ends, however it ends.
     """
 
-    def __init__(self, spec: RuntimeSpec, invoker: Invoker, stats: ShardStats | None,
-                 on_close: Callable[[ProcessSlot], None]) -> None:
+    def __init__(self, spec: RuntimeSpec, invoker: Invoker, on_close: Callable[[ProcessSlot], None]) -> None:
         self._spec = spec
         self._invoker = invoker
-        self._stats = stats
         self._on_close = on_close
         self._process: HandlerProcess | None = None
         self._api: RuntimeApi | None = None
         self._dying: HandlerProcess | None = None
-        self._restarts = Backoff(0.1, 30.0, floor=0.5)
-        self._failed_last = False
         self._bound = False
         self._closed = False
 
@@ -190,10 +182,8 @@ class ProcessSlot:
             raise HandlerError(f"handler timed out after {timeout:g}s; its process was killed "
                                "and a new one starts for the next call") from None
         except InvocationError as exc:
-            self._restarts.reset()  # the runtime works: it reported the handler's error
             raise HandlerError(f"handler failed: {exc}") from None
         except ProcessExited as exc:
-            self._failed_last = True
             raise HandlerError(str(exc)) from None
         except asyncio.CancelledError:
             api.forget(request_id)
@@ -201,8 +191,6 @@ class ProcessSlot:
             raise
         finally:
             process.fields["request_id"] = None
-        self._restarts.reset()
-        self._failed_last = False
         return spec.codec.decode(invoker, body, batch)
 
     def close(self) -> None:
@@ -220,23 +208,18 @@ class ProcessSlot:
 
     async def _ready(self, context: Context) -> tuple[HandlerProcess, RuntimeApi]:
         """The running process, or a new one once it asked for its first invocation."""
-        while True:
-            if self._closed:
-                raise HandlerError("the handler's process slot is closed (its lane stopped)")
-            process, api = self._process, self._api
-            if process is not None and api is not None and process.running:
-                return process, api
-            if self._failed_last:
-                await asyncio.sleep(self._restarts.next_delay())
-            try:
-                started = await self._start(context)
-            except InitFailed as exc:
-                self._failed_last = True
-                self._init_failed(context, str(exc))
-                continue
-            if self._stats is not None:
-                self._stats.mark_unblocked(INIT_CAUSE)
-            return started
+        if self._closed:
+            raise HandlerError("the handler's process slot is closed (its lane stopped)")
+        process, api = self._process, self._api
+        if process is not None and api is not None and process.running:
+            return process, api
+        try:
+            return await self._start(context)
+        except InitFailed as exc:
+            message = f"handler process cannot start: {exc}"
+            log.error(message, extra={"pipeline": self._spec.pipeline, "shard": context.shard_id,
+                                      "command": list(self._spec.command)})
+            raise HandlerError(message) from None
 
     async def _start(self, context: Context) -> tuple[HandlerProcess, RuntimeApi]:
         spec = self._spec
@@ -272,13 +255,6 @@ class ProcessSlot:
             why = f"the process did not ask for an invocation within {max(INIT_TIMEOUT, self._invoker.timeout):g}s"
         await self._kill(process)
         raise InitFailed(why)
-
-    def _init_failed(self, context: Context, why: str) -> None:
-        message = f"handler process cannot start: {why}; retrying"
-        if self._stats is not None:
-            self._stats.mark_blocked(INIT_CAUSE, message)
-        log.error(message, extra={"pipeline": self._spec.pipeline, "shard": context.shard_id,
-                                  "command": list(self._spec.command)})
 
     async def _kill(self, process: HandlerProcess) -> None:
         """Kill and wait until it is gone: no call of this lane may overlap it."""
