@@ -18,6 +18,26 @@ from ..records import Batch, Record
 CONTENT_TYPE = "application/vnd.streamfn.invocation+msgpack"
 
 
+class WireRecord(msgspec.Struct, array_like=True, gc=False):
+    """A Record with its sequence as a decimal string: msgpack integers stop at 64 bits, and Kinesis
+    sequence numbers do not."""
+
+    sequence: str
+    partition_key: str
+    data: bytes
+    arrival_time: float
+    sub_sequence: int = 0
+    attributes: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, r: Record) -> WireRecord:
+        return cls(str(r.sequence), r.partition_key, r.data, r.arrival_time, r.sub_sequence, r.attributes)
+
+    def record(self, shard_id: str) -> Record:
+        return Record(shard_id, int(self.sequence), self.partition_key, self.data, self.arrival_time,
+                      self.sub_sequence, self.attributes)
+
+
 class Invocation(msgspec.Struct, array_like=True):
     """One call: a native handler's records, or a Lambda handler's event, and its context."""
 
@@ -25,7 +45,7 @@ class Invocation(msgspec.Struct, array_like=True):
     shard_id: str
     attempt: int
     timeout: float
-    records: list[Record] | None = None
+    records: list[WireRecord] | None = None
     event: Any = None
     state: Any = None
     window: tuple[float, float] | None = None
@@ -42,7 +62,8 @@ class Invocation(msgspec.Struct, array_like=True):
     def payload(self) -> Any:
         """What the handler is called with: a Batch (native) or the Lambda event."""
         if self.records is not None:
-            return Batch(self.shard_id, self.records)
+            shard_id = self.shard_id
+            return Batch(shard_id, [r.record(shard_id) for r in self.records])
         return self.event
 
 
@@ -72,18 +93,20 @@ class Answer(msgspec.Struct, array_like=True):
 
 def answer_of(value: Any) -> Answer:
     """A handler's return value as an Answer: a Result kept as one, any other iterable as a list."""
-    if isinstance(value, Result):
-        return Answer([value.items, value.failed, value.state], result=True)
+    if isinstance(value, Result):  # failed ids as text: a Kinesis sequence does not fit in msgpack's integers
+        failed = [str(f) if isinstance(f, int) and not isinstance(f, bool) else f for f in value.failed]
+        return Answer([value.items, failed, value.state], result=True)
     if value is None or isinstance(value, (str, bytes, Mapping, list)) or not isinstance(value, Iterable):
         return Answer(value)
     return Answer(list(value))
 
 
 def invocation_of(batch: Batch, context: Context, event: dict[str, Any] | None) -> Invocation:
+    records = None if event is not None else [WireRecord.of(r) for r in batch.records]
     return Invocation(
         pipeline=context.pipeline, shard_id=batch.shard_id, attempt=context.attempt, timeout=context.remaining(),
-        records=batch.records if event is None else None, event=event, state=context.state,
-        window=context.window, is_final=context.is_final, terminated_early=context.terminated_early,
+        records=records, event=event, state=context.state, window=context.window, is_final=context.is_final,
+        terminated_early=context.terminated_early,
     )
 
 
