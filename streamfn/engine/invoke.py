@@ -54,8 +54,8 @@ class SlotFactory(Protocol):
         """A slot for one lane."""
         ...
 
-    def close(self) -> None:
-        """End every process this factory started (the pipeline stops)."""
+    async def close(self) -> None:
+        """End every process this factory started, and wait until they are gone (the pipeline stops)."""
         ...
 
 
@@ -144,10 +144,10 @@ class Invoker:
             return self._slots.slot(self)
         return HandlerSlot(self)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """End the handler processes still running (none without ``slots``)."""
         if self._slots is not None:
-            self._slots.close()
+            await self._slots.close()
 
     def event(self, batch: Batch, context: Context) -> dict[str, Any]:
         """The Lambda event of ``batch`` (with the window fields of a tumbling window's call)."""

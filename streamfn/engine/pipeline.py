@@ -263,4 +263,4 @@ class Pipeline:
             await self.destination.close()
         await self.source.close()
         self._threads.shutdown()
-        self.env.invoker.close()
+        await self.env.invoker.close()

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -105,22 +105,40 @@ class RuntimeSpec:
 class ProcessSlots:
     """Makes one :class:`ProcessSlot` per lane and ends every process still running at :meth:`close`."""
 
+    #: Seconds :meth:`close` waits for killed processes to be reaped.
+    REAP_WAIT = 5.0
+
     def __init__(self, spec: RuntimeSpec) -> None:
         self.spec = spec
         self._slots: set[ProcessSlot] = set()
+        self._processes: set[HandlerProcess] = set()
 
     def slot(self, invoker: Invoker) -> Slot:
-        slot = ProcessSlot(self.spec, invoker, self._slots.discard)
+        slot = ProcessSlot(self.spec, invoker, self)
         self._slots.add(slot)
         return slot
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Kill every process still running (their lanes' own ends killed most already) and wait until
+        they are reaped, so none outlives the pipeline."""
         for slot in list(self._slots):
             slot.close()
+        for process in self._processes:
+            process.kill()
+        exits = [process.exited for process in self._processes]
+        if exits:
+            await asyncio.wait(exits, timeout=self.REAP_WAIT)
 
     def processes(self) -> list[int]:
-        """Pids of the handler processes running now (for status and tests)."""
-        return [slot.pid for slot in self._slots if slot.pid is not None]
+        """Pids of the handler processes running now."""
+        return [process.pid for process in self._processes if process.running]
+
+    def started(self, process: HandlerProcess) -> None:
+        self._processes.add(process)
+        process.exited.add_done_callback(lambda _: self._processes.discard(process))
+
+    def closed(self, slot: ProcessSlot) -> None:
+        self._slots.discard(slot)
 
 
 class ProcessSlot:
@@ -130,10 +148,10 @@ class ProcessSlot:
     The slot ends its process when the task of its first call (the lane's) ends, however it ends.
     """
 
-    def __init__(self, spec: RuntimeSpec, invoker: Invoker, on_close: Callable[[ProcessSlot], None]) -> None:
+    def __init__(self, spec: RuntimeSpec, invoker: Invoker, owner: ProcessSlots) -> None:
         self._spec = spec
         self._invoker = invoker
-        self._on_close = on_close
+        self._owner = owner
         self._process: HandlerProcess | None = None
         self._api: RuntimeApi | None = None
         self._dying: HandlerProcess | None = None
@@ -198,7 +216,7 @@ class ProcessSlot:
         self._closed = True
         if self._process is not None:
             self._kill_now(self._process)
-        self._on_close(self)
+        self._owner.closed(self)
 
     def _bind_to_lane(self) -> None:
         self._bound = True
@@ -237,6 +255,7 @@ class ProcessSlot:
         except OSError as exc:
             api.abort(ProcessExited("not started"))
             raise InitFailed(f"cannot start {spec.command[0]!r}: {exc.strerror or exc}") from None
+        self._owner.started(process)
         process.exited.add_done_callback(functools.partial(_ended, api, process))
         self._process, self._api = process, api
         waiting: set[asyncio.Future[object]] = {api.ready, api.init_error, process.exited}  # type: ignore[arg-type]
