@@ -102,6 +102,8 @@ def test_a_kinesis_shaped_stream_through_each_runtime_client(tmp_path: Path, run
     assert f"handler timed out after {TIMEOUT:g}s; its process was killed" in log
     assert "the handler process" in log and "during the call" in log  # the crash
     assert "partial batch failure" in log
+    printed = [line for line in log.splitlines() if "logger=streamfn.handler" in line and "handling" in line]
+    assert printed and all("pipeline=rt shard=shard-000" in line and "request_id=" in line for line in printed)
     shard_of = {item["v"]: shard for shard, items in by_shard.items() for item in items}
     hung = shard_of[13]
     after_hang = next(i["t"] for i in by_shard[hung] if i["v"] == 13)
