@@ -7,30 +7,35 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import LoadedPipeline
 from ..errors import ConfigError
-from .slot import LambdaJson, ProcessSlots, RuntimeSpec, WorkerMsgpack
+
+if TYPE_CHECKING:
+    from .slot import ProcessSlots
 
 
 def process_slots(loaded: LoadedPipeline) -> ProcessSlots | None:
-    """The slot factory of a pipeline whose handler runs in processes; None for in-process handlers."""
+    """The slot factory of a pipeline whose handler runs in processes; None for in-process handlers
+    (which then need no ``runtime`` extra: the server's modules are imported only here)."""
     config, ctx = loaded.config, loaded.context
+    if config.interface != "runtime-api" and config.isolation != "process":
+        return None
+    from .slot import LambdaJson, ProcessSlots, RuntimeSpec, WorkerMsgpack
+
     if config.interface == "runtime-api":
         return ProcessSlots(RuntimeSpec(
             pipeline=config.name, command=list(config.command), handler=config.handler,
             task_root=ctx.config_dir, cwd=ctx.config_dir, codec=LambdaJson(), memory_limit_mb=config.memory_limit_mb,
         ))
-    if config.isolation == "process":
-        cwd = Path.cwd()
-        command = [sys.executable, "-m", "streamfn.runtime.worker", config.handler,
-                   "--search-dir", str(ctx.config_dir), "--search-dir", str(cwd)]
-        return ProcessSlots(RuntimeSpec(
-            pipeline=config.name, command=command, handler=config.handler, task_root=ctx.config_dir, cwd=cwd,
-            codec=WorkerMsgpack(), memory_limit_mb=config.memory_limit_mb,
-            extra_env={"PYTHONUNBUFFERED": "1"},
-        ))
-    return None
+    cwd = Path.cwd()
+    command = [sys.executable, "-m", "streamfn.runtime.worker", config.handler,
+               "--search-dir", str(ctx.config_dir), "--search-dir", str(cwd)]
+    return ProcessSlots(RuntimeSpec(
+        pipeline=config.name, command=command, handler=config.handler, task_root=ctx.config_dir, cwd=cwd,
+        codec=WorkerMsgpack(), memory_limit_mb=config.memory_limit_mb, extra_env={"PYTHONUNBUFFERED": "1"},
+    ))
 
 
 def check_start(loaded: LoadedPipeline) -> bool:
