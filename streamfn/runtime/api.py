@@ -137,13 +137,14 @@ class RuntimeApi:
 
 
 def _posted_error(request: web.BaseRequest, body: bytes, default_type: str) -> InvocationError:
-    """The error document a runtime posts (``errorType``, ``errorMessage``), whatever its shape."""
+    """The error document a runtime posts (``errorType``, ``errorMessage``), whatever its shape. The
+    document's type (``ZeroDivisionError``) says more than the header's (often ``Unhandled``)."""
     error_type = request.headers.get("Lambda-Runtime-Function-Error-Type", "")
     message = body.decode("utf-8", "replace")
     with contextlib.suppress(orjson.JSONDecodeError):
         document = orjson.loads(body)
         if isinstance(document, dict):
-            error_type = error_type or str(document.get("errorType") or "")
+            error_type = str(document.get("errorType") or "") or error_type
             message = str(document.get("errorMessage") or "")
     return InvocationError(error_type or default_type, message)
 

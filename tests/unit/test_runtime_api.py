@@ -4,6 +4,7 @@ rules of handlers in processes."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamfn.config import PipelineConfig
+from streamfn.config import LoadedPipeline, PipelineConfig, load_pipeline
 from streamfn.engine.invoke import Invoker
 from streamfn.errors import ConfigError, HandlerError
 from streamfn.handler_api import Context, Result
@@ -21,6 +22,7 @@ from streamfn.lambda_shapes import kinesis_event
 from streamfn.records import Batch, Position, Record
 from streamfn.runtime import wire
 from streamfn.runtime.api import MAX_RESPONSE_BYTES, InvocationError, RuntimeApi
+from streamfn.runtime.build import check_start
 from streamfn.runtime.slot import LambdaJson, ProcessExited, WorkerMsgpack
 
 BASE = "/2018-06-01/runtime"
@@ -62,7 +64,18 @@ async def test_an_invocation_queued_before_the_runtime_asks_is_handed_out_when_i
             headers={"Lambda-Runtime-Function-Error-Type": "Runtime.Handled"})
     with pytest.raises(InvocationError) as failed:
         await answer
-    assert (failed.value.error_type, failed.value.message) == ("Runtime.Handled", "bad record")
+    assert (failed.value.error_type, failed.value.message) == ("ValueError", "bad record")
+    api.abort(ProcessExited("done"))
+
+
+async def test_an_error_without_a_document_is_named_by_its_header() -> None:
+    api, url = await serving()
+    answer = api.invoke("r", b"{}", {})
+    async with aiohttp.ClientSession() as http:
+        await http.post(f"{url}/invocation/r/error", data=b"it broke",
+                        headers={"Lambda-Runtime-Function-Error-Type": "Unhandled"})
+    with pytest.raises(InvocationError, match=r"^Unhandled: it broke$"):
+        await answer
     api.abort(ProcessExited("done"))
 
 
@@ -193,3 +206,32 @@ def test_invalid_combinations_are_refused_naming_the_field(settings_: dict[str, 
 def test_valid_process_settings_are_accepted(settings_: dict[str, Any]) -> None:
     config = msgspec.convert({**BASE_CONFIG, **settings_}, PipelineConfig)
     assert config.memory_limit_mb == settings_.get("memory_limit_mb", 0)
+
+
+def write_config(folder: Path, settings_: str) -> LoadedPipeline:
+    (folder / "pipeline.toml").write_text(
+        f'name = "p"\n{settings_}\n[source]\ntype = "local"\nstream = "s"\n')
+    return load_pipeline(folder / "pipeline.toml")
+
+
+def test_run_and_validate_find_the_runtime_program_without_starting_it(tmp_path: Path) -> None:
+    missing = write_config(tmp_path, 'handler = "app.handler"\ninterface = "runtime-api"\ncommand = ["./bootstrap"]')
+    with pytest.raises(ConfigError) as refused:
+        check_start(missing)
+    assert refused.value.field == "command" and "./bootstrap" in str(refused.value)
+    (tmp_path / "bootstrap").write_text("#!/bin/sh\n")
+    with pytest.raises(ConfigError):
+        check_start(missing)  # there, but not executable
+    (tmp_path / "bootstrap").chmod(0o755)
+    assert check_start(missing)
+    on_path = write_config(tmp_path, 'handler = "a.b"\ninterface = "runtime-api"\ncommand = ["sh", "-c", "true"]')
+    assert check_start(on_path)
+
+
+def test_an_isolated_handlers_module_is_looked_up_not_imported(tmp_path: Path) -> None:
+    (tmp_path / "side_effect.py").write_text("raise SystemExit('imported in the engine')\n")
+    assert check_start(write_config(tmp_path, 'handler = "side_effect:handle"\nisolation = "process"'))
+    with pytest.raises(ConfigError) as refused:
+        check_start(write_config(tmp_path, 'handler = "nowhere_to_be_found:handle"\nisolation = "process"'))
+    assert refused.value.field == "handler"
+    assert not check_start(write_config(tmp_path, 'handler = "side_effect:handle"'))  # in-process: imported
