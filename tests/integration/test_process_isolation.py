@@ -223,3 +223,38 @@ def test_stopping_streamfn_kills_a_runtime_and_what_it_started(tmp_path: Path) -
 def _commands(marker: Path) -> list[str]:
     out = subprocess.run(["pgrep", "-af", str(marker)], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+WINDOWED = """
+import os
+from streamfn import Result
+
+def handle(batch, context):
+    state = {"count": (context.state or {"count": 0})["count"] + len(batch), "pids": sorted(
+        set((context.state or {}).get("pids", [])) | {os.getpid()})}
+    items = [{"total": state["count"], "pids": state["pids"]}] if context.is_final else []
+    return Result(items=items, state=state)
+"""
+
+
+def test_a_tumbling_windows_state_crosses_to_the_worker_and_back(tmp_path: Path) -> None:
+    from streamfn.engine.windows import FINAL_CALL_GRACE
+
+    config = write_pipeline(tmp_path, WINDOWED, shards=1, batching="max_records = 3",
+                            extra='isolation = "process"\ntumbling_window = 1')
+    time.sleep(1 - time.time() % 1 + 0.05)  # just after a window boundary
+    append(config, [("k", b"{}")] * 10)
+    time.sleep(1 - time.time() % 1 + FINAL_CALL_GRACE + 0.1)  # the window is over
+    run_until_caught_up(config)
+    finals = [item for items in output_objects(tmp_path / "out").values() for item in items]
+    assert [item["total"] for item in finals] == [10]  # four calls, the state carried through each
+    assert os.getpid() not in finals[0]["pids"] and len(finals[0]["pids"]) == 1  # one warm worker
+
+
+def test_each_lane_of_a_shard_gets_its_own_worker(tmp_path: Path) -> None:
+    config = isolated(tmp_path, shards=1, extra="parallelization_factor = 3")
+    append(config, [(f"key-{v}", orjson.dumps({"v": v})) for v in range(60)])
+    run_until_caught_up(config)
+    items = [i for items in by_shard(tmp_path).values() for i in items]
+    assert sorted(i["v"] for i in items) == list(range(60))
+    assert len({i["pid"] for i in items}) == 3
