@@ -24,13 +24,19 @@ MAX_LINE = 64 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
+#: libc, loaded before any fork (a child should not load libraries between fork and exec).
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
 def _child_setup(memory_limit_mb: int) -> Callable[[], None]:
     """What runs in the child between fork and exec: die with the parent, cap the address space."""
+    parent = os.getpid()
 
     def setup() -> None:
-        if sys.platform == "linux":
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the parent died before the line above: no signal will come
+                os._exit(1)
         if memory_limit_mb > 0:
             limit = memory_limit_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
