@@ -101,7 +101,8 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     #: 1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs.
     name: str
-    #: ``module:function``, looked up in the config's folder, then the working directory.
+    #: ``module:function``, looked up in the config's folder, then the working directory (with
+    #: ``interface = "runtime-api"``: the runtime's ``_HANDLER``, as written, e.g. ``app.handler``).
     handler: str
     source: SourceConfig
     #: ``native`` (a Batch of Records), ``lambda`` (an unmodified AWS Lambda stream handler) or

@@ -7,6 +7,7 @@ the worker posts to ``.../response``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -68,10 +69,13 @@ class Invocation(msgspec.Struct, array_like=True):
 
 
 class WorkerContext(Context):
-    """The context of a call in a worker: its request id is the invocation's, not a new one."""
+    """The context of a call in a worker: its request id is the invocation's, not a new one, and its
+    version and memory size are those the engine set in the worker's environment, as Lambda's are."""
 
     __slots__ = ("request_id",)
     request_id: str
+    function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0") or 0)
 
     @property
     def aws_request_id(self) -> str:

@@ -53,7 +53,8 @@ def handle(batch, context):
                 os._exit(5)
             if act == "hog":
                 hog = bytearray(1024 * 1024 * 1024)  # past memory_limit_mb: MemoryError
-        items.append({"v": v, "pid": os.getpid(), "t": time.time(), "size": len(record.data)})
+        items.append({"v": v, "pid": os.getpid(), "t": time.time(), "size": len(record.data),
+                      "memory": context.memory_limit_in_mb})
     return items
 
 
@@ -107,6 +108,7 @@ def test_a_python_handler_in_a_process_is_killed_at_its_timeout_and_restarted_af
         assert [i["v"] for i in items] == sorted(i["v"] for i in items)
     assert all(i["size"] == len(orjson.dumps({"v": i["v"], "act": acts.get(i["v"], "")}))
                for items in shards.values() for i in items)
+    assert {i["memory"] for items in shards.values() for i in items} == {400}  # Lambda's context, as set
     assert "handler timed out after 2s; its process was killed" in log
     assert "exited with code 5 during the call" in log
     assert "MemoryError" in log  # the 1 GiB allocation hit memory_limit_mb, failing only that batch
