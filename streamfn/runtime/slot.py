@@ -298,5 +298,6 @@ def _ended(api: RuntimeApi, process: HandlerProcess, exited: asyncio.Future[int]
         api.abort(ProcessExited("the handler process was killed"))
         return
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    log.warning("handler process %s", how, extra={**process.fields, "pid": process.pid})
+    fields = {key: value for key, value in process.fields.items() if value is not None}
+    log.warning("handler process %s", how, extra={**fields, "pid": process.pid})
     api.abort(ProcessExited(f"the handler process {how} during the call; a new one starts for the retry"))
