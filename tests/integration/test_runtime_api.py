@@ -138,3 +138,12 @@ async def test_a_dynamodb_streams_shaped_stream_through_each_runtime_client(
     assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == ["crash-9", "fail-3", "hang-6"]
     log = config.with_suffix(".log").read_text(errors="replace")
     assert "timed out" in log and "during the call" in log
+
+
+@pytest.mark.parametrize("mode", ["lambda", "runtime-api", "process"])
+def test_the_benchmark_measures_each_mode(mode: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.runtime_api", "--one", mode, "3", "--calls", "5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    result = orjson.loads(out.stdout.strip().splitlines()[-1])
+    assert result["mode"] == mode and result["size"] == 3
+    assert result["us_per_batch"] > 0 and result["cpu_us_per_batch"] > 0
