@@ -147,3 +147,35 @@ def test_the_benchmark_measures_each_mode(mode: str) -> None:
     result = orjson.loads(out.stdout.strip().splitlines()[-1])
     assert result["mode"] == mode and result["size"] == 3
     assert result["us_per_batch"] > 0 and result["cpu_us_per_batch"] > 0
+
+
+KAFKA_APP = """
+import base64
+import json
+
+
+def handler(event, context):
+    with open("events.ndjson", "a") as out:
+        out.write(json.dumps(event) + "\\n")
+    return {"items": [{"offset": r["offset"], "value": json.loads(base64.b64decode(r["value"]))["n"]}
+                      for records in event["records"].values() for r in records]}
+"""
+
+
+async def test_a_kafka_event_reaches_a_runtime_as_lambda_sends_it(kafka_bootstrap: str, tmp_path: Path) -> None:
+    import msgspec
+
+    from tests.integration.kafka_util import create_topic, kafka_pipeline, produce, sink_lines
+    from tests.integration.test_kafka import drain
+
+    topic = await create_topic(kafka_bootstrap, 1)
+    await produce(kafka_bootstrap, topic, [(0, b"k", b'{"n": 1}'), (0, None, b'{"n": 2}')])
+    (tmp_path / "kafka_app.py").write_text(KAFKA_APP)
+    loaded = kafka_pipeline(tmp_path, kafka_bootstrap, topic, unique("g"), "kafka_app.handler")
+    loaded = msgspec.structs.replace(loaded, config=msgspec.structs.replace(
+        loaded.config, interface="runtime-api", command=[sys.executable, "-m", "awslambdaric", "kafka_app.handler"]))
+    await drain(loaded)
+    (event,) = [orjson.loads(line) for line in (tmp_path / "events.ndjson").read_bytes().splitlines()]
+    assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == kafka_bootstrap
+    assert [r["offset"] for r in event["records"][f"{topic}-0"]] == [0, 1]
+    assert sink_lines(tmp_path / "out") == [{"offset": 0, "value": 1}, {"offset": 1, "value": 2}]
