@@ -48,8 +48,9 @@ def check_start(loaded: LoadedPipeline) -> bool:
         path = ctx.config_dir / program
         found = os.access(path, os.X_OK) and path.is_file() if "/" in program else shutil.which(program)
         if not found:
+            hint = f"; did you mean './{program}'?" if "/" not in program and path.is_file() else ""
             raise ConfigError(f"cannot find the runtime's program {program!r} (on PATH, or relative to "
-                              f"{ctx.config_dir} when it has a '/'), or it is not executable",
+                              f"{ctx.config_dir} when it has a '/'), or it is not executable{hint}",
                               file=str(loaded.path), field="command")
         return True
     if config.isolation != "process":

@@ -224,6 +224,9 @@ def test_run_and_validate_find_the_runtime_program_without_starting_it(tmp_path:
         check_start(missing)  # there, but not executable
     (tmp_path / "bootstrap").chmod(0o755)
     assert check_start(missing)
+    bare = write_config(tmp_path, 'handler = "a.b"\ninterface = "runtime-api"\ncommand = ["bootstrap"]')
+    with pytest.raises(ConfigError, match=r"did you mean './bootstrap'\?"):
+        check_start(bare)  # a bare name is looked up on PATH, as a shell would
     on_path = write_config(tmp_path, 'handler = "a.b"\ninterface = "runtime-api"\ncommand = ["sh", "-c", "true"]')
     assert check_start(on_path)
 
