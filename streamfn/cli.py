@@ -46,6 +46,9 @@ def _check_handler(loaded: LoadedPipeline) -> None:
     if check_start(loaded):  # a handler in processes of its own is not imported here
         return
     ctx = loaded.context
+    if loaded.config.handler_version is not None:
+        _check_handler_version(loaded)
+        return
     try:
         load_handler(loaded.config.handler, [ctx.config_dir, Path.cwd()])
     except HandlerLoadError as exc:
@@ -145,6 +148,157 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
+
+
+# -- handler tests (streamfn.testing) ----------------------------------------------------
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run the handler over --input in memory; exit 0 when its output equals --expect, else 1 with a diff."""
+    from .testing.run import compare, read_expected, run_file, write_expected
+
+    if args.update:
+        actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards,
+                          time_limit=args.timeout)
+        write_expected(args.expect, actual)
+        print(f"wrote {len(actual)} items to {args.expect}")
+        return EXIT_OK
+    expected = read_expected(args.expect)
+    actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards,
+                      time_limit=args.timeout)
+    comparison = compare(expected, actual, unordered=args.unordered)
+    if comparison.passed:
+        print(f"ok: {args.config}: {len(comparison.actual)} items as expected in {args.expect}")
+        return EXIT_OK
+    sys.stdout.write(comparison.diff + "\n")
+    print(f"FAILED: {args.config}: the output differs from {args.expect} (- expected, + actual)")
+    return EXIT_FAILED
+
+
+def _add_test_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    test = verbs.add_parser("test", help="run the handler over a file of records in memory and compare its "
+                                         "output with a file of expected items")
+    test.add_argument("config")
+    test.add_argument("--input", required=True, help="JSON lines: one record's data per line (as `produce`)")
+    test.add_argument("--expect", required=True, help="JSON lines: the items the sinks should receive, in order")
+    test.add_argument("--key-field", default=None, help="JSON field used as partition key (default: line number)")
+    test.add_argument("--unordered", action="store_true", help="compare the items in any order")
+    test.add_argument("--shards", type=int, default=1, help="shards of the in-memory source (default 1)")
+    test.add_argument("--timeout", type=_positive_seconds, default=60.0, help="seconds before giving up")
+    test.add_argument("--update", action="store_true", help="write the actual output to --expect instead")
+    test.set_defaults(func=cmd_test)
+
+
+# -- handler versions and aliases (streamfn.versions) -------------------------------------
+def _check_handler_version(loaded: LoadedPipeline) -> None:
+    """The version ``handler_version`` names exists and imports; errors name the field."""
+    from .versions import VersionStore, load_version
+
+    ref = loaded.config.handler_version
+    assert ref is not None
+    try:
+        store = VersionStore(loaded.context.state_dir)
+        load_version(store, store.resolve(ref), loaded.config.name)
+    except (ConfigError, HandlerLoadError) as exc:
+        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        raise ConfigError(message, file=str(loaded.path), field="handler_version") from exc
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .versions import VersionStore
+
+    loaded = load_pipeline(args.config)
+    ctx = loaded.context
+    version, created = VersionStore(ctx.state_dir).publish(loaded.config.handler, [ctx.config_dir, Path.cwd()])
+    state = "published" if created else "unchanged: already"
+    print(f"{state} version {version.version} of {loaded.config.name!r} ({loaded.config.handler}, "
+          f"sha256 {version.sha256[:12]})")
+    return EXIT_OK
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    from .versions import VersionStore, load_version
+
+    loaded = load_pipeline(args.config)
+    store = VersionStore(loaded.context.state_dir)
+    number = store.resolve(args.version)
+    load_version(store, number, loaded.config.name)  # refuse to point an alias at code that does not import
+    alias = store.set_alias(args.name, number)
+    print(f"alias {alias.name!r} of {loaded.config.name!r} -> version {alias.version}")
+    return EXIT_OK
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from .versions import VersionStore
+
+    loaded = load_pipeline(args.config)
+    described = VersionStore(loaded.context.state_dir).describe()
+    if args.json:
+        sys.stdout.write(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    if not described["versions"]:
+        print(f"no published versions of {loaded.config.name!r}: see `streamfn publish`")
+    for row in described["versions"]:
+        names = f"  <- {', '.join(row['aliases'])}" if row["aliases"] else ""
+        print(f"{row['version']:>4}  {row['published_at']}  {row['sha256'][:12]}  {row['handler']}{names}")
+    return EXIT_OK
+
+
+def _add_version_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    publish = verbs.add_parser("publish", help="freeze the handler's code as a new numbered version")
+    publish.add_argument("config")
+    publish.set_defaults(func=cmd_publish)
+
+    alias = verbs.add_parser("alias", help="point an alias at a published version (running daemons follow it)")
+    alias.add_argument("action", choices=["set"])
+    alias.add_argument("config")
+    alias.add_argument("name")
+    alias.add_argument("version", help="a version number, or another alias")
+    alias.set_defaults(func=cmd_alias)
+
+    versions = verbs.add_parser("versions", help="list a pipeline's published versions and aliases")
+    versions.add_argument("config")
+    versions.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    versions.set_defaults(func=cmd_versions)
+
+
+# -- SAM / CloudFormation import (streamfn.sam_import) -------------------------------------
+def cmd_import(args: argparse.Namespace) -> int:
+    """One pipeline file per stream mapping of the template, each checked as ``validate`` checks it."""
+    from .sam_import import import_template
+
+    parameters = dict(item.split("=", 1) for item in args.parameter)
+    out = Path(args.out) if args.out else Path(args.template).parent
+    result = import_template(Path(args.template), out, parameters)
+    failed = 0
+    for path, notes in result.written:
+        print(f"wrote {path}" + (": not carried over, or carried over by assumption:" if notes else ""))
+        for note in notes:
+            print(f"  - {note}")
+        try:
+            _check_handler(_load(str(path)))
+        except StreamfnError as exc:
+            logs.say(logging.ERROR, str(exc))
+            failed += 1
+    for name, why in result.skipped:
+        logs.say(logging.WARNING, f"skipped {name}: {why}")
+    if not result.written and not result.skipped:
+        logs.say(logging.WARNING, f"{args.template}: no Kinesis, DynamoDB, MSK or SelfManagedKafka mappings found")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _add_import_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imported = verbs.add_parser("import", help="turn a SAM / CloudFormation template's stream event source "
+                                               "mappings into pipeline files")
+    imported.add_argument("template")
+    imported.add_argument("--out", default=None, help="folder for the pipeline files (default: the template's)")
+    imported.add_argument("--parameter", action="append", default=[], type=_parameter, metavar="NAME=VALUE",
+                          help="a template parameter's value (repeatable; default: its Default)")
+    imported.set_defaults(func=cmd_import)
+
+
+def _parameter(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return text
 
 
 # -- operators' verbs (streamfn.ops) ------------------------------------------------------
@@ -390,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = verbs.add_parser("schema", help="print the JSON Schema of pipeline files")
     schema.set_defaults(func=cmd_schema)
     _add_ops_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_test_verb(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_version_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_import_verb(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
     return parser
 
 

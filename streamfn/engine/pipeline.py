@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
 from .invoke import Invoker, load_handler
 from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
+from .versioned import versioned_invoker
 
 log = logging.getLogger("streamfn.pipeline")
 
@@ -90,19 +92,22 @@ class Pipeline:
         config, ctx = loaded.config, loaded.context
         self.name = config.name
         self.config = config
-        slots = process_slots(loaded)  # a handler in processes of its own is not imported here
-        handler = None if slots is not None else load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])
+        slots = self._process_slots = process_slots(loaded)  # a handler in processes is not imported here
         self.source = config.source.build(ctx)
         self.sinks = [sink.build(ctx) for sink in config.sinks]
         self.destination = config.on_failure.build(ctx) if config.on_failure else None
         self.store: CheckpointStore = self._checkpoint_store(ctx)
         self._threads = HandlerThreads(f"{HANDLER_THREAD_PREFIX}{self.name}")
-        invoker = Invoker(
-            handler, interface=config.interface, timeout=config.timeout,
+        build_invoker = functools.partial(
+            Invoker, interface=config.interface, timeout=config.timeout,
             report_failures=config.report_batch_item_failures, lambda_event=self.source.lambda_event,
             threads=self._threads,
             windowed=config.tumbling_window > 0, slots=slots,
         )
+        invoker = (versioned_invoker(ctx.state_dir, config.handler_version, self.name, build_invoker)
+                   if config.handler_version is not None
+                   else build_invoker(None if slots is not None
+                                      else load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])))
         self.env = ShardEnv(
             pipeline=self.name, stream=self.source.name, source_kind=getattr(self.source, "kind", "kinesis"),
             source=self.source, invoker=invoker, sinks=self.sinks, store=self.store,
@@ -263,4 +268,5 @@ class Pipeline:
             await self.destination.close()
         await self.source.close()
         self._threads.shutdown()
-        await self.env.invoker.close()
+        if self._process_slots is not None:
+            await self._process_slots.close()

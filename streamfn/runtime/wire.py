@@ -58,6 +58,7 @@ class Invocation(msgspec.Struct, array_like=True):
                                 timeout=self.timeout, state=self.state, window=self.window, is_final=self.is_final,
                                 terminated_early=self.terminated_early)
         context.request_id = request_id
+        context.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         return context
 
     def payload(self) -> Any:
@@ -74,7 +75,6 @@ class WorkerContext(Context):
 
     __slots__ = ("request_id",)
     request_id: str
-    function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
     memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0") or 0)
 
     @property

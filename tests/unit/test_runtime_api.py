@@ -191,6 +191,8 @@ BASE_CONFIG = {"name": "p", "handler": "app.handler", "source": {"type": "local"
     ({"interface": "lambda", "command": ["./bootstrap"]}, "command"),
     ({"memory_limit_mb": 256}, "memory_limit_mb"),
     ({"isolation": "process", "memory_limit_mb": -1}, "memory_limit_mb"),
+    ({"isolation": "process", "handler_version": 2}, "handler_version"),
+    ({"interface": "runtime-api", "command": ["./bootstrap"], "handler_version": "live"}, "handler_version"),
 ])
 def test_invalid_combinations_are_refused_naming_the_field(settings_: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as refused:
