@@ -179,3 +179,14 @@ async def test_a_kafka_event_reaches_a_runtime_as_lambda_sends_it(kafka_bootstra
     assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == kafka_bootstrap
     assert [r["offset"] for r in event["records"][f"{topic}-0"]] == [0, 1]
     assert sink_lines(tmp_path / "out") == [{"offset": 0, "value": 1}, {"offset": 1, "value": 2}]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("jq") is None, reason="needs curl and jq")
+def test_the_custom_runtime_example_runs(tmp_path: Path) -> None:
+    config = REPO / "configs" / "custom_runtime" / "pipeline.toml"
+    env = {**os.environ, "STREAMFN_STATE_DIR": str(tmp_path / "state"), "STREAMFN_OUT_DIR": str(tmp_path / "out")}
+    for verb in (["validate"], ["produce", "--count", "50"], ["run", "--until-caught-up"]):
+        subprocess.run([sys.executable, "-m", "streamfn", verb[0], str(config), *verb[1:]], env=env, check=True,
+                       capture_output=True, timeout=60)
+    items = [item for items in output_objects(tmp_path / "out").values() for item in items]
+    assert len(items) == 50 and all(item["page"].startswith("/") for item in items)
