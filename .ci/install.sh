@@ -20,6 +20,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
     exit 0
 fi
 
+# aws-lambda-ric (optional: the Node runtime-api tests) builds curl and aws-lambda-cpp from source and
+# needs autotools besides cmake and g++; without them npm skips it and those tests say why they skip.
+if ! command -v autoreconf >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -q && apt-get install -y -q autoconf automake libtool; } >/dev/null \
+        || echo "install.sh: could not install autotools; aws-lambda-ric will not build" >&2
+fi
 npm ci --no-audit --no-fund --loglevel=error
 # leveldown's install script is skipped by npm 11, but kinesalite runs in memory (memdown) and
 # the bundled prebuilt binary loads; check both servers load before declaring success.

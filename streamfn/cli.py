@@ -42,7 +42,10 @@ def _load_all(paths: Sequence[str], *, metrics: bool = False) -> list[LoadedPipe
 def _check_handler(loaded: LoadedPipeline) -> None:
     """Import the handler as ``run`` will; a failure names the file and the ``handler`` field."""
     from .engine.invoke import load_handler
+    from .runtime.build import check_start
 
+    if check_start(loaded):  # a handler in processes of its own is not imported here
+        return
     ctx = loaded.context
     if loaded.config.handler_version is not None:
         _check_handler_version(loaded)

@@ -111,14 +111,26 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(description=(
         "1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs."))]
     handler: Annotated[str, msgspec.Meta(description=(
-        "`module:function`, looked up in the config's folder, then the working directory."))]
+        "`module:function`, looked up in the config's folder, then the working directory (with "
+        "`interface = \"runtime-api\"`: the runtime's `_HANDLER`, as written, e.g. `app.handler`)."))]
     handler_version: Annotated[int | str | None, msgspec.Meta(description=(
         "A version published with `streamfn publish` to run instead of the working copy: its number, or an alias "
         "(`streamfn alias set`) that a running daemon follows at batch boundaries."))] = None
     source: Annotated[SourceConfig, msgspec.Meta(description=(
         "Where records come from: a table whose `type` is local, kinesis, dynamodb_streams or kafka."))]
-    interface: Annotated[Literal["native", "lambda"], msgspec.Meta(description=(
-        "`native` (a Batch of Records) or `lambda` (an unmodified AWS Lambda stream handler)."))] = "native"
+    interface: Annotated[Literal["native", "lambda", "runtime-api"], msgspec.Meta(description=(
+        "`native` (a Batch of Records), `lambda` (an unmodified AWS Lambda stream handler) or `runtime-api` (any "
+        "Lambda runtime, started from `command`, talking the Lambda Runtime API that streamfn serves it)."
+    ))] = "native"
+    command: Annotated[list[str], msgspec.Meta(description=(
+        "The runtime process of `interface = \"runtime-api\"`, e.g. `[\"python\", \"-m\", \"awslambdaric\", "
+        "\"app.handler\"]` or `[\"./bootstrap\"]`; run in the config's folder, one warm process per lane."
+    ))] = msgspec.field(default_factory=list)
+    isolation: Annotated[Literal["thread", "process"], msgspec.Meta(description=(
+        "`thread` (in streamfn's process) or `process` (a worker process per lane, killed at the timeout). A "
+        "runtime-api handler always runs in processes of its own."))] = "thread"
+    memory_limit_mb: Annotated[int, msgspec.Meta(description=(
+        "Address-space limit (RLIMIT_AS) of each handler process, in MiB (0: none)."))] = 0
     state_dir: Annotated[str, msgspec.Meta(description=(
         "Where local state lives (log, checkpoints), relative to the config's folder."))] = "state"
     timeout: Annotated[float, msgspec.Meta(description=(
@@ -182,6 +194,8 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ("tumbling_window", "must be 0 (off) or between 1 and 900 seconds"
              if self.tumbling_window and not 1 <= self.tumbling_window <= 900 else None),
             ("timeout", "must be positive" if self.timeout <= 0 else None),
+            ("memory_limit_mb", "must be 0 (no limit) or a positive number of MiB"
+             if self.memory_limit_mb < 0 else None),
             ("shutdown_timeout", "must be positive" if self.shutdown_timeout <= 0 else None),
             ("on_failure.prefix", key_problem(self.on_failure.prefix + "aws/lambda/x.json")
              if isinstance(self.on_failure, S3DestinationConfig) else None),
@@ -211,6 +225,23 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
              "without one, records would be dropped"
              if self.retry.policy().has_limit and self.on_failure is None else None),
             feeds_own_source(source, self.on_failure),
+            *self._process_problems(),
+        ]
+
+    def _process_problems(self) -> list[tuple[str, str | None]]:
+        runtime_api = self.interface == "runtime-api"
+        in_process = not runtime_api and self.isolation == "thread"
+        return [
+            ("command", "interface 'runtime-api' needs the command that starts the runtime, e.g. "
+             "['python', '-m', 'awslambdaric', 'app.handler'] or ['./bootstrap']"
+             if runtime_api and not [part for part in self.command if part] else None),
+            ("command", "is used only with interface = 'runtime-api' (a native or lambda handler is "
+             "imported from `handler`)" if self.command and not runtime_api else None),
+            ("memory_limit_mb", "limits a handler process: set isolation = 'process' or interface = 'runtime-api'"
+             if self.memory_limit_mb and in_process else None),
+            ("handler_version", "published versions run in streamfn's process for now: remove handler_version, "
+             "or run the working copy with interface = 'runtime-api' / isolation = 'process'"
+             if self.handler_version is not None and not in_process else None),
         ]
 
 

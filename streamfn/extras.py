@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from .config import LoadedPipeline
 
 #: The module each extra installs that streamfn imports first (importing it pulls in the rest).
-EXTRA_MODULES: dict[str, str] = {"aws": "aiobotocore.session", "kafka": "aiokafka", "metrics": "prometheus_client"}
+EXTRA_MODULES: dict[str, str] = {"aws": "aiobotocore.session", "kafka": "aiokafka", "metrics": "prometheus_client",
+                                  "runtime": "aiohttp"}
 #: Top-level packages of each extra, to name the extra when one of them is missing at run time.
 _PACKAGES: dict[str, str] = {"aiobotocore": "aws", "botocore": "aws", "aiokafka": "kafka",
-                             "prometheus_client": "metrics"}
+                             "prometheus_client": "metrics", "aiohttp": "runtime"}
 #: Component config types by the extra they need.
 _AWS = (KinesisSourceConfig, DynamoDBStreamsSourceConfig, S3SinkConfig, DynamoDBSinkConfig,
         DynamoDBCheckpointStoreConfig, S3DestinationConfig, KinesisDestinationConfig)
@@ -55,6 +56,8 @@ def required_extras(loaded: LoadedPipeline, *, metrics: bool = False) -> dict[st
         extra = "aws" if isinstance(component, _AWS) else "kafka" if isinstance(component, _KAFKA) else None
         if extra is not None:
             needed.setdefault(extra, f"{field}.type")
+    if config.interface == "runtime-api" or config.isolation == "process":  # the Runtime API server
+        needed.setdefault("runtime", "interface" if config.interface == "runtime-api" else "isolation")
     if metrics and config.metrics is not None and config.metrics.enabled:
         needed.setdefault("metrics", "metrics.enabled")
     return needed

@@ -12,7 +12,7 @@ import inspect
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ..errors import HandlerError, HandlerLoadError
 from ..handler_api import Context, Result
@@ -20,8 +20,43 @@ from ..records import Batch, Position
 from ..timefmt import iso_time
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads, Outcome
 
-Interface = Literal["native", "lambda"]
+Interface = Literal["native", "lambda", "runtime-api"]
 EventBuilder = Callable[[Batch], dict[str, Any]]
+
+
+class Slot(Protocol):
+    """One lane's way to call the handler, wherever it runs (a thread, the lane's task, a process).
+
+    What a lane may rely on: its calls never overlap, a timed-out one included; :meth:`call` raises
+    HandlerError for every failure of the handler (an exception, a timeout, an unusable answer, a
+    process that died) and lets only the caller's own cancellation through; while :attr:`busy`, a
+    previous call is still running and the next :meth:`call` waits for it.
+    """
+
+    @property
+    def busy(self) -> bool:
+        """A previous call (one that timed out) is still running."""
+        ...
+
+    async def wait_idle(self) -> None:
+        """Return when no call of this slot is running."""
+        ...
+
+    def call(self, batch: Batch, context: Context, /) -> Awaitable[CallResult]:
+        """Call the handler once on ``batch``."""
+        ...
+
+
+class SlotFactory(Protocol):
+    """Makes the slots of handlers that run outside the engine's process (one process per lane)."""
+
+    def slot(self, invoker: Invoker) -> Slot:
+        """A slot for one lane."""
+        ...
+
+    async def close(self) -> None:
+        """End every process this factory started, and wait until they are gone (the pipeline stops)."""
+        ...
 
 
 def load_handler(ref: str, search_dirs: Sequence[Path]) -> Callable[..., Any]:
@@ -63,15 +98,17 @@ class CallResult:
 
 
 class Invoker:
-    """Calls one handler: async ones in the calling lane's task, plain functions in a thread of their own.
+    """Calls one handler: async ones in the calling lane's task, plain functions in a thread of their own,
+    or, with ``slots``, a process per lane (``isolation = "process"``, ``interface = "runtime-api"``).
 
-    Use one :class:`HandlerSlot` per lane (:meth:`slot`): a slot never starts a call while its
-    previous one, timed out but not yet ended, still runs.
+    It builds the event and interprets the answer wherever the handler runs. Use one :class:`Slot`
+    per lane (:meth:`slot`): a slot never starts a call while its previous one, timed out but not
+    yet ended, still runs.
     """
 
     def __init__(
         self,
-        handler: Callable[..., Any],
+        handler: Callable[..., Any] | None,
         *,
         interface: Interface,
         timeout: float,
@@ -79,8 +116,9 @@ class Invoker:
         lambda_event: EventBuilder,
         threads: HandlerThreads | None = None,
         windowed: bool = False,
+        slots: SlotFactory | None = None,
     ) -> None:
-        self._handler = handler
+        self._handler: Callable[..., Any] = handler or _no_handler
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
         )
@@ -90,10 +128,34 @@ class Invoker:
         self._lambda_event = lambda_event
         self._threads = threads or HandlerThreads(f"{HANDLER_THREAD_PREFIX}invoker")
         self._windowed = windowed
+        self._slots = slots
 
-    def slot(self) -> HandlerSlot:
+    @property
+    def interface(self) -> Interface:
+        return self._interface
+
+    @property
+    def report_failures(self) -> bool:
+        return self._report_failures
+
+    def slot(self) -> Slot:
         """A slot for one lane: its calls run one at a time, a timed-out one included."""
+        if self._slots is not None:
+            return self._slots.slot(self)
         return HandlerSlot(self)
+
+    async def close(self) -> None:
+        """End the handler processes still running (none without ``slots``)."""
+        if self._slots is not None:
+            await self._slots.close()
+
+    def event(self, batch: Batch, context: Context) -> dict[str, Any]:
+        """The Lambda event of ``batch`` (with the window fields of a tumbling window's call)."""
+        return self._event(batch, context)
+
+    def interpret(self, answer: Any, batch: Batch) -> CallResult:
+        """What the handler's answer means for ``batch``; HandlerError if it is unusable."""
+        return self._interpret(answer, batch)
 
     async def call(self, batch: Batch, context: Context) -> CallResult:
         """One call outside any slot: nothing stops it from overlapping an earlier timed-out call
@@ -105,7 +167,7 @@ class Invoker:
         before it ends, and a timeout cancels it. Whatever it raises (SystemExit and
         KeyboardInterrupt included) is caught here, before it could escape the task and stop the
         loop; one that swallows the cancellation and answers late has still timed out."""
-        payload: Any = self._event(batch, context) if self._interface == "lambda" else batch
+        payload: Any = self._event(batch, context) if self._interface != "native" else batch
         task = asyncio.current_task()
         deadline = asyncio.timeout(self.timeout)
         try:
@@ -130,7 +192,7 @@ class Invoker:
         is known; the future returned ends exactly when the call ends (later than a timeout, for a
         stuck call: a thread cannot be stopped, its call runs on to its end)."""
         payload: Any = batch
-        if self._interface == "lambda":
+        if self._interface != "native":
             payload = self._event(batch, context)
         running = self._threads.submit(self._handler, payload, context)
         running.add_done_callback(functools.partial(_relay, reply))
@@ -157,7 +219,7 @@ class Invoker:
         raise HandlerError(f"handler raised {type(error).__name__}: {error}") from error
 
     def _interpret(self, answer: Any, batch: Batch) -> CallResult:
-        if self._interface == "lambda":
+        if self._interface != "native":
             return self._interpret_lambda(answer, batch)
         if answer is None:
             return CallResult([], None)
@@ -271,6 +333,10 @@ class HandlerSlot:
         if running.done():
             self._running = None  # holds the call's answer: let it go with the batch
         return invoker._outcome(outcome, batch)
+
+
+def _no_handler(*_: Any) -> Any:
+    raise HandlerError("this pipeline's handler runs in its own process, not in the engine's")
 
 
 #: The reply a call gets when its timeout passes first.

@@ -20,6 +20,7 @@ from ..checkpoints.local import LocalCheckpointStoreConfig, bind_local_log
 from ..components import BuildContext
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError, SourceError, StreamfnError
+from ..runtime.build import process_slots
 from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
@@ -91,6 +92,7 @@ class Pipeline:
         config, ctx = loaded.config, loaded.context
         self.name = config.name
         self.config = config
+        slots = self._process_slots = process_slots(loaded)  # a handler in processes is not imported here
         self.source = config.source.build(ctx)
         self.sinks = [sink.build(ctx) for sink in config.sinks]
         self.destination = config.on_failure.build(ctx) if config.on_failure else None
@@ -100,11 +102,12 @@ class Pipeline:
             Invoker, interface=config.interface, timeout=config.timeout,
             report_failures=config.report_batch_item_failures, lambda_event=self.source.lambda_event,
             threads=self._threads,
-            windowed=config.tumbling_window > 0,
+            windowed=config.tumbling_window > 0, slots=slots,
         )
         invoker = (versioned_invoker(ctx.state_dir, config.handler_version, self.name, build_invoker)
                    if config.handler_version is not None
-                   else build_invoker(load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])))
+                   else build_invoker(None if slots is not None
+                                      else load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])))
         self.env = ShardEnv(
             pipeline=self.name, stream=self.source.name, source_kind=getattr(self.source, "kind", "kinesis"),
             source=self.source, invoker=invoker, sinks=self.sinks, store=self.store,
@@ -265,3 +268,5 @@ class Pipeline:
             await self.destination.close()
         await self.source.close()
         self._threads.shutdown()
+        if self._process_slots is not None:
+            await self._process_slots.close()

@@ -20,7 +20,7 @@ from ..errors import HandlerLoadError, RetryableError, StreamfnError
 from ..handler_api import Context
 from ..records import Batch, Position
 from ..versions import ACTIVE_VERSIONS, VersionStore, load_version
-from .invoke import CallResult, HandlerSlot, Invoker
+from .invoke import CallResult, Invoker, Slot
 
 log = logging.getLogger("streamfn.versions")
 
@@ -117,8 +117,8 @@ class VersionedSlot:
     def __init__(self, owner: VersionedInvoker) -> None:
         self._owner = owner
         self.version = owner.picker.version
-        self._slot: HandlerSlot = owner.invoker(self.version).slot()
-        self._slots: dict[int, HandlerSlot] = {self.version: self._slot}
+        self._slot: Slot = owner.invoker(self.version).slot()
+        self._slots: dict[int, Slot] = {self.version: self._slot}
         self._batch_end: Position | None = None
 
     @property
