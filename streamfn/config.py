@@ -131,6 +131,10 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_failure: DestinationConfig | None = None
     #: Seconds a graceful stop may take to finish in-flight batches before abandoning them.
     shutdown_timeout: float = 30.0
+    #: A handler call's print and logging output: ``capture`` writes it whole as log lines tagged with
+    #: pipeline, shard and request id, between START/END/REPORT lines (a call that wrote nothing and
+    #: succeeded writes nothing); ``capture_all`` frames every call, as Lambda does; ``off`` leaves it alone.
+    handler_output: Literal["capture", "capture_all", "off"] = "capture"
     #: Prometheus /metrics, /healthz and /readyz (off unless ``enabled``; ``--metrics-port`` turns it on
     #: and keeps the other settings).
     metrics: MetricsConfig | None = None
