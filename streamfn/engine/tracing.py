@@ -12,6 +12,7 @@ already installed one (``opentelemetry-instrument``).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -71,7 +72,8 @@ def configure_from_environment() -> None:
     if isinstance(current, SdkTracerProvider):
         enable(current)
         return
-    provider = SdkTracerProvider(resource=Resource.create({"service.name": "streamfn"}))
+    named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    provider = SdkTracerProvider(resource=Resource.create({} if named else {"service.name": "streamfn"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     _owned_provider = provider
     enable(provider)
