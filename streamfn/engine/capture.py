@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Literal, TextIO
@@ -45,7 +46,9 @@ log = logging.getLogger("streamfn.handler")
 #: Characters a call may buffer before its output so far is written (memory stays bounded).
 MAX_BUFFERED = 256 * 1024
 
-_current: ContextVar[Invocation | None] = ContextVar("streamfn_invocation", default=None)
+_current: ContextVar[CallScope | None] = ContextVar("streamfn_invocation", default=None)
+#: Guards every call's buffer (writes are rare next to calls: one lock, none made per call).
+_buffer_lock = threading.Lock()
 #: Held while a block is written: blocks of different calls never mix.
 _write_lock = threading.RLock()
 _installed = False
@@ -55,80 +58,128 @@ _install_lock = threading.Lock()
 Item = tuple[str, str] | tuple[logging.Handler, logging.LogRecord]
 
 
-class Invocation:
-    """One handler call's buffered output and the facts its lines are tagged with."""
+class CallScope:
+    """One handler call (``with CallScope(...): await slot.call(...)``): the call's output goes to its
+    buffer while it runs, its ``invoke`` span is open, and a failure is logged with its traceback.
 
-    __slots__ = ("_buffer", "_lock", "_partial", "_size", "closed", "context", "fields", "framed")
+    Built for the common case, a call that writes nothing: no lock, buffer or field dict is made
+    until a write or a failure needs one.
+    """
 
-    def __init__(self, fields: dict[str, Any], context: Context, framed: bool) -> None:
-        self.fields = fields
+    __slots__ = ("_buffer", "_partial", "_size", "_span", "_started", "_token", "closed", "context", "mode",
+                 "pipeline", "records", "shard_id")
+
+    def __init__(self, pipeline: str, shard_id: str, records: Sequence[Record], context: Context,
+                 mode: Mode = "capture") -> None:
+        self.pipeline = pipeline
+        self.shard_id = shard_id
+        self.records = records
         self.context = context
-        self.framed = framed
+        self.mode = mode
         self.closed = False
-        self._lock = threading.Lock()
-        #: Complete lines (stream name, text) and the handler's log records (handler, record), in order.
-        self._buffer: list[Item] = []
-        self._partial: dict[str, str] = {}
+        self._buffer: list[Item] | None = None
+        self._partial: dict[str, str] | None = None
         self._size = 0
+        self._span: AbstractContextManager[Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """What START and a failure line name: the call's batch and attempt."""
+        records = self.records
+        return {"pipeline": self.pipeline, "shard": self.shard_id, "attempt": self.context.attempt,
+                "first_sequence": records[0].identifier if records else None,
+                "last_sequence": records[-1].identifier if records else None, "records": len(records),
+                "request_id": self.context.aws_request_id}
+
+    def tags(self) -> dict[str, Any]:
+        """What every line of the call carries (START names the batch, REPORT the duration)."""
+        return {"pipeline": self.pipeline, "shard": self.shard_id, "request_id": self.context.aws_request_id}
+
+    def __enter__(self) -> CallScope:
+        if self.mode != "off":
+            if not _installed:
+                install()
+            self._token = _current.set(self)
+        if tracing.enabled():
+            fields = self.fields()
+            del fields["request_id"]  # made only when asked for: the handler may never ask
+            self._span = span = tracing.span("invoke", fields)
+            span.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        seconds = time.perf_counter() - self._started
+        if self._span is not None:
+            self._span.__exit__(kind, error, trace)
+        failure = error if isinstance(error, HandlerError) else None
+        if self.mode == "off":
+            if failure is not None:
+                log_handler_failure(failure, self.fields())
+            return
+        _current.reset(self._token)
+        self.finish(seconds, failure)
 
     def write(self, stream: str, text: str) -> None:
-        with self._lock:
-            *lines, rest = (self._partial.pop(stream, "") + text).split("\n")
+        """A write to ``sys.stdout`` or ``sys.stderr`` made by the call (from any thread)."""
+        if not text:
+            return
+        with _buffer_lock:
+            partial = self._partial
+            if partial is None:
+                partial = self._partial = {}
+            *lines, rest = (partial.pop(stream, "") + text).split("\n")
             if rest:
-                self._partial[stream] = rest
+                partial[stream] = rest
             late = self.closed
             items: list[Item]
             if late:
                 items = [(stream, line) for line in lines]
             else:
-                self._buffer.extend((stream, line) for line in lines)
+                buffer = self._buffer
+                if buffer is None:
+                    buffer = self._buffer = []
+                buffer.extend((stream, line) for line in lines)
                 self._size += len(text)
                 if self._size <= MAX_BUFFERED:
                     return
-                items, self._size = self._take_all(), 0  # a very talkative call: write what it has so far
+                items, self._buffer, self._size = buffer, [], 0  # a very talkative call: write what it has
         self._write(items, late=late)
 
     def take_record(self, handler: logging.Handler, record: logging.LogRecord) -> bool:
         """Keep a record for the block (False: not to be written now); after the call, tag it and let it go."""
-        with self._lock:
+        with _buffer_lock:
             if not self.closed:
+                if self._buffer is None:
+                    self._buffer = []
                 self._buffer.append((handler, record))
                 return False
         record.__dict__.update(self.tags(), late=True)
         return True
 
-    def tags(self) -> dict[str, Any]:
-        """What every line of the call carries (START names the batch, REPORT the duration)."""
-        return {"pipeline": self.fields["pipeline"], "shard": self.fields["shard"],
-                "request_id": self.context.aws_request_id}
-
-    def _take_all(self) -> list[Item]:
-        items, self._buffer = self._buffer, []
-        return items
-
     def finish(self, seconds: float, error: HandlerError | None) -> None:
         """The call ended (or timed out): write its block."""
-        with self._lock:
+        with _buffer_lock:
             self.closed = True
-            items = self._take_all()
-            items.extend((stream, text) for stream, text in self._partial.items() if text)
-            self._partial.clear()
-        if not (items or error is not None or self.framed):
-            return
+            items, partial = self._buffer, self._partial
+            self._buffer = self._partial = None
+        if items is None and partial is None and error is None and self.mode != "capture_all":
+            return  # the common case: a quiet call that succeeded writes nothing
+        items = items or []
+        items.extend((stream, text) for stream, text in (partial or {}).items() if text)
         tags = self.tags()
         request = tags["request_id"]
         with _write_lock:
-            log.info("START RequestId: %s", request, extra=dict(self.fields, request_id=request))
+            log.info("START RequestId: %s", request, extra=self.fields())
             self._write(items, late=False, tags=tags)
             if error is not None:
-                log_handler_failure(error, dict(self.fields, request_id=request))
+                log_handler_failure(error, self.fields())
             log.info("END RequestId: %s", request, extra=tags)
             log.info("REPORT RequestId: %s Duration: %.2f ms", request, seconds * 1000.0,
                      extra=dict(tags, duration_ms=round(seconds * 1000.0, 3),
                                 status="ok" if error is None else "error"))
 
-    def _write(self, items: Sequence[Item], *,
-               late: bool, tags: dict[str, Any] | None = None) -> None:
+    def _write(self, items: Sequence[Item], *, late: bool, tags: dict[str, Any] | None = None) -> None:
         if not items:
             return
         tags = tags or self.tags()
@@ -142,48 +193,6 @@ class Invocation:
                     first.handle(second)
                 else:
                     log.info("%s", second, extra=dict(tags, stream=first))
-
-
-class CallScope:
-    """Wraps one handler call (``with CallScope(...): await slot.call(...)``): sets the call's
-    variable for its output, opens its ``invoke`` span, and logs a failure with its traceback."""
-
-    __slots__ = ("_context", "_fields", "_invocation", "_mode", "_span", "_started", "_token")
-
-    def __init__(self, pipeline: str, shard_id: str, records: Sequence[Record], context: Context,
-                 mode: Mode = "capture") -> None:
-        self._mode = mode
-        self._context = context
-        self._fields = {"pipeline": pipeline, "shard": shard_id, "attempt": context.attempt,
-                        "first_sequence": records[0].identifier if records else None,
-                        "last_sequence": records[-1].identifier if records else None,
-                        "records": len(records)}
-        self._invocation: Invocation | None = None
-        self._span = tracing.span("invoke", self._fields) if tracing.enabled() else None
-
-    def __enter__(self) -> CallScope:
-        if self._mode != "off":
-            install()
-            invocation = self._invocation = Invocation(self._fields, self._context, self._mode == "capture_all")
-            self._token = _current.set(invocation)
-        if self._span is not None:
-            self._span.__enter__()
-        self._started = time.perf_counter()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        seconds = time.perf_counter() - self._started
-        if self._span is not None:
-            self._span.__exit__(kind, error, trace)
-        failure = error if isinstance(error, HandlerError) else None
-        invocation = self._invocation
-        if invocation is None:
-            if failure is not None:
-                log_handler_failure(failure, dict(self._fields, request_id=self._context.aws_request_id))
-            return
-        _current.reset(self._token)
-        invocation.finish(seconds, failure)
 
 
 class StreamProxy:

@@ -30,7 +30,21 @@ if TYPE_CHECKING:
 _tracer: Tracer | None = None
 #: The provider ``configure_from_environment`` made (flushed and shut down by :func:`shutdown`).
 _owned_provider: Any = None
-_NULL: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+class _Nothing:
+    """The context manager of every hook while tracing is off (cheaper than ``nullcontext``)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL: AbstractContextManager[None] = _Nothing()
 #: The attributes of the batch being handled in this task: child spans carry them too.
 _batch_attributes: ContextVar[dict[str, Any] | None] = ContextVar("streamfn_batch_attributes", default=None)
 

@@ -46,8 +46,7 @@ def test_pieces_become_the_same_lines_per_stream(pieces: list[tuple[str, str]]) 
 
 
 def written_by(pieces: list[tuple[str, str]], lines: Lines) -> None:
-    call = capture.Invocation({"pipeline": "p", "shard": "s"}, Context(pipeline="p", shard_id="s", attempt=0,
-                                                                       timeout=1.0), framed=False)
+    call = capture.CallScope("p", "s", (), Context(pipeline="p", shard_id="s", attempt=0, timeout=1.0))
     for stream, text in pieces:
         call.write(stream, text)
     call.finish(0.001, None)
