@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.logfmt import parse_logfmt
 from tests.pipelines import REPO, append, output_objects, write_pipeline
@@ -31,6 +32,10 @@ def handle(batch, context):
     logging.getLogger("user.code").warning("handled %d records of %s", len(batch), batch.shard_id)
     return [{"v": r.json()["v"], "rid": rid} for r in batch]
 """
+
+#: The same as an async handler: its calls run in the lanes' own tasks, interleaved by the event loop.
+CHATTY_ASYNC = CHATTY.replace("import logging, sys, time", "import asyncio, logging, sys").replace(
+    "def handle", "async def handle").replace("time.sleep(0.01)", "await asyncio.sleep(0.01)")
 
 FAILS_TWICE = """
 import sys
@@ -70,8 +75,9 @@ def handler_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [line for line in lines if "request_id" in line]
 
 
-def test_two_shards_printing_at_once_are_written_whole_per_call_and_tagged(tmp_path: Path) -> None:
-    config = write_pipeline(tmp_path, CHATTY, shards=2, batching="max_records = 5")
+@pytest.mark.parametrize("handler", [CHATTY, CHATTY_ASYNC], ids=["thread", "async"])
+def test_two_shards_printing_at_once_are_written_whole_per_call_and_tagged(tmp_path: Path, handler: str) -> None:
+    config = write_pipeline(tmp_path, handler, shards=2, batching="max_records = 5")
     append(config, records(40))
     lines = json_lines(run(config, "--log-format", "json").stderr)
     tagged = handler_lines(lines)
