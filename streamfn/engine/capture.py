@@ -11,8 +11,8 @@ so in ``--log-format json`` every line is still one JSON object.
 
 Modes (the pipeline's ``handler_output``):
 
-- ``capture`` (default): a call that wrote nothing and succeeded writes nothing, so a quiet handler
-  costs one context-variable set and reset per call and no log line;
+- ``capture`` (default): a call that wrote nothing writes no frame (a failed one its error line
+  only), so a quiet handler costs one context-variable set and reset per call and no log line;
 - ``capture_all``: every call gets its ``START``/``END``/``REPORT`` lines, as on Lambda;
 - ``off``: writes go straight through (lines of concurrent calls may mix).
 
@@ -163,7 +163,9 @@ class CallScope:
             self.closed = True
             items, partial = self._buffer, self._partial
             self._buffer = self._partial = None
-        if items is None and partial is None and error is None and self.mode != "capture_all":
+        if items is None and partial is None and self.mode != "capture_all":
+            if error is not None:  # one line says it all (it names the call): no frame around it
+                log_handler_failure(error, self.fields())
             return  # the common case: a quiet call that succeeded writes nothing
         items = items or []
         items.extend((stream, text) for stream, text in (partial or {}).items() if text)

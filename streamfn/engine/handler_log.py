@@ -91,7 +91,7 @@ def log_handler_failure(error: HandlerError, fields: dict[str, Any],
     cause = error.__cause__
     extra = dict(fields, error=str(error))
     if cause is None:  # a timeout or an answer streamfn cannot use: no traceback of the handler's
-        log.error("handler failed: %s", error, extra=extra)
+        log.error("handler failed", extra=extra)
         return
     shown = user_traceback(cause)
     trace_id = fingerprint(cause, shown)
@@ -103,7 +103,7 @@ def log_handler_failure(error: HandlerError, fields: dict[str, Any],
         extra["exception"] = "".join(shown.format()).rstrip("\n")
     else:
         extra["traceback_repeat"] = repeats
-    log.error("handler failed: %s", error, extra=extra)
+    log.error("handler failed", extra=extra)
 
 
 def log_import_failure(error: BaseException, *, handler: str, file: str | None = None) -> None:

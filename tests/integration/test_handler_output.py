@@ -102,7 +102,7 @@ def test_two_shards_printing_at_once_are_written_whole_per_call_and_tagged(tmp_p
         assert [line.get("stream") for line in block[1:3]] == ["stdout", "stderr"]
         assert block[3]["logger"] == "user.code" and block[3]["level"] == "warning"
         assert block[-1]["message"].startswith(f"REPORT RequestId: {request_id} Duration: ")
-        assert block[-1]["duration_ms"] >= 20 and block[-1]["status"] == "ok"
+        assert block[-1]["duration_ms"] >= 15 and block[-1]["status"] == "ok"
         assert block[0]["records"] >= 1 and block[0]["attempt"] == 0
     written = {item["rid"] for items in output_objects(tmp_path / "out").values() for item in items}
     assert written == set(by_call), "the request id in the logs is the one the handler saw"
