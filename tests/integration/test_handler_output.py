@@ -171,3 +171,20 @@ def test_off_leaves_prints_alone(tmp_path: Path) -> None:
     assert "begin shard-0000 middle end shard-0000 rid=" in result.stdout
     assert "to stderr shard-0000" in result.stderr.splitlines()
     assert "START RequestId" not in result.stderr
+
+
+def test_a_handler_that_fails_to_import_shows_its_traceback_in_validate_and_run(tmp_path: Path) -> None:
+    broken = "import json\n\n\ndef setup():\n    raise RuntimeError('no settings found')\n\n\nsetup()\n"
+    config = write_pipeline(tmp_path, broken, shards=1, handler_module="broken_handler")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for verb in (["validate", str(config)], ["run", str(config), "--until-caught-up"]):
+        result = subprocess.run([sys.executable, "-m", "streamfn", "--log-format", "json", *verb], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2, result.stderr
+        lines = json_lines(result.stderr)
+        failed = next(line for line in lines if line["message"] == "handler import failed")
+        assert failed["handler"] == "broken_handler:handle" and failed["file"] == str(config)
+        trace = failed["exception"]
+        assert 'broken_handler.py", line 8, in <module>' in trace and 'line 5, in setup' in trace
+        assert trace.endswith("RuntimeError: no settings found") and "importlib" not in trace
+        assert any(line["level"] == "error" and "field `handler`" in line["message"] for line in lines)
