@@ -99,8 +99,9 @@ HELP: dict[Metric, str] = {
     Metric.SHARDS_OWNED: "Shards this worker is processing for the pipeline.",
     Metric.LEASES_HELD: "Leases this worker holds, when the pipeline coordinates through leases.",
     Metric.PIPELINE_STARTED: "1 once the pipeline opened its parts and listed its shards.",
-    Metric.APPEND_TO_DONE: "Seconds from a record's arrival in the source to the checkpoint covering it, per "
-                           "handled record (each counted with its batch's first record's age: an upper bound).",
+    Metric.APPEND_TO_DONE: "Seconds from a record's arrival in the source to the checkpoint covering it (with "
+                           "lanes: to its lane's), per handled record, each counted with its batch's first "
+                           "record's age (an upper bound).",
 }
 
 
