@@ -5,6 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: setup quickstart test lint bench dist clean
 
+# Trying needs streamfn alone (no extra, no dev toolchain); setup adds every extra and the dev tools.
+$(VENV)/.quickstart: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e . -c constraints.txt
+	touch $@
+
 $(BIN)/streamfn: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -17,7 +24,7 @@ tests/node_modules/.installed: tests/package.json tests/package-lock.json
 
 setup: $(BIN)/streamfn tests/node_modules/.installed
 
-quickstart: $(BIN)/streamfn
+quickstart: $(VENV)/.quickstart
 	rm -rf state/quickstart out/quickstart
 	$(BIN)/streamfn produce configs/quickstart.toml --count 100000
 	$(BIN)/streamfn run configs/quickstart.toml --until-caught-up

@@ -35,6 +35,9 @@ RETRYABLE_CODES: dict[str, str] = {
         "RequestLimitExceeded",
         "SlowDown",
         "KMSThrottlingException",
+        "KmsThrottled",  # SQS
+        "Throttled",  # SNS ThrottledException
+        "KMSThrottling",  # SNS
     ), "throttled"),
     **dict.fromkeys(("RequestTimeout", "RequestTimeoutException"), "timeout"),
     **dict.fromkeys((

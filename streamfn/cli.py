@@ -21,6 +21,7 @@ from .errors import ConfigError, HandlerLoadError, StreamfnError
 from .extras import check_extras, extra_of_module, install_hint
 
 if TYPE_CHECKING:
+    from .engine.daemon import Reloader
     from .metrics import MetricsConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -44,6 +45,9 @@ def _check_handler(loaded: LoadedPipeline) -> None:
     from .engine.invoke import load_handler
 
     ctx = loaded.context
+    if loaded.config.handler_version is not None:
+        _check_handler_version(loaded)
+        return
     try:
         load_handler(loaded.config.handler, [ctx.config_dir, Path.cwd()])
     except HandlerLoadError as exc:
@@ -63,10 +67,15 @@ def _without_sinks(loaded: LoadedPipeline) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.daemon import install_event_loop_policy, run_pipelines
+    from .engine.reload import pipeline_files
     from .ops.watchdog import BlockedWatch
 
-    loaded = _load_all(args.configs)  # a missing metrics extra is refused by the ops server as it starts
+    # a missing metrics extra is refused by the ops server as it starts
+    loaded = _load_all([str(path) for path in pipeline_files(args.configs)])
+    if not loaded:
+        raise ConfigError(f"no pipeline files (*.toml, *.yaml, *.yml, *.json) in {', '.join(args.configs)}")
     for item in loaded:
+        _refuse_a_second(item, loaded)
         _check_handler(item)
         warning = _without_sinks(item)
         if warning:
@@ -78,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
                                   stop=None if watch is None else watch.stop,
-                                  watch=None if watch is None else watch.run))
+                                  watch=None if watch is None else watch.run, reloader=_reloader(args.configs)))
     finally:
         _stop_traces(args)
     code = EXIT_OK
@@ -87,6 +96,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = EXIT_FAILED
     _exit_past_stuck_handlers(code)
     return code
+
+
+def _refuse_a_second(item: LoadedPipeline, others: Sequence[LoadedPipeline]) -> None:
+    """Two files naming the same pipeline would share its checkpoints and object keys: refuse the second."""
+    first = next((other for other in others if other.config.name == item.config.name), item)
+    if first is not item:
+        raise ConfigError(f"pipeline {item.config.name!r} is already defined in {first.path}", file=str(item.path),
+                          field="name")
+
+
+def _reloader(arguments: Sequence[str]) -> Reloader:
+    """SIGHUP's re-read of ``run``'s files and directories, with ``run``'s checks; refusals are logged."""
+    from .engine.reload import pipeline_files
+
+    def reread() -> tuple[dict[Path, LoadedPipeline], list[Path]]:
+        wanted: dict[Path, LoadedPipeline] = {}
+        refused: list[Path] = []
+        for path in pipeline_files(arguments):
+            try:
+                item = _load(str(path))
+                _check_handler(item)
+                _refuse_a_second(item, list(wanted.values()))
+            except StreamfnError as exc:
+                log.error("reload: file refused, its pipeline (if any) runs on unchanged: %s", exc)
+                refused.append(path)
+            else:
+                wanted[path] = item
+        return wanted, refused
+
+    return reread
 
 
 def _start_traces(args: argparse.Namespace) -> None:
@@ -134,8 +173,10 @@ def _metrics_config(args: argparse.Namespace, loaded: Sequence[LoadedPipeline]) 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every check ``run`` makes before reading, with ``run``'s exit code (2) for a file it would refuse."""
+    from .engine.reload import expand_directories
+
     failed = 0
-    for path in args.configs:
+    for path in map(str, expand_directories(args.configs)):
         try:
             loaded = _load(path, metrics=True)
             _check_handler(loaded)
@@ -167,12 +208,165 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- handler tests (streamfn.testing) ----------------------------------------------------
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run the handler over --input in memory; exit 0 when its output equals --expect, else 1 with a diff."""
+    from .testing.run import compare, read_expected, run_file, write_expected
+
+    if args.update:
+        actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards,
+                          time_limit=args.timeout)
+        write_expected(args.expect, actual)
+        print(f"wrote {len(actual)} items to {args.expect}")
+        return EXIT_OK
+    expected = read_expected(args.expect)
+    actual = run_file(args.config, args.input, key_field=args.key_field, shards=args.shards,
+                      time_limit=args.timeout)
+    comparison = compare(expected, actual, unordered=args.unordered)
+    if comparison.passed:
+        print(f"ok: {args.config}: {len(comparison.actual)} items as expected in {args.expect}")
+        return EXIT_OK
+    sys.stdout.write(comparison.diff + "\n")
+    print(f"FAILED: {args.config}: the output differs from {args.expect} (- expected, + actual)")
+    return EXIT_FAILED
+
+
+def _add_test_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    test = verbs.add_parser("test", help="run the handler over a file of records in memory and compare its "
+                                         "output with a file of expected items")
+    test.add_argument("config")
+    test.add_argument("--input", required=True, help="JSON lines: one record's data per line (as `produce`)")
+    test.add_argument("--expect", required=True, help="JSON lines: the items the sinks should receive, in order")
+    test.add_argument("--key-field", default=None, help="JSON field used as partition key (default: line number)")
+    test.add_argument("--unordered", action="store_true", help="compare the items in any order")
+    test.add_argument("--shards", type=int, default=1, help="shards of the in-memory source (default 1)")
+    test.add_argument("--timeout", type=_positive_seconds, default=60.0, help="seconds before giving up")
+    test.add_argument("--update", action="store_true", help="write the actual output to --expect instead")
+    test.set_defaults(func=cmd_test)
+
+
+# -- handler versions and aliases (streamfn.versions) -------------------------------------
+def _check_handler_version(loaded: LoadedPipeline) -> None:
+    """The version ``handler_version`` names exists and imports; errors name the field."""
+    from .versions import VersionStore, load_version
+
+    ref = loaded.config.handler_version
+    assert ref is not None
+    try:
+        store = VersionStore(loaded.context.state_dir)
+        load_version(store, store.resolve(ref), loaded.config.name)
+    except (ConfigError, HandlerLoadError) as exc:
+        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        raise ConfigError(message, file=str(loaded.path), field="handler_version") from exc
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .versions import VersionStore
+
+    loaded = load_pipeline(args.config)
+    ctx = loaded.context
+    version, created = VersionStore(ctx.state_dir).publish(loaded.config.handler, [ctx.config_dir, Path.cwd()])
+    state = "published" if created else "unchanged: already"
+    print(f"{state} version {version.version} of {loaded.config.name!r} ({loaded.config.handler}, "
+          f"sha256 {version.sha256[:12]})")
+    return EXIT_OK
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    from .versions import VersionStore, load_version
+
+    loaded = load_pipeline(args.config)
+    store = VersionStore(loaded.context.state_dir)
+    number = store.resolve(args.version)
+    load_version(store, number, loaded.config.name)  # refuse to point an alias at code that does not import
+    alias = store.set_alias(args.name, number)
+    print(f"alias {alias.name!r} of {loaded.config.name!r} -> version {alias.version}")
+    return EXIT_OK
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from .versions import VersionStore
+
+    loaded = load_pipeline(args.config)
+    described = VersionStore(loaded.context.state_dir).describe()
+    if args.json:
+        sys.stdout.write(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    if not described["versions"]:
+        print(f"no published versions of {loaded.config.name!r}: see `streamfn publish`")
+    for row in described["versions"]:
+        names = f"  <- {', '.join(row['aliases'])}" if row["aliases"] else ""
+        print(f"{row['version']:>4}  {row['published_at']}  {row['sha256'][:12]}  {row['handler']}{names}")
+    return EXIT_OK
+
+
+def _add_version_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    publish = verbs.add_parser("publish", help="freeze the handler's code as a new numbered version")
+    publish.add_argument("config")
+    publish.set_defaults(func=cmd_publish)
+
+    alias = verbs.add_parser("alias", help="point an alias at a published version (running daemons follow it)")
+    alias.add_argument("action", choices=["set"])
+    alias.add_argument("config")
+    alias.add_argument("name")
+    alias.add_argument("version", help="a version number, or another alias")
+    alias.set_defaults(func=cmd_alias)
+
+    versions = verbs.add_parser("versions", help="list a pipeline's published versions and aliases")
+    versions.add_argument("config")
+    versions.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    versions.set_defaults(func=cmd_versions)
+
+
+# -- SAM / CloudFormation import (streamfn.sam_import) -------------------------------------
+def cmd_import(args: argparse.Namespace) -> int:
+    """One pipeline file per stream mapping of the template, each checked as ``validate`` checks it."""
+    from .sam_import import import_template
+
+    parameters = dict(item.split("=", 1) for item in args.parameter)
+    out = Path(args.out) if args.out else Path(args.template).parent
+    result = import_template(Path(args.template), out, parameters)
+    failed = 0
+    for path, notes in result.written:
+        print(f"wrote {path}" + (": not carried over, or carried over by assumption:" if notes else ""))
+        for note in notes:
+            print(f"  - {note}")
+        try:
+            _check_handler(_load(str(path)))
+        except StreamfnError as exc:
+            logs.say(logging.ERROR, str(exc))
+            failed += 1
+    for name, why in result.skipped:
+        logs.say(logging.WARNING, f"skipped {name}: {why}")
+    if not result.written and not result.skipped:
+        logs.say(logging.WARNING, f"{args.template}: no Kinesis, DynamoDB, MSK or SelfManagedKafka mappings found")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _add_import_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imported = verbs.add_parser("import", help="turn a SAM / CloudFormation template's stream event source "
+                                               "mappings into pipeline files")
+    imported.add_argument("template")
+    imported.add_argument("--out", default=None, help="folder for the pipeline files (default: the template's)")
+    imported.add_argument("--parameter", action="append", default=[], type=_parameter, metavar="NAME=VALUE",
+                          help="a template parameter's value (repeatable; default: its Default)")
+    imported.set_defaults(func=cmd_import)
+
+
+def _parameter(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return text
+
+
 # -- operators' verbs (streamfn.ops) ------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from .ops.status import render_table, status
 
     loaded = _load_all(args.configs)
     url = args.metrics_url if args.metrics_url is not None else _default_metrics_url(loaded)
+    if args.watch:
+        return _watch_status(url, args.interval)
     rows, daemon_seen = status(loaded, metrics_url=url or None)
     if args.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows)).decode() + "\n")
@@ -180,6 +374,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(render_table(rows, daemon_seen=daemon_seen))
         if not daemon_seen:
             sys.stdout.write("(no daemon's /metrics answered: BLOCKED is unknown; see --metrics-url)\n")
+    return EXIT_OK
+
+
+def _watch_status(url: str | None, interval: float) -> int:
+    """``status --watch``: redraw the live table from the daemon's /metrics until Ctrl-C."""
+    from .ops.watch import watch  # needs the metrics extra (prometheus-client parses the page): named if missing
+
+    if not url:
+        raise ConfigError("status --watch reads a running daemon's /metrics: pass --metrics-url, or enable "
+                          "[metrics] in the file (or run the daemon with --metrics-port)")
+    watch(url, interval=interval, out=sys.stdout)
     return EXIT_OK
 
 
@@ -221,8 +426,22 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from .ops.tail import starting_position, tail
 
     loaded = _load(args.config)
+    if args.output:
+        return _tail_output(loaded, args)
     asyncio.run(tail(loaded, start=starting_position(args.start), shards=args.shard or (), limit=args.count,
                      as_json=args.json))
+    return EXIT_OK
+
+
+def _tail_output(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
+    """``tail --output``: the items the handler returned, read from the objects the local and S3 sinks wrote."""
+    from .ops.tail import starting_position
+    from .ops.tail_output import tail_output
+
+    if args.shard:
+        raise ConfigError("tail --output follows the sinks' objects, which are not split by shard: drop --shard")
+    asyncio.run(tail_output(loaded, start=starting_position(args.start), limit=args.count, as_json=args.json,
+                            out=sys.stdout))
     return EXIT_OK
 
 
@@ -237,89 +456,141 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    """Show or edit the lease table's checkpoints (``[checkpoints] type = "dynamodb"``); reset local ones."""
-    from .checkpoints import admin
+    """Show or edit checkpoints wherever the pipeline keeps them: a lease table, a Kafka group, local."""
     from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+    from .engine.run_lock import local_store_path
+
+    loaded = _load(args.config)
+    target = None if args.action == "show" else _checkpoint_target(args)
+    lease_table = isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig)
+    local = not lease_table and local_store_path(loaded) is not None
+    if target is not None and target.kind == "sequence" and (lease_table or local):  # Kafka checks its own
+        from .checkpoints.sequence_check import check_sequence
+
+        asyncio.run(check_sequence(loaded, args.shard[0], target.sequence))
+    if lease_table:
+        return _lease_table_checkpoints(loaded, loaded.config.checkpoints, args, target)
+    if local:
+        return _local_checkpoints(loaded, args, target)
+    return _kafka_checkpoints(loaded, args, target)
+
+
+def _checkpoint_target(args: argparse.Namespace) -> Any:
+    """Where ``reset --to`` or ``set --sequence`` moves the chosen shards."""
+    from .checkpoints.edits import Target
     from .ops.parts import parse_moment
+
+    if args.action == "set":
+        if not args.shard or len(args.shard) != 1 or args.sequence is None:
+            raise ConfigError("checkpoints set needs exactly one --shard and --sequence")
+        return Target(kind="sequence", sequence=args.sequence)
+    if args.sequence is not None:
+        raise ConfigError("--sequence goes with `checkpoints set`; reset takes --to")
+    if args.to is None:
+        return None  # the store's default
+    if args.to in ("trim_horizon", "latest"):
+        return Target(kind=args.to)
+    return Target(kind="at_timestamp", timestamp=parse_moment(args.to))
+
+
+def _print_edit(loaded: LoadedPipeline, args: argparse.Namespace, changes: Sequence[Any], target: Any) -> None:
+    from .checkpoints.edits import render_changes
+
+    head = "would " + args.action if args.dry_run else args.action
+    print(f"{head} {len(changes)} shard(s) of pipeline {loaded.config.name!r} to {target.describe()}"
+          + (" (dry run: nothing written)" if args.dry_run else ""))
+    if changes:
+        print(render_changes(changes))
+
+
+def _local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
+    """Local checkpoints: positions from the local log; no --to forgets them (the shards start at the
+    pipeline's starting_position)."""
+    from .checkpoints import admin_local
+    from .checkpoints.edits import Target, render_rows
+
+    if args.action == "show":
+        print(render_rows(admin_local.show(loaded)))
+        return EXIT_OK
+    target = target or Target(kind="start")
+    planned = admin_local.plan(loaded, target, args.shard)
+    changes = admin_local.changes(loaded, planned)
+    if not args.dry_run:
+        asyncio.run(admin_local.apply(loaded, planned, force=args.force, every_shard=args.shard is None))
+    shown = target if target.kind != "start" else Target(kind=loaded.config.starting_position)
+    _print_edit(loaded, args, changes, shown)
+    return EXIT_OK
+
+
+def _kafka_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
+    """A Kafka source's group offsets; no --to resets to trim_horizon (the earliest offsets)."""
+    from .checkpoints import admin_kafka
+    from .checkpoints.edits import Target, render_rows
+
+    if args.action == "show":
+        print(render_rows(asyncio.run(admin_kafka.show(loaded))))
+        return EXIT_OK
+    target = target or Target(kind="trim_horizon")
+    changes = asyncio.run(admin_kafka.edit(loaded, target, args.shard, force=args.force, dry_run=args.dry_run))
+    _print_edit(loaded, args, changes, target)
+    return EXIT_OK
+
+
+def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.Namespace, target: Any) -> int:
+    """A lease table: resets are recorded in the leases (``reset_to``) and applied by the next run."""
+    from .checkpoints import admin
+    from .checkpoints.edits import Change, Target
     from .sources.base import StartingPosition
 
-    loaded = load_pipeline(args.config)
-    store = loaded.config.checkpoints
-    if args.action == "reset" and _local_checkpoints(loaded):
-        return _reset_local_checkpoints(loaded, args)
-    if not isinstance(store, DynamoDBCheckpointStoreConfig):
-        raise ConfigError("checkpoints show/set edit a DynamoDB lease table (and reset local checkpoints); this "
-                          "pipeline keeps its checkpoints elsewhere (see `streamfn status`)", file=str(loaded.path),
-                          field="checkpoints")
     name = loaded.config.name
     if args.action == "show":
         print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
-    elif args.action == "reset":
-        args.to = args.to or "trim_horizon"
-        if args.to in ("trim_horizon", "latest"):
-            to = StartingPosition(args.to)
-        else:
-            to = StartingPosition("at_timestamp", parse_moment(args.to))
-        done = asyncio.run(admin.reset_checkpoints(store, name, to, shards=args.shard, force=args.force))
-        print(f"reset {len(done)} shard(s) to {args.to}: {', '.join(done)}")
-    else:
-        if not args.shard or len(args.shard) != 1 or args.sequence is None:
-            raise ConfigError("checkpoints set needs exactly one --shard and --sequence")
-        asyncio.run(admin.set_checkpoint(store, name, args.shard[0], args.sequence, args.sub_sequence,
+        return EXIT_OK
+    target = target or Target(kind="trim_horizon")
+    if args.dry_run:
+        rows = asyncio.run(admin.show_checkpoints(store, name))
+        chosen = [row for row in rows if not args.shard or row.shard_id in args.shard]
+        missing = sorted(set(args.shard or ()) - {row.shard_id for row in rows})
+        if missing:
+            raise ConfigError(f"no lease for shard(s) {', '.join(missing)} in this pipeline")
+        changes = [Change(shard_id=row.shard_id, before=row.checkpoint, after=target.describe()) for row in chosen]
+    elif target.kind == "sequence":
+        asyncio.run(admin.set_checkpoint(store, name, args.shard[0], target.sequence, args.sub_sequence,
                                          force=args.force))
-        print(f"{args.shard[0]}: resumes after {args.sequence}")
+        changes = [Change(shard_id=args.shard[0], before="", after=str(target.sequence))]
+    else:
+        start = StartingPosition(target.kind, target.timestamp)
+        done = asyncio.run(admin.reset_checkpoints(store, name, start, shards=args.shard, force=args.force))
+        changes = [Change(shard_id=shard, before="", after=target.describe()) for shard in done]
+    _print_edit(loaded, args, changes, target)
     return EXIT_OK
 
 
-def _local_checkpoints(loaded: LoadedPipeline) -> bool:
-    """Whether the pipeline keeps its checkpoints in the local store (``checkpoints.sqlite3``)."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
-    from .sources.kafka import KafkaSourceConfig
-
-    store = loaded.config.checkpoints
-    if store is None:
-        return not isinstance(loaded.config.source, KafkaSourceConfig)
-    return isinstance(store, LocalCheckpointStoreConfig)
-
-
-def _reset_local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
-    """Forget local checkpoints: the shards start at the pipeline's ``starting_position`` on the next run."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
-
-    start = loaded.config.starting_position
-    if args.to is not None and args.to != start:
-        raise ConfigError(f"a local checkpoint store resets shards to the pipeline's starting_position ({start}); "
-                          "set starting_position in the file to start elsewhere", file=str(loaded.path),
-                          field="starting_position")
-    configured = loaded.config.checkpoints
-    store = (configured if isinstance(configured, LocalCheckpointStoreConfig)
-             else LocalCheckpointStoreConfig()).build(loaded.context)
-
-    async def reset() -> list[str]:
-        await store.open()
-        try:
-            return await store.reset(args.shard)
-        finally:
-            await store.close()
-
-    done = asyncio.run(reset())
-    print(f"reset {len(done)} shard(s) of pipeline {loaded.config.name!r}: they start at {start} on the next run"
-          + (f" ({', '.join(done)})" if done else ""))
-    return EXIT_OK
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: sequences start at 0")
+    return value
 
 
 def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints in a lease table; "
-                                                       "reset local checkpoints (stop the daemon first)")
+    checkpoints = verbs.add_parser("checkpoints", help="show, reset or set checkpoints: local, lease table or "
+                                                       "Kafka group (refused while a worker runs the shard)")
     checkpoints.add_argument("action", choices=["show", "reset", "set"])
     checkpoints.add_argument("config")
     checkpoints.add_argument("--to", default=None,
-                             help="reset: trim_horizon (default), latest, or a time (epoch seconds or ISO 8601); "
-                                  "local checkpoints reset to the pipeline's starting_position")
+                             help="reset: trim_horizon, latest, or a time (epoch seconds or ISO 8601); default: "
+                                  "trim_horizon, or for local checkpoints the pipeline's starting_position")
     checkpoints.add_argument("--shard", action="append", help="only this shard (repeatable; set: exactly one)")
-    checkpoints.add_argument("--sequence", type=int, default=None, help="set: resume strictly after this sequence")
-    checkpoints.add_argument("--sub-sequence", type=int, default=0)
-    checkpoints.add_argument("--force", action="store_true", help="edit even while workers hold the leases")
+    checkpoints.add_argument("--sequence", type=_non_negative, default=None,
+                             help="set: resume strictly after this sequence (refused if the shard does not hold it)")
+    checkpoints.add_argument("--sub-sequence", type=_non_negative, default=0)
+    checkpoints.add_argument("--force", action="store_true",
+                             help="edit even while a worker runs the shard (a daemon, a live lease, a group member)")
+    checkpoints.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     checkpoints.set_defaults(func=cmd_checkpoints)
 
     status = verbs.add_parser("status", help="per shard: checkpoint, lag, lease owner, blocked or not")
@@ -327,6 +598,10 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument("--metrics-url", default=None,
                         help="a running daemon's metrics endpoint, for BLOCKED (default: from [metrics])")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh a live per-shard table (records/s, lag, iterator age, blocked, errors) from "
+                             "the daemon's /metrics until Ctrl-C")
+    status.add_argument("--interval", type=_positive_seconds, default=2.0, help="--watch: seconds between refreshes")
     status.set_defaults(func=cmd_status)
 
     replay = verbs.add_parser("replay", help="reprocess a past range of the source into the sinks, overwriting"
@@ -343,12 +618,16 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help=TRACES_HELP)
     replay.set_defaults(func=cmd_replay)
 
-    tail = verbs.add_parser("tail", help="print the source's records as they arrive")
+    tail = verbs.add_parser("tail", help="print the source's records as they arrive (--output: what the handler "
+                                         "returned, as the local sinks wrote it)")
     tail.add_argument("config")
     tail.add_argument("--from", dest="start", default="latest", help="latest (default), trim_horizon, or a time")
     tail.add_argument("--shard", action="append", help="only this shard (repeatable)")
     tail.add_argument("--count", type=int, default=None, help="exit after this many records")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument("--output", action="store_true",
+                      help="print the handler's output: each item of each object the local and S3 sinks write (--from "
+                           "latest: new objects; trim_horizon: all; a time: written since)")
     tail.set_defaults(func=cmd_tail)
 
     init = verbs.add_parser("init", help="write a commented starter pipeline and handler")
@@ -393,8 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.register("action", "parsers", _VerbParsers)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT")
-    run.add_argument("configs", nargs="+")
+    run = verbs.add_parser("run", help="run pipelines as a daemon until SIGTERM/SIGINT; SIGHUP reloads the files")
+    run.add_argument("configs", nargs="+", metavar="FILE_OR_DIR",
+                     help="pipeline files, or directories of them (*.toml, *.yaml, *.yml, *.json)")
     run.add_argument("--until-caught-up", action="store_true", help="exit 0 once every shard is drained")
     run.add_argument("--fail-if-blocked-for", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="stop and exit 1, naming the shard and its error, once any shard has been blocked "
@@ -422,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = verbs.add_parser("schema", help="print the JSON Schema of pipeline files")
     schema.set_defaults(func=cmd_schema)
     _add_ops_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_test_verb(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_version_verbs(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
+    _add_import_verb(cast("argparse._SubParsersAction[argparse.ArgumentParser]", verbs))
     return parser
 
 

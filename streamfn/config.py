@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -20,8 +20,11 @@ from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from .checkpoints.kafka import KafkaCheckpointStoreConfig
 from .checkpoints.local import LocalCheckpointStoreConfig
 from .components import BuildContext
+from .config_doc import accept_lambda_spellings, document_schema, explain_choices
 from .destinations.local import LocalDestinationConfig
 from .destinations.s3 import S3DestinationConfig
+from .destinations.sns import SnsDestinationConfig
+from .destinations.sqs import SqsDestinationConfig
 from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig, LocalLogDestinationConfig
 from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
@@ -38,24 +41,27 @@ from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
 from .sources.kafka import KafkaSourceConfig
 from .sources.kinesis import KinesisSourceConfig
 from .sources.local import LOG_FILE, LocalSourceConfig
+from .versions import version_ref_problem
 
 SourceConfig = LocalSourceConfig | KinesisSourceConfig | DynamoDBStreamsSourceConfig | KafkaSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkConfig
 CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig | KafkaCheckpointStoreConfig
 DestinationConfig = (
     LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
-    | KafkaDestinationConfig
+    | KafkaDestinationConfig | SqsDestinationConfig | SnsDestinationConfig
 )
 
 
 class BatchingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """When a batch is handed to the handler: whichever limit is reached first."""
 
-    max_records: int = 100
-    max_bytes: int = 6 * 1024 * 1024
-    #: Seconds to gather records before a call (0: call as soon as records are there). The window
-    #: starts when the previous call finished.
-    window: float = 0.0
+    max_records: Annotated[int, msgspec.Meta(description=(
+        "Most records in one handler call (Lambda's BatchSize)."))] = 100
+    max_bytes: Annotated[int, msgspec.Meta(description=(
+        "Most bytes of record data in one handler call (default 6 MiB, Lambda's payload limit)."))] = 6 * 1024 * 1024
+    window: Annotated[float, msgspec.Meta(description=(
+        "Seconds to gather records before a call (0: call as soon as records are there). The window starts when "
+        "the previous call finished."))] = 0.0
 
     def __post_init__(self) -> None:
         if self.max_records < 1:
@@ -72,14 +78,17 @@ class BatchingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class RetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Retry until success by default; each limit below is off unless set."""
 
-    initial_delay: float = 0.5
-    max_delay: float = 30.0
-    #: Retries after the first call before the batch goes to ``on_failure`` (-1: no limit).
-    max_attempts: int = -1
-    #: Seconds after arrival past which a record goes to ``on_failure`` (-1: no limit, else >= 60).
-    max_record_age: float = -1.0
-    #: Split a failing batch in halves and retry each, to isolate a poison record.
-    bisect_on_error: bool = False
+    initial_delay: Annotated[float, msgspec.Meta(description=(
+        "Seconds before the first retry of a failed batch; each retry doubles it (with jitter) up to max_delay."
+    ))] = 0.5
+    max_delay: Annotated[float, msgspec.Meta(description=(
+        "Most seconds between two retries of a failed batch."))] = 30.0
+    max_attempts: Annotated[int, msgspec.Meta(description=(
+        "Retries after the first call before the batch goes to `on_failure` (-1: no limit)."))] = -1
+    max_record_age: Annotated[float, msgspec.Meta(description=(
+        "Seconds after arrival past which a record goes to `on_failure` (-1: no limit, else >= 60)."))] = -1.0
+    bisect_on_error: Annotated[bool, msgspec.Meta(description=(
+        "Split a failing batch in halves and retry each, to isolate a poison record."))] = False
 
     def __post_init__(self) -> None:
         if self.initial_delay <= 0 or self.max_delay < self.initial_delay:
@@ -99,45 +108,62 @@ class RetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One pipeline: a source, a handler, its sinks, and how failures are handled."""
 
-    #: 1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs.
-    name: str
-    #: ``module:function``, looked up in the config's folder, then the working directory.
-    handler: str
-    source: SourceConfig
-    #: ``native`` (a Batch of Records) or ``lambda`` (an unmodified AWS Lambda stream handler).
-    interface: Literal["native", "lambda"] = "native"
-    #: Where local state lives (log, checkpoints), relative to the config's folder.
-    state_dir: str = "state"
-    #: Seconds a handler call may take before it counts as failed.
-    timeout: float = 60.0
-    #: Where a shard without a checkpoint starts. DynamoDB Streams has no ``at_timestamp``.
-    starting_position: Literal["trim_horizon", "latest", "at_timestamp"] = "trim_horizon"
-    #: Epoch seconds, with ``starting_position = "at_timestamp"`` only.
-    starting_timestamp: float | None = None
-    batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
-    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
-    report_batch_item_failures: bool = False
-    #: Concurrent batches per shard (lanes by partition-key hash; per-key order holds). Lambda allows
-    #: 1-10; more is allowed here, each lane costing a task and a queue of 2 x max_records records.
-    parallelization_factor: int = 1
-    #: Seconds per tumbling window (0: off; 1-900). Handler state is carried between the calls of a
-    #: window, per shard, and kept with the checkpoint; the last call of a window is final.
-    tumbling_window: float = 0.0
-    #: Lambda/EventBridge event patterns (tables or JSON strings), ORed; records matching none are
-    #: skipped and still checkpointed. Patterns see the record's metadata and its JSON data.
-    filters: list[dict[str, Any] | str] = msgspec.field(default_factory=list)
-    sinks: list[SinkConfig] = msgspec.field(default_factory=list)
-    checkpoints: CheckpointConfig | None = None
-    on_failure: DestinationConfig | None = None
-    #: Seconds a graceful stop may take to finish in-flight batches before abandoning them.
-    shutdown_timeout: float = 30.0
-    #: A handler call's print and logging output: ``capture`` writes it whole as log lines tagged with
-    #: pipeline, shard and request id, between START/END/REPORT lines (a call that wrote nothing and
-    #: succeeded writes nothing); ``capture_all`` frames every call, as Lambda does; ``off`` leaves it alone.
-    handler_output: Literal["capture", "capture_all", "off"] = "capture"
-    #: Prometheus /metrics, /healthz and /readyz (off unless ``enabled``; ``--metrics-port`` turns it on
-    #: and keeps the other settings).
-    metrics: MetricsConfig | None = None
+    name: Annotated[str, msgspec.Meta(description=(
+        "1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs."))]
+    handler: Annotated[str, msgspec.Meta(description=(
+        "`module:function`, looked up in the config's folder, then the working directory."))]
+    handler_version: Annotated[int | str | None, msgspec.Meta(description=(
+        "A version published with `streamfn publish` to run instead of the working copy: its number, or an alias "
+        "(`streamfn alias set`) that a running daemon follows at batch boundaries."))] = None
+    source: Annotated[SourceConfig, msgspec.Meta(description=(
+        "Where records come from: a table whose `type` is local, kinesis, dynamodb_streams or kafka."))]
+    interface: Annotated[Literal["native", "lambda"], msgspec.Meta(description=(
+        "`native` (a Batch of Records) or `lambda` (an unmodified AWS Lambda stream handler)."))] = "native"
+    state_dir: Annotated[str, msgspec.Meta(description=(
+        "Where local state lives (log, checkpoints), relative to the config's folder."))] = "state"
+    timeout: Annotated[float, msgspec.Meta(description=(
+        "Seconds a handler call may take before it counts as failed."))] = 60.0
+    starting_position: Annotated[Literal["trim_horizon", "latest", "at_timestamp"], msgspec.Meta(description=(
+        "Where a shard without a checkpoint starts. DynamoDB Streams has no `at_timestamp`."))] = "trim_horizon"
+    starting_timestamp: Annotated[float | None, msgspec.Meta(description=(
+        'Epoch seconds, with `starting_position = "at_timestamp"` only.'))] = None
+    batching: Annotated[BatchingConfig, msgspec.Meta(description=(
+        "When a batch is handed to the handler: whichever limit is reached first."
+    ))] = msgspec.field(default_factory=BatchingConfig)
+    retry: Annotated[RetryConfig, msgspec.Meta(description=(
+        "How failed batches are retried: until success, unless a limit below is set."
+    ))] = msgspec.field(default_factory=RetryConfig)
+    report_batch_item_failures: Annotated[bool, msgspec.Meta(description=(
+        "The handler may answer `{\"batchItemFailures\": [...]}` (Lambda's ReportBatchItemFailures): only the "
+        "records from the first failed one on are retried."))] = False
+    parallelization_factor: Annotated[int, msgspec.Meta(description=(
+        "Concurrent batches per shard (lanes by partition-key hash; per-key order holds). Lambda allows 1-10; "
+        "more is allowed here, each lane costing a task and a queue of 2 x max_records records."))] = 1
+    tumbling_window: Annotated[float, msgspec.Meta(description=(
+        "Seconds per tumbling window (0: off; 1-900). Handler state is carried between the calls of a window, per "
+        "shard, and kept with the checkpoint; the last call of a window is final."))] = 0.0
+    filters: Annotated[list[dict[str, Any] | str], msgspec.Meta(description=(
+        "Lambda/EventBridge event patterns (tables or JSON strings), ORed; records matching none are skipped and "
+        "still checkpointed. Patterns see the record's metadata and its JSON data."
+    ))] = msgspec.field(default_factory=list)
+    sinks: Annotated[list[SinkConfig], msgspec.Meta(description=(
+        "Where the handler's output items go, each durably and idempotently; none: the output is dropped."
+    ))] = msgspec.field(default_factory=list)
+    checkpoints: Annotated[CheckpointConfig | None, msgspec.Meta(description=(
+        "Where per-shard progress is kept; default: SQLite in state_dir. `dynamodb` shares shards among workers "
+        "through a KCL-style lease table; `kafka` keeps the consumer group's committed offsets."))] = None
+    on_failure: Annotated[DestinationConfig | None, msgspec.Meta(description=(
+        "Where a batch goes, with its records, when a retry limit gives up on it (Lambda's on-failure "
+        "destination)."))] = None
+    shutdown_timeout: Annotated[float, msgspec.Meta(description=(
+        "Seconds a graceful stop may take to finish in-flight batches before abandoning them."))] = 30.0
+    handler_output: Annotated[Literal["capture", "capture_all", "off"], msgspec.Meta(description=(
+        "A handler call's print and logging output: `capture` writes it whole as log lines tagged with pipeline, "
+        "shard and request id, between START/END/REPORT lines (a call that wrote nothing writes no frame); "
+        "`capture_all` frames every call, as Lambda does; `off` leaves it alone."))] = "capture"
+    metrics: Annotated[MetricsConfig | None, msgspec.Meta(description=(
+        "Prometheus /metrics, /healthz and /readyz (off unless `enabled`; `--metrics-port` turns it on and keeps "
+        "the other settings)."))] = None
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -155,6 +181,7 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def _own_problems(self) -> list[tuple[str, str | None]]:
         return [
             ("name", name_problem(self.name)),
+            ("handler_version", version_ref_problem(self.handler_version)),
             ("parallelization_factor", "must be at least 1" if self.parallelization_factor < 1 else None),
             ("tumbling_window", "must be 0 (off) or between 1 and 900 seconds"
              if self.tumbling_window and not 1 <= self.tumbling_window <= 900 else None),
@@ -256,10 +283,12 @@ def load_pipeline(path: str | Path, env: Mapping[str, str] | None = None) -> Loa
         document = interpolate(document, os.environ if env is None else env)
     except MissingVariable as exc:
         raise ConfigError(str(exc), file=str(path), field=exc.path) from None
+    document = accept_lambda_spellings(document)
     try:
         config = msgspec.convert(document, PipelineConfig, strict=False)
     except msgspec.ValidationError as exc:
         message, field = describe_validation_error(exc)
+        message = explain_choices(message, field, json_schema(), document)
         raise ConfigError(message, file=str(path), field=field) from None
     except ConfigError as exc:
         raise ConfigError(exc.message, file=str(path), field=exc.field) from None
@@ -335,4 +364,4 @@ def describe_validation_error(exc: msgspec.ValidationError) -> tuple[str, str | 
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of a pipeline file, for editors and documentation."""
-    return msgspec.json.schema(PipelineConfig)
+    return document_schema(msgspec.json.schema(PipelineConfig))

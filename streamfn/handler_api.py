@@ -36,10 +36,9 @@ class Context:
     state exceeded the size limit and was dropped).
     """
 
-    __slots__ = ("_deadline", "_request_id", "attempt", "is_final", "pipeline", "shard_id", "state",
-                 "terminated_early", "window")
+    __slots__ = ("_deadline", "_request_id", "alias", "attempt", "function_version", "is_final", "pipeline",
+                 "shard_id", "state", "terminated_early", "window")
 
-    function_version = "$LATEST"
     memory_limit_in_mb = 0
 
     def __init__(
@@ -63,6 +62,10 @@ class Context:
         self.terminated_early = terminated_early
         self._deadline = time.monotonic() + timeout
         self._request_id: str | None = None
+        #: The published version handling this call (``handler_version``), and the alias it was
+        #: reached through; "$LATEST" and None for the unversioned handler.
+        self.function_version = "$LATEST"
+        self.alias: str | None = None
 
     @property
     def function_name(self) -> str:
@@ -77,7 +80,11 @@ class Context:
 
     @property
     def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:local:000000000000:function:{self.pipeline}"
+        """Qualified as Lambda qualifies it: ``:alias`` when called through one, else ``:version``."""
+        arn = f"arn:aws:lambda:local:000000000000:function:{self.pipeline}"
+        if self.alias is not None:
+            return f"{arn}:{self.alias}"
+        return arn if self.function_version == "$LATEST" else f"{arn}:{self.function_version}"
 
     @property
     def log_group_name(self) -> str:

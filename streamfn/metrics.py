@@ -14,13 +14,14 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import msgspec
 
 from . import __version__
 from .engine.stats import DONE_BUCKETS, HANDLER_BUCKETS, ShardStats
 from .errors import ConfigError
+from .versions import ACTIVE_VERSIONS
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -31,13 +32,13 @@ log = logging.getLogger("streamfn.metrics")
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The ``[metrics]`` section: an HTTP endpoint with /metrics, /healthz and /readyz (off by default)."""
 
-    enabled: bool = False
-    #: Address to listen on; ``0.0.0.0`` to be scraped from outside the host or pod.
-    host: str = "127.0.0.1"
-    #: TCP port (0 picks a free one, for tests).
-    port: int = 9464
-    #: /readyz fails once any shard has been retrying the same records for longer than this.
-    ready_max_blocked_seconds: float = 300.0
+    enabled: Annotated[bool, msgspec.Meta(description=(
+        "Serve /metrics, /healthz and /readyz while the pipelines run."))] = False
+    host: Annotated[str, msgspec.Meta(description=(
+        "Address to listen on; `0.0.0.0` to be scraped from outside the host or pod."))] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(description="TCP port (0 picks a free one, for tests).")] = 9464
+    ready_max_blocked_seconds: Annotated[float, msgspec.Meta(description=(
+        "/readyz fails once any shard has been retrying the same records for longer than this."))] = 300.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -70,6 +71,7 @@ class Metric(StrEnum):
     SHARDS_OWNED = "streamfn_shards_owned"
     LEASES_HELD = "streamfn_leases_held"
     PIPELINE_STARTED = "streamfn_pipeline_started"
+    HANDLER_VERSION = "streamfn_handler_version"
     APPEND_TO_DONE = "streamfn_append_to_done_seconds"
 
 
@@ -99,6 +101,7 @@ HELP: dict[Metric, str] = {
     Metric.SHARDS_OWNED: "Shards this worker is processing for the pipeline.",
     Metric.LEASES_HELD: "Leases this worker holds, when the pipeline coordinates through leases.",
     Metric.PIPELINE_STARTED: "1 once the pipeline opened its parts and listed its shards.",
+    Metric.HANDLER_VERSION: "Published handler version the latest batch started with (handler_version only).",
     Metric.APPEND_TO_DONE: "Seconds from a record's arrival in the source to the checkpoint covering it (with "
                            "lanes: to its lane's), per handled record, each counted with its batch's first "
                            "record's age (an upper bound).",
@@ -240,12 +243,15 @@ class StatsCollector:
         owned = gauge(Metric.SHARDS_OWNED, ["pipeline"])
         leases = gauge(Metric.LEASES_HELD, ["pipeline"])
         started = gauge(Metric.PIPELINE_STARTED, ["pipeline"])
+        versions = gauge(Metric.HANDLER_VERSION, ["pipeline"])
         append_to_done = HistogramMetricFamily(Metric.APPEND_TO_DONE.value, HELP[Metric.APPEND_TO_DONE],
                                                labels=["pipeline"])
 
         for pipeline in self._pipelines():
             runners = list(pipeline.runners.items())
             owned.add_metric([pipeline.name], len(runners))
+            if pipeline.name in ACTIVE_VERSIONS:
+                versions.add_metric([pipeline.name], ACTIVE_VERSIONS[pipeline.name])
             held = leases_held(pipeline)
             if held is not None:
                 leases.add_metric([pipeline.name], held)
@@ -265,6 +271,7 @@ class StatsCollector:
         yield from gauges.values()
         yield owned
         yield leases
+        yield versions
         if self._readiness is not None:
             yield started
 

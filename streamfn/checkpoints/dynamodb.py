@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import msgspec
 
@@ -43,37 +43,39 @@ class DynamoDBCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown
                                     tag="dynamodb"):
     """Checkpoints and leases in a DynamoDB table shared by every worker of the pipeline."""
 
-    #: The lease table. One table may hold several pipelines (keys are prefixed by ``key_prefix``).
-    table: str = "streamfn-leases"
-    #: Create the table (pay per request) on first use when it does not exist.
-    create_table: bool = True
-    #: Prefix of every lease key; default ``<pipeline>:``. Set ``""`` to read a table written
-    #: by the Kinesis Client Library (single-stream mode: the lease key is the shard id).
-    key_prefix: str | None = None
-    #: This worker's name in ``leaseOwner``; default ``<host>:<pid>:<random>``.
-    worker_id: str | None = None
-    #: A lease whose counter did not move for this long (seen locally) is free to take.
-    failover_time: float = 10.0
-    #: Seconds between renewals of held leases; default failover_time / 3.
-    renew_interval: float | None = None
-    #: Seconds between scans of the table to take free leases; default 2 x failover_time.
-    take_interval: float | None = None
-    #: Minimum seconds between two steals from busier workers; default take_interval.
-    steal_interval: float | None = None
-    #: Leases stolen at most per steal (KCL's maxLeasesToStealAtOneTime); 0 never steals.
-    max_leases_to_steal: int = 1
-    #: Cap of leases one worker holds (None: no cap).
-    max_leases_per_worker: int | None = None
-    #: Seconds between listings of the stream's shards to create leases for new shards.
-    shard_sync_interval: float = 60.0
-    #: Minimum seconds between two checkpoint writes of one shard (0: after every batch).
-    checkpoint_interval: float = 0.0
-    #: Seconds one request to the table may take in all (connect, send, answer) before it is retried;
-    #: default failover_time / 2. It must stay below failover_time, or a slow renewal loses the lease.
-    request_timeout: float | None = None
-    #: DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL, then AWS).
-    endpoint_url: str | None = None
-    region: str | None = None
+    table: Annotated[str, msgspec.Meta(description=(
+        "The lease table. One table may hold several pipelines (keys are prefixed by `key_prefix`)."
+    ))] = "streamfn-leases"
+    create_table: Annotated[bool, msgspec.Meta(description=(
+        "Create the table (pay per request) on first use when it does not exist."))] = True
+    key_prefix: Annotated[str | None, msgspec.Meta(description=(
+        'Prefix of every lease key; default `<pipeline>:`. Set `""` to read a table written by the Kinesis Client '
+        "Library (single-stream mode: the lease key is the shard id)."))] = None
+    worker_id: Annotated[str | None, msgspec.Meta(description=(
+        "This worker's name in `leaseOwner`; default `<host>:<pid>:<random>`."))] = None
+    failover_time: Annotated[float, msgspec.Meta(description=(
+        "A lease whose counter did not move for this long (seen locally) is free to take."))] = 10.0
+    renew_interval: Annotated[float | None, msgspec.Meta(description=(
+        "Seconds between renewals of held leases; default failover_time / 3."))] = None
+    take_interval: Annotated[float | None, msgspec.Meta(description=(
+        "Seconds between scans of the table to take free leases; default 2 x failover_time."))] = None
+    steal_interval: Annotated[float | None, msgspec.Meta(description=(
+        "Minimum seconds between two steals from busier workers; default take_interval."))] = None
+    max_leases_to_steal: Annotated[int, msgspec.Meta(description=(
+        "Leases stolen at most per steal (KCL's maxLeasesToStealAtOneTime); 0 never steals."))] = 1
+    max_leases_per_worker: Annotated[int | None, msgspec.Meta(description=(
+        "Cap of leases one worker holds (None: no cap)."))] = None
+    shard_sync_interval: Annotated[float, msgspec.Meta(description=(
+        "Seconds between listings of the stream's shards to create leases for new shards."))] = 60.0
+    checkpoint_interval: Annotated[float, msgspec.Meta(description=(
+        "Minimum seconds between two checkpoint writes of one shard (0: after every batch)."))] = 0.0
+    request_timeout: Annotated[float | None, msgspec.Meta(description=(
+        "Seconds one request to the table may take in all (connect, send, answer) before it is retried; default "
+        "failover_time / 2. It must stay below failover_time, or a slow renewal loses the lease."))] = None
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL, then AWS)."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
 
     def __post_init__(self) -> None:
         if self.request_timeout is not None and not 0 < self.request_timeout < self.failover_time:

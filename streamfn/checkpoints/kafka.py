@@ -39,8 +39,8 @@ class KafkaCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fi
                                  tag="kafka"):
     """Checkpoints as committed offsets of the Kafka source's consumer group (needs a kafka source)."""
 
-    #: Seconds between coalesced commits; 0 commits as soon as the previous commit returned.
-    commit_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    commit_interval: Annotated[float, msgspec.Meta(ge=0, description=(
+        "Seconds between coalesced commits; 0 commits as soon as the previous commit returned."))] = 0.0
 
     def build(self, ctx: BuildContext) -> Any:
         raise ConfigError("checkpoints of type 'kafka' come with a source of type 'kafka': use the source's "

@@ -24,7 +24,7 @@ import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
@@ -98,12 +98,13 @@ class LocalCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fi
                                  tag="local"):
     """Checkpoints in ``<state_dir>/checkpoints.sqlite3`` (or ``path``)."""
 
-    path: str | None = None
-    #: At most one commit per this many seconds, holding every shard's latest checkpoint: a
-    #: crash replays at most this much (idempotently). 0 commits as soon as the loop is free.
-    interval: float = 0.05
-    #: fsync every commit (survives a power cut, costs a disk flush per commit).
-    durable_against_power_loss: bool = False
+    path: Annotated[str | None, msgspec.Meta(description=(
+        "The SQLite file, relative to the config's folder; default `<state_dir>/checkpoints.sqlite3`."))] = None
+    interval: Annotated[float, msgspec.Meta(description=(
+        "At most one commit per this many seconds, holding every shard's latest checkpoint: a crash replays at "
+        "most this much (idempotently). 0 commits as soon as the loop is free."))] = 0.05
+    durable_against_power_loss: Annotated[bool, msgspec.Meta(description=(
+        "fsync every commit (survives a power cut, costs a disk flush per commit)."))] = False
 
     def build(self, ctx: BuildContext) -> LocalCheckpointStore:
         path = ctx.resolve(self.path) if self.path else ctx.state_dir / "checkpoints.sqlite3"
@@ -268,6 +269,28 @@ class LocalCheckpointStore:
             self._current.pop(shard, None)
             self._dirty.discard(shard)
         return chosen
+
+    async def overwrite(self, checkpoints: Mapping[str, Checkpoint | None], *, forget_log: bool = False) -> None:
+        """Replace shards' checkpoints exactly as given (None: forget), pending bounds and window
+        state included, in one transaction: an operator's edit, made while no daemon runs the pipeline.
+        ``forget_log`` also forgets which log they were made against (the next run binds the current one)."""
+        db = self._conn()
+        with storage_faults(self._path, "editing checkpoints"), db:
+            db.execute("BEGIN IMMEDIATE")
+            if forget_log:
+                db.execute("DELETE FROM log_identity WHERE pipeline=?", (self._pipeline,))
+            for shard, checkpoint in checkpoints.items():
+                if checkpoint is None:
+                    db.execute("DELETE FROM checkpoints WHERE pipeline=? AND shard_id=?", (self._pipeline, shard))
+                else:
+                    db.execute("INSERT OR REPLACE INTO checkpoints (pipeline, shard_id, state) VALUES (?,?,?)",
+                               (self._pipeline, shard, _encode(checkpoint)))
+        for shard, checkpoint in checkpoints.items():
+            self._dirty.discard(shard)
+            if checkpoint is None:
+                self._current.pop(shard, None)
+            else:
+                self._current[shard] = checkpoint
 
     # -- writing ---------------------------------------------------------------------------
 

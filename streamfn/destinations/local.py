@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import orjson
@@ -24,7 +24,8 @@ class LocalDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields
     """Failure records under ``path``, keyed like Lambda's S3 destination but deterministically,
     so a batch disposed twice (a crash between disposal and checkpoint) is stored once."""
 
-    path: str
+    path: Annotated[str, msgspec.Meta(description=(
+        "The folder failure records are written under (one JSON file per batch), relative to the config's folder."))]
 
     def build(self, ctx: BuildContext) -> LocalDestination:
         return LocalDestination(ctx.resolve(self.path))

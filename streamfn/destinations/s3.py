@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 class S3DestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="s3"):
     """``s3://bucket/<prefix>aws/lambda/<pipeline>/<shard>/YYYY/MM/DD/<first>-<last>.json``, records included."""
 
-    bucket: str
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    #: Seconds one request may take in all (connect, send, answer) before it is retried.
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    bucket: Annotated[str, msgspec.Meta(description="The bucket failure records are written to.")]
+    prefix: Annotated[str, msgspec.Meta(description=(
+        "Put before every key: `<prefix>aws/lambda/<pipeline>/<shard>/YYYY/MM/DD/<first>-<last>.json`."))] = ""
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "An S3-compatible endpoint (path-style addressing); default `AWS_ENDPOINT_URL_S3` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> S3Destination:
         from ..aws import AwsClient

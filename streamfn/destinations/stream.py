@@ -53,10 +53,11 @@ class LocalLogDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fie
                                 tag="local_log"):
     """Failure records appended to a stream of the local log (created with ``shards`` if missing)."""
 
-    stream: str
-    shards: int = 1
-    #: The log file; default: the pipeline's own ``<state_dir>/log.sqlite3``.
-    path: str | None = None
+    stream: Annotated[str, msgspec.Meta(description=(
+        "The local-log stream failure records are appended to (not the pipeline's own source)."))]
+    shards: Annotated[int, msgspec.Meta(description="Shards of that stream when it is created.")] = 1
+    path: Annotated[str | None, msgspec.Meta(description=(
+        "The log file; default: the pipeline's own `<state_dir>/log.sqlite3`."))] = None
 
     def build(self, ctx: BuildContext) -> LocalLogDestination:
         path = ctx.resolve(self.path) if self.path else ctx.state_dir / "log.sqlite3"
@@ -92,11 +93,14 @@ class KinesisDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fiel
                                tag="kinesis"):
     """Failure records put to a Kinesis stream, partitioned by the failed shard's id."""
 
-    stream: str
-    endpoint_url: str | None = None
-    region: str | None = None
-    #: Seconds one request may take in all (connect, send, answer) before it is retried.
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    stream: Annotated[str, msgspec.Meta(description=(
+        "The Kinesis stream failure records are put to, partitioned by the failed shard's id."))]
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "A Kinesis-compatible endpoint; default `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> KinesisDestination:
         from ..aws import AwsClient
@@ -126,9 +130,12 @@ class KafkaDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields
                              tag="kafka"):
     """Failure records produced to a Kafka topic (acks=all), keyed by the failed shard's id."""
 
-    bootstrap_servers: str
-    topic: str
-    client_id: str = "streamfn-on-failure"
+    bootstrap_servers: Annotated[str, msgspec.Meta(description=(
+        "`host:port[,host:port...]` of the brokers to bootstrap from."))]
+    topic: Annotated[str, msgspec.Meta(description=(
+        "The topic failure records are produced to, keyed by the failed shard's id."))]
+    client_id: Annotated[str, msgspec.Meta(description=(
+        "The client id brokers see (logs, quotas)."))] = "streamfn-on-failure"
 
     def build(self, ctx: BuildContext) -> KafkaDestination:
         return KafkaDestination(self.bootstrap_servers, self.topic, self.client_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -25,6 +26,7 @@ from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
 from .invoke import Invoker, load_handler
 from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
+from .versioned import versioned_invoker
 
 log = logging.getLogger("streamfn.pipeline")
 
@@ -89,18 +91,20 @@ class Pipeline:
         config, ctx = loaded.config, loaded.context
         self.name = config.name
         self.config = config
-        handler = load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])
         self.source = config.source.build(ctx)
         self.sinks = [sink.build(ctx) for sink in config.sinks]
         self.destination = config.on_failure.build(ctx) if config.on_failure else None
         self.store: CheckpointStore = self._checkpoint_store(ctx)
         self._threads = HandlerThreads(f"{HANDLER_THREAD_PREFIX}{self.name}")
-        invoker = Invoker(
-            handler, interface=config.interface, timeout=config.timeout,
+        build_invoker = functools.partial(
+            Invoker, interface=config.interface, timeout=config.timeout,
             report_failures=config.report_batch_item_failures, lambda_event=self.source.lambda_event,
             threads=self._threads,
             windowed=config.tumbling_window > 0,
         )
+        invoker = (versioned_invoker(ctx.state_dir, config.handler_version, self.name, build_invoker)
+                   if config.handler_version is not None
+                   else build_invoker(load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])))
         self.env = ShardEnv(
             pipeline=self.name, stream=self.source.name, source_kind=getattr(self.source, "kind", "kinesis"),
             source=self.source, invoker=invoker, sinks=self.sinks, store=self.store,

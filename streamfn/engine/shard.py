@@ -44,6 +44,7 @@ from .outcomes import (
 from .policy import FailurePolicy, retry_backoff
 from .progress import ShardProgress
 from .stats import ShardStats
+from .versioned import VersionedInvoker
 from .windows import FINAL_CALL_GRACE, WindowState
 
 log = logging.getLogger("streamfn.shard")
@@ -59,7 +60,7 @@ class ShardEnv:
     stream: str
     source_kind: str
     source: Source
-    invoker: Invoker
+    invoker: Invoker | VersionedInvoker
     sinks: Sequence[Sink]
     store: CheckpointStore
     destination: Destination | None

@@ -32,17 +32,22 @@ BATCH_LIMIT = 25
 class DynamoDBSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="dynamodb"):
     """Put each item the handler returns (a dict of plain values) into ``table``."""
 
-    table: str
-    endpoint_url: str | None = None
-    """A DynamoDB-compatible endpoint; default ``AWS_ENDPOINT_URL_DYNAMODB`` / ``AWS_ENDPOINT_URL`` / AWS."""
-    region: str | None = None
-    version_attribute: str | None = None
-    """Keep the highest version: put only when the stored item's attribute is missing or not higher."""
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
-    """Requests in flight at once for one batch."""
-    backoff_initial: Annotated[float, msgspec.Meta(gt=0)] = 0.05
-    backoff_max: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    table: Annotated[str, msgspec.Meta(description=(
+        "The table items are put into; every item holds the table's key attributes."))]
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "A DynamoDB-compatible endpoint; default `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+    version_attribute: Annotated[str | None, msgspec.Meta(description=(
+        "Keep the highest version: put only when the stored item's attribute is missing or not higher."))] = None
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description=(
+        "Requests in flight at once for one batch."))] = 8
+    backoff_initial: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds before the first retry of unprocessed items; doubled up to backoff_max (with jitter)."))] = 0.05
+    backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Most seconds between two retries of unprocessed items."))] = 5.0
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> DynamoDBSink:
         return DynamoDBSink(self)

@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 import orjson
@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 class LocalSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="local"):
     """Write each batch's items as NDJSON under ``path`` (relative to the config's folder)."""
 
-    path: str
-    key: str = DEFAULT_TEMPLATE
-    gzip: bool = False
-    #: fsync each object and its folder before acknowledging (survives a power cut, not just a crash).
-    fsync: bool = True
+    path: Annotated[str, msgspec.Meta(description=(
+        "The folder objects are written under, relative to the config's folder."))]
+    key: Annotated[str, msgspec.Meta(description=(
+        "Key template of each object under path; the names are those of the S3 sink's key."))] = DEFAULT_TEMPLATE
+    gzip: Annotated[bool, msgspec.Meta(description="Compress objects with gzip.")] = False
+    fsync: Annotated[bool, msgspec.Meta(description=(
+        "fsync each object and its folder before acknowledging (survives a power cut, not just a crash)."))] = True
 
     def build(self, ctx: BuildContext) -> LocalSink:
         check_template(self.key, "sinks.key")

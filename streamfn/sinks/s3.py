@@ -33,23 +33,27 @@ MIN_PART = 5 * MIB  # S3's smallest part (except the last)
 class S3SinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="s3"):
     """Write each batch's items as one NDJSON object in ``bucket``."""
 
-    bucket: str
-    key: str = DEFAULT_TEMPLATE
-    """Key template. Names: {pipeline} {stream} {shard_id} {lane} {first} {last} {first_seq} {last_seq}
-    {first_sub} {last_sub} and {year} {month} {day} {hour} of the first record's arrival (UTC). It
-    must hold {shard_id}, {first...} and {last...} so a replay overwrites its own object."""
-    gzip: bool = False
-    """Compress bodies (``.gz`` is appended to the key, ``Content-Encoding: gzip`` set)."""
-    endpoint_url: str | None = None
-    """An S3-compatible endpoint (path-style addressing); default ``AWS_ENDPOINT_URL_S3`` / AWS."""
-    region: str | None = None
-    multipart_threshold: Annotated[int, msgspec.Meta(ge=MIN_PART)] = 16 * MIB
-    """Bodies this size or larger are sent as a multipart upload."""
-    part_size: Annotated[int, msgspec.Meta(ge=MIN_PART)] = 8 * MIB
-    content_type: str = "application/x-ndjson"
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    create_bucket: bool = False
-    """Create the bucket at start when missing (handy with emulators)."""
+    bucket: Annotated[str, msgspec.Meta(description="The bucket objects are written to.")]
+    key: Annotated[str, msgspec.Meta(description=(
+        "Key template. Names: {pipeline} {stream} {shard_id} {lane} {first} {last} {first_seq} {last_seq} "
+        "{first_sub} {last_sub} and {year} {month} {day} {hour} of the first record's arrival (UTC). It must hold "
+        "{shard_id}, {first...} and {last...} so a replay overwrites its own object."))] = DEFAULT_TEMPLATE
+    gzip: Annotated[bool, msgspec.Meta(description=(
+        "Compress bodies (`.gz` is appended to the key, `Content-Encoding: gzip` set)."))] = False
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "An S3-compatible endpoint (path-style addressing); default `AWS_ENDPOINT_URL_S3` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+    multipart_threshold: Annotated[int, msgspec.Meta(ge=MIN_PART, description=(
+        "Bodies this size or larger are sent as a multipart upload."))] = 16 * MIB
+    part_size: Annotated[int, msgspec.Meta(ge=MIN_PART, description=(
+        "Bytes per part of a multipart upload (at least 5 MiB)."))] = 8 * MIB
+    content_type: Annotated[str, msgspec.Meta(description=(
+        "The Content-Type of each object."))] = "application/x-ndjson"
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 60.0
+    create_bucket: Annotated[bool, msgspec.Meta(description=(
+        "Create the bucket at start when missing (handy with emulators)."))] = False
 
     def build(self, ctx: BuildContext) -> S3Sink:
         check_template(self.key, "sinks.key")

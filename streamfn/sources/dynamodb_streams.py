@@ -36,20 +36,29 @@ class DynamoDBStreamsSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_f
                                   tag_field="type", tag="dynamodb_streams"):
     """A DynamoDB table's stream. Name the table (its latest stream is used) or the stream's ARN."""
 
-    table: str | None = None
-    stream_arn: str | None = None
-    endpoint_url: str | None = None
-    """Endpoint for both DynamoDB and DynamoDB Streams (emulators serve both on one port); default
-    ``AWS_ENDPOINT_URL_DYNAMODB_STREAMS`` / ``AWS_ENDPOINT_URL_DYNAMODB`` / ``AWS_ENDPOINT_URL`` / AWS."""
-    region: str | None = None
-    max_reads_per_second: Annotated[float, msgspec.Meta(gt=0)] = 4.0
-    """GetRecords calls per second per shard at most (Lambda polls 4 times a second)."""
-    idle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.25
-    read_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1000
-    iterator_lifetime: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_ITERATOR_LIFETIME
-    backoff_initial: Annotated[float, msgspec.Meta(gt=0)] = 0.2
-    backoff_max: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    table: Annotated[str | None, msgspec.Meta(description=(
+        "The table whose latest stream is read; or set stream_arn."))] = None
+    stream_arn: Annotated[str | None, msgspec.Meta(description="The stream's ARN; or set table.")] = None
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "Endpoint for both DynamoDB and DynamoDB Streams (emulators serve both on one port); default "
+        "`AWS_ENDPOINT_URL_DYNAMODB_STREAMS` / `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+    max_reads_per_second: Annotated[float, msgspec.Meta(gt=0, description=(
+        "GetRecords calls per second per shard at most (Lambda polls 4 times a second)."))] = 4.0
+    idle_interval: Annotated[float, msgspec.Meta(ge=0, description=(
+        "Seconds between polls of a shard that is caught up."))] = 0.25
+    read_limit: Annotated[int, msgspec.Meta(ge=1, le=1000, description="GetRecords `Limit` (1-1000).")] = 1000
+    iterator_lifetime: Annotated[float, msgspec.Meta(ge=0, description=(
+        "Seconds an iterator is assumed valid; an older one is re-acquired after the last delivered record."
+    ))] = DEFAULT_ITERATOR_LIFETIME
+    backoff_initial: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds before the first retry of a throttled or failed request; doubled up to backoff_max (with "
+        "jitter)."))] = 0.2
+    backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Most seconds between two retries of a throttled or failed request."))] = 10.0
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def __post_init__(self) -> None:
         if (self.table is None) == (self.stream_arn is None):

@@ -46,41 +46,58 @@ _TIMESTAMP_NAMES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
 class KafkaSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="kafka"):
     """A Kafka topic read by a consumer group: run several daemons with one ``group_id`` to split it."""
 
-    bootstrap_servers: str
-    """``host:port[,host:port...]`` of the brokers to bootstrap from."""
-    topic: str
-    group_id: str
-    """The consumer group: offsets are committed under it, partitions shared among its members."""
-    client_id: str = "streamfn"
-    starting_position: Literal["earliest", "latest", "at_timestamp"] | None = None
-    """Where a partition with no committed offset starts; default: the pipeline's
-    ``starting_position`` (``trim_horizon`` is ``earliest``)."""
-    starting_timestamp: float | None = None
-    """Epoch seconds, with ``starting_position = "at_timestamp"`` (found with ``offsets_for_times``)."""
-    session_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 10_000
-    """Without a heartbeat for this long, the group gives this worker's partitions to others."""
-    heartbeat_interval_ms: Annotated[int, msgspec.Meta(ge=1)] = 3_000
-    max_poll_interval_ms: Annotated[int, msgspec.Meta(ge=1)] = 300_000
-    """Also the time other members wait for this one during a rebalance."""
-    revoke_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
-    """Seconds a rebalance waits for in-flight batches of revoked partitions before abandoning them."""
-    fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
-    fetch_min_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1
-    fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 52_428_800
-    max_partition_fetch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1_048_576
-    max_poll_records: Annotated[int, msgspec.Meta(ge=1)] = 5_000
-    """Records one ``getmany`` may return, over all partitions."""
-    queue_max_records: Annotated[int, msgspec.Meta(ge=1)] = 10_000
-    """Records buffered per partition before it is paused (it resumes when half is read)."""
-    isolation_level: Literal["read_uncommitted", "read_committed"] = "read_uncommitted"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] = "PLAIN"
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: str | None = None
+    bootstrap_servers: Annotated[str, msgspec.Meta(description=(
+        "`host:port[,host:port...]` of the brokers to bootstrap from."))]
+    topic: Annotated[str, msgspec.Meta(description=(
+        "The topic to read; each partition is a shard (`<topic>-<partition>`)."))]
+    group_id: Annotated[str, msgspec.Meta(description=(
+        "The consumer group: offsets are committed under it, partitions shared among its members."))]
+    client_id: Annotated[str, msgspec.Meta(description="The client id brokers see (logs, quotas).")] = "streamfn"
+    starting_position: Annotated[Literal["earliest", "latest", "at_timestamp"] | None, msgspec.Meta(description=(
+        "Where a partition with no committed offset starts; default: the pipeline's `starting_position` "
+        "(`trim_horizon` is `earliest`)."))] = None
+    starting_timestamp: Annotated[float | None, msgspec.Meta(description=(
+        'Epoch seconds, with `starting_position = "at_timestamp"` (found with `offsets_for_times`).'))] = None
+    session_timeout_ms: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Without a heartbeat for this long, the group gives this worker's partitions to others."))] = 10_000
+    heartbeat_interval_ms: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Milliseconds between heartbeats to the group coordinator; below session_timeout_ms."))] = 3_000
+    max_poll_interval_ms: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Most milliseconds between two polls before the group counts this worker as gone; also the time other "
+        "members wait for this one during a rebalance."))] = 300_000
+    revoke_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds a rebalance waits for in-flight batches of revoked partitions before abandoning them."))] = 30.0
+    fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, description=(
+        "Milliseconds a broker may hold a fetch while it gathers fetch_min_bytes."))] = 100
+    fetch_min_bytes: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Bytes a broker gathers before it answers a fetch (unless fetch_max_wait_ms passes first)."))] = 1
+    fetch_max_bytes: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Most bytes in one fetch answer, over all partitions."))] = 52_428_800
+    max_partition_fetch_bytes: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Most bytes in one fetch answer per partition."))] = 1_048_576
+    max_poll_records: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Records one `getmany` may return, over all partitions."))] = 5_000
+    queue_max_records: Annotated[int, msgspec.Meta(ge=1, description=(
+        "Records buffered per partition before it is paused (it resumes when half is read)."))] = 10_000
+    isolation_level: Annotated[Literal["read_uncommitted", "read_committed"], msgspec.Meta(description=(
+        "`read_committed` skips records of aborted transactions and waits for open ones."))] = "read_uncommitted"
+    security_protocol: Annotated[Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], msgspec.Meta(description=(
+        "How to reach the brokers: plain TCP, TLS, SASL over TCP or SASL over TLS."))] = "PLAINTEXT"
+    sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"],
+        msgspec.Meta(description="The SASL mechanism, with security_protocol SASL_PLAINTEXT or SASL_SSL."),
+    ] = "PLAIN"
+    sasl_plain_username: Annotated[str | None, msgspec.Meta(description="SASL user name (PLAIN, SCRAM).")] = None
+    sasl_plain_password: Annotated[str | None, msgspec.Meta(description=(
+        "SASL password (PLAIN, SCRAM); write `${VAR}` to keep it out of the file."))] = None
+    ssl_cafile: Annotated[str | None, msgspec.Meta(description=(
+        "CA bundle (PEM) that verifies the brokers, relative to the config's folder."))] = None
+    ssl_certfile: Annotated[str | None, msgspec.Meta(description=(
+        "Client certificate (PEM) for TLS client authentication, relative to the config's folder."))] = None
+    ssl_keyfile: Annotated[str | None, msgspec.Meta(description=(
+        "Private key (PEM) of ssl_certfile, relative to the config's folder."))] = None
+    ssl_password: Annotated[str | None, msgspec.Meta(description=(
+        "Password of ssl_keyfile; write `${VAR}` to keep it out of the file."))] = None
 
     def __post_init__(self) -> None:
         if self.starting_position == "at_timestamp" and self.starting_timestamp is None:

@@ -38,27 +38,31 @@ MAX_LIMIT = 10_000
 class KinesisSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="kinesis"):
     """A Kinesis data stream, read by polling (shared throughput, like Lambda's standard iterator)."""
 
-    stream: str
-    """The stream's name, or its ARN."""
-    endpoint_url: str | None = None
-    """A Kinesis-compatible endpoint; default: ``AWS_ENDPOINT_URL_KINESIS`` / ``AWS_ENDPOINT_URL`` / AWS."""
-    region: str | None = None
-    """Default: ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` / the profile's region."""
-    max_reads_per_second: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    """GetRecords calls per second per shard at most (Kinesis allows 5, shared by all consumers)."""
-    idle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.5
-    """Seconds between polls of a shard that is caught up."""
-    read_limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = MAX_LIMIT
-    """GetRecords `Limit`; what a batch does not take waits in the reader for the next batch."""
-    iterator_lifetime: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_ITERATOR_LIFETIME
-    """Seconds an iterator is assumed valid; an older one is re-acquired after the last delivered record."""
-    deaggregate: bool = True
-    """Expand KPL-aggregated records into their user records (with sub-sequence numbers)."""
-    backoff_initial: Annotated[float, msgspec.Meta(gt=0)] = 0.2
-    backoff_max: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
-    invoke_identity_arn: str = DEFAULT_INVOKE_IDENTITY_ARN
-    """``invokeIdentityArn`` in Lambda-shaped events."""
+    stream: Annotated[str, msgspec.Meta(description="The stream's name, or its ARN.")]
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "A Kinesis-compatible endpoint; default: `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "Default: `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+    max_reads_per_second: Annotated[float, msgspec.Meta(gt=0, description=(
+        "GetRecords calls per second per shard at most (Kinesis allows 5, shared by all consumers)."))] = 5.0
+    idle_interval: Annotated[float, msgspec.Meta(ge=0, description=(
+        "Seconds between polls of a shard that is caught up."))] = 0.5
+    read_limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT, description=(
+        "GetRecords `Limit`; what a batch does not take waits in the reader for the next batch."))] = MAX_LIMIT
+    iterator_lifetime: Annotated[float, msgspec.Meta(ge=0, description=(
+        "Seconds an iterator is assumed valid; an older one is re-acquired after the last delivered record."
+    ))] = DEFAULT_ITERATOR_LIFETIME
+    deaggregate: Annotated[bool, msgspec.Meta(description=(
+        "Expand KPL-aggregated records into their user records (with sub-sequence numbers)."))] = True
+    backoff_initial: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds before the first retry of a throttled or failed request; doubled up to backoff_max (with "
+        "jitter)."))] = 0.2
+    backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Most seconds between two retries of a throttled or failed request."))] = 10.0
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    invoke_identity_arn: Annotated[str, msgspec.Meta(description=(
+        "`invokeIdentityArn` in Lambda-shaped events."))] = DEFAULT_INVOKE_IDENTITY_ARN
 
     def build(self, ctx: BuildContext) -> KinesisSource:
         return KinesisSource(self)

@@ -46,12 +46,11 @@ def stream_arn(stream: str) -> str:
 class LocalSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="local"):
     """A stream of the embedded local log (the default source; no server needed)."""
 
-    stream: str
-    """The stream's name; created on first start."""
-    shards: Annotated[int, msgspec.Meta(ge=1)] = 4
-    """How many shards; a stream that exists with another count is an error."""
-    path: str | None = None
-    """The log file, relative to the config's folder; default ``<state_dir>/log.sqlite3``."""
+    stream: Annotated[str, msgspec.Meta(description="The stream's name; created on first start.")]
+    shards: Annotated[int, msgspec.Meta(ge=1, description=(
+        "How many shards; a stream that exists with another count is an error."))] = 4
+    path: Annotated[str | None, msgspec.Meta(description=(
+        "The log file, relative to the config's folder; default `<state_dir>/log.sqlite3`."))] = None
     retention_hours: Annotated[_PositiveFloat | Literal["unlimited"], msgspec.Meta(description=(
         "Hours a record is kept; older ones are trimmed, whole blocks (up to 1000 records) at a time. Default"
         ' 24 hours, as Kinesis; "unlimited" keeps every record. Records trimmed before a pipeline handled them'

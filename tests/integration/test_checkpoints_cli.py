@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -64,11 +65,23 @@ def test_show_reset_and_set(tmp_path: Path, moto_endpoint: str, aws_env: dict[st
     assert handled(tmp_path) == list(range(100, 105))
 
 
-def test_refuses_a_pipeline_without_a_lease_table(tmp_path: Path) -> None:
-    config = write_pipeline(tmp_path, ECHO, shards=1, sinks="")
-    done = cli(config, "show", env={})
-    assert done.returncode == 2
-    assert "lease table" in done.stderr
+def test_dry_run_and_negative_sequences_on_a_lease_table(tmp_path: Path, moto_endpoint: str,
+                                                        aws_env: dict[str, str]) -> None:
+    table = f"leases-{uuid.uuid4().hex[:8]}"
+    config = write_pipeline(tmp_path, ECHO, shards=2, sinks="",
+                            extra=f'[checkpoints]\ntype = "dynamodb"\ntable = "{table}"\n'
+                                  f'endpoint_url = "{moto_endpoint}"\nfailover_time = 2.0\n')
+    append(config, [(f"k{i}", orjson.dumps({"v": i})) for i in range(10)])
+    run_until_caught_up(config)
+    before = cli(config, "show", env=aws_env).stdout
+    dry = cli(config, "reset", "--to", "latest", "--dry-run", env=aws_env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would reset 2 shard(s)" in dry.stdout and "-> latest" in dry.stdout
+    negative = cli(config, "set", "--shard", "shard-0000", "--sequence", "-5", env=aws_env)
+    assert negative.returncode == 2 and "negative" in negative.stderr
+    unwritten = cli(config, "set", "--shard", "shard-0000", "--sequence", "500", env=aws_env)
+    assert unwritten.returncode == 1 and "no sequence 500" in unwritten.stderr
+    assert cli(config, "show", env=aws_env).stdout == before, "neither wrote anything"
 
 
 SLOW = """
@@ -107,3 +120,28 @@ def test_until_caught_up_waits_for_a_dead_workers_leases(
     assert second.returncode == 0, err.decode()[-2000:]
     values = [v for items in output_objects(tmp_path / "out").values() for v in items]
     assert sorted(values) == list(range(8000))
+
+
+async def test_set_refuses_a_sequence_the_kinesis_shard_does_not_hold(
+    tmp_path: Path, kinesis_endpoint: str, moto_endpoint: str, aws_env: dict[str, str]
+) -> None:
+    from tests.integration.aws_support import client, create_stream, put, run_caught_up, shard_hash_starts
+    from tests.integration.test_kinesis_e2e import Setup
+
+    stream = f"cp-{uuid.uuid4().hex[:8]}"
+    async with client("kinesis", kinesis_endpoint) as kinesis:
+        await create_stream(kinesis, stream, 1)
+        start = next(iter((await shard_hash_starts(kinesis, stream)).values()))
+        placed = await put(kinesis, stream, [(f"k{i}", b"r%d" % i, start) for i in range(5)])
+    setup = Setup(tmp_path, stream, kinesis_endpoint, moto_endpoint)
+    await asyncio.to_thread(run_caught_up, setup.config, env=setup.env())
+    shard, _ = placed[0]
+    env = {**aws_env, **setup.env()}
+
+    bogus = await asyncio.to_thread(cli, setup.config, "set", "--shard", shard, "--sequence", "12345", env=env)
+    assert bogus.returncode == 1 and "does not hold sequence 12345" in bogus.stderr, bogus.stderr
+    real = await asyncio.to_thread(cli, setup.config, "set", "--shard", shard, "--sequence", str(placed[2][1]),
+                                   env=env)
+    assert real.returncode == 0, real.stderr
+    shown = await asyncio.to_thread(cli, setup.config, "show", env=env)
+    assert str(placed[2][1]) in shown.stdout

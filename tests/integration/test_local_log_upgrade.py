@@ -1,8 +1,9 @@
-"""State written by the previous release (commit 2aff918) resumes exactly with this code.
+"""State written by earlier releases resumes exactly with this code.
 
-``tests/fixtures/prev_release`` was built by that release (see its ``make_state.py``): 600 records
-handled, a batch recorded as pending with no output (a crash before its sink write), 400 records
-not handled yet, and neither the log nor the checkpoints carrying a log identity.
+Each fixture was built by its release (see its ``make_state.py``): 600 records handled, a batch
+recorded as pending with no output (a crash before its sink write), 400 records not handled yet.
+``prev_release`` (commit 2aff918) predates the log identity: neither the log nor the checkpoints
+carry one. ``release_be736e6`` is the release before the connector layout and the columnar batch.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import sqlite3
 from pathlib import Path
 
 import orjson
+import pytest
 
 from streamfn.sources.local_log import LocalLog
 from tests.pipelines import output_objects, run_until_caught_up
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "prev_release"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+RELEASES = ["prev_release", "release_be736e6"]
 PRODUCED = 1000
 
 COUNTING_HANDLER = '''
@@ -36,19 +39,24 @@ def handle(batch, context):
 '''
 
 
-def copy_fixture(tmp_path: Path) -> Path:
+def copy_fixture(tmp_path: Path, release: str = "prev_release") -> Path:
     folder = tmp_path / "prev"
-    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "counting_handler.py").write_text(COUNTING_HANDLER)
+    shutil.copytree(FIXTURES / release, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    # A module name of its own per release: runs share this process, and its sys.modules.
+    module = f"counting_handler_{release}"
+    (folder / f"{module}.py").write_text(COUNTING_HANDLER)
     config = folder / "pipeline.toml"
-    text = config.read_text().replace('handler = "prev_handler:handle"', 'handler = "counting_handler:handle"')
+    text = config.read_text().replace('handler = "prev_handler:handle"', f'handler = "{module}:handle"')
     # The fixture's records age: keep them all, as the previous release did (it had no retention).
-    config.write_text(text.replace("shards = 2\n", 'shards = 2\nretention_hours = "unlimited"\n'))
+    if "retention_hours" not in text:
+        text = text.replace("shards = 2\n", 'shards = 2\nretention_hours = "unlimited"\n')
+    config.write_text(text)
     return config
 
 
-def test_previous_release_state_resumes_exactly(tmp_path: Path) -> None:
-    config = copy_fixture(tmp_path)
+@pytest.mark.parametrize("release", RELEASES)
+def test_previous_release_state_resumes_exactly(tmp_path: Path, release: str) -> None:
+    config = copy_fixture(tmp_path, release)
     folder = config.parent
     before = {path.relative_to(folder): path.read_bytes() for path in (folder / "out").rglob("*.ndjson")}
     with sqlite3.connect(folder / "state" / "checkpoints.sqlite3") as db:
