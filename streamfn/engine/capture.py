@@ -268,9 +268,10 @@ def install() -> None:
     with _install_lock:
         if _installed:
             return
-        if not isinstance(sys.stdout, StreamProxy):
+        # A stream that is None (no file descriptor: print() then writes nothing) is left None.
+        if sys.stdout is not None and not isinstance(sys.stdout, StreamProxy):
             sys.stdout = StreamProxy("stdout", sys.stdout)
-        if not isinstance(sys.stderr, StreamProxy):
+        if sys.stderr is not None and not isinstance(sys.stderr, StreamProxy):
             sys.stderr = StreamProxy("stderr", sys.stderr)
         for handler in logging.getLogger().handlers:
             attach(handler)
