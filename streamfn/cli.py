@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .metrics import MetricsConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TRACES_HELP = "OpenTelemetry spans per batch over OTLP/HTTP (OTEL_EXPORTER_OTLP_* apply; needs streamfn[otel])"
 log = logging.getLogger("streamfn.cli")
 
 
@@ -53,6 +54,9 @@ def _check_handler(loaded: LoadedPipeline) -> None:
     try:
         load_handler(loaded.config.handler, [ctx.config_dir, Path.cwd()])
     except HandlerLoadError as exc:
+        from .engine.handler_log import log_import_failure
+
+        log_import_failure(exc, handler=loaded.config.handler, file=str(loaded.path))
         raise ConfigError(str(exc), file=str(loaded.path), field="handler") from exc
 
 
@@ -82,9 +86,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = _metrics_config(args, loaded)
     watch = None if args.fail_if_blocked_for is None else BlockedWatch(args.fail_if_blocked_for)
     install_event_loop_policy()
-    asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
-                              stop=None if watch is None else watch.stop,
-                              watch=None if watch is None else watch.run, reloader=_reloader(args.configs)))
+    _start_traces(args)
+    try:
+        asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
+                                  stop=None if watch is None else watch.stop,
+                                  watch=None if watch is None else watch.run, reloader=_reloader(args.configs)))
+    finally:
+        _stop_traces(args)
     code = EXIT_OK
     if watch is not None and watch.verdict is not None:
         logs.say(logging.ERROR, watch.verdict)
@@ -121,6 +129,21 @@ def _reloader(arguments: Sequence[str]) -> Reloader:
         return wanted, refused
 
     return reread
+
+
+def _start_traces(args: argparse.Namespace) -> None:
+    """``--traces``: OpenTelemetry spans per batch, exported over OTLP (engine/tracing.py)."""
+    if args.traces:
+        from .engine import tracing
+
+        tracing.configure_from_environment()
+
+
+def _stop_traces(args: argparse.Namespace) -> None:
+    if args.traces:
+        from .engine import tracing
+
+        tracing.shutdown()  # exports the spans still buffered
 
 
 def _exit_past_stuck_handlers(code: int = EXIT_OK) -> None:
@@ -388,9 +411,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if start is not None and until is not None and until < start:
         raise ConfigError("--to is before --from")
     install_event_loop_policy()
-    count = asyncio.run(replay(loaded, start=start, until=until, past_checkpoint=args.past_checkpoint,
-                               progress=not args.quiet))
-    print(f"replayed {count:,} records of pipeline {loaded.config.name!r}", file=sys.stderr)
+    text = logs.current_format() == "text"  # in JSON mode stderr carries log lines only: no bar
+    _start_traces(args)
+    try:
+        count = asyncio.run(replay(loaded, start=start, until=until, past_checkpoint=args.past_checkpoint,
+                                   progress=not args.quiet and text))
+    finally:
+        _stop_traces(args)
+    if text:
+        print(f"replayed {count:,} records of pipeline {loaded.config.name!r}", file=sys.stderr)
+    else:
+        log.info("replayed records", extra={"pipeline": loaded.config.name, "records": count})
     return EXIT_OK
 
 
@@ -586,6 +617,8 @@ def _add_ops_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     replay.add_argument("--past-checkpoint", action="store_true",
                         help="go on past the live checkpoint to the tip (the next `run` handles those records again)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.add_argument("--traces", action="store_true",
+                        help=TRACES_HELP)
     replay.set_defaults(func=cmd_replay)
 
     tail = verbs.add_parser("tail", help="print the source's records as they arrive (--output: what the handler "
@@ -652,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz on this port")
     run.add_argument("--metrics-host", default=None,
                      help="address for --metrics-port (default: the file's [metrics] host, else 127.0.0.1)")
+    run.add_argument("--traces", action="store_true",
+                     help=TRACES_HELP)
     run.set_defaults(func=cmd_run)
 
     validate = verbs.add_parser("validate", help="check pipeline files and that their handlers import")

@@ -169,6 +169,10 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "destination)."))] = None
     shutdown_timeout: Annotated[float, msgspec.Meta(description=(
         "Seconds a graceful stop may take to finish in-flight batches before abandoning them."))] = 30.0
+    handler_output: Annotated[Literal["capture", "capture_all", "off"], msgspec.Meta(description=(
+        "A handler call's print and logging output: `capture` writes it whole as log lines tagged with pipeline, "
+        "shard and request id, between START/END/REPORT lines (a call that wrote nothing writes no frame); "
+        "`capture_all` frames every call, as Lambda does; `off` leaves it alone."))] = "capture"
     metrics: Annotated[MetricsConfig | None, msgspec.Meta(description=(
         "Prometheus /metrics, /healthz and /readyz (off unless `enabled`; `--metrics-port` turns it on and keeps "
         "the other settings)."))] = None

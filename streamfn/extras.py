@@ -28,7 +28,7 @@ EXTRA_MODULES: dict[str, str] = {"aws": "aiobotocore.session", "kafka": "aiokafk
                                   "runtime": "aiohttp"}
 #: Top-level packages of each extra, to name the extra when one of them is missing at run time.
 _PACKAGES: dict[str, str] = {"aiobotocore": "aws", "botocore": "aws", "aiokafka": "kafka",
-                             "prometheus_client": "metrics", "aiohttp": "runtime"}
+                             "prometheus_client": "metrics", "aiohttp": "runtime", "opentelemetry": "otel"}
 #: Component config types by the extra they need.
 _AWS = (KinesisSourceConfig, DynamoDBStreamsSourceConfig, S3SinkConfig, DynamoDBSinkConfig,
         DynamoDBCheckpointStoreConfig, S3DestinationConfig, KinesisDestinationConfig)

@@ -77,8 +77,11 @@ class TextFormatter(logging.Formatter):
 def configure(fmt: LogFormat = "text", level: str = "INFO") -> None:
     global _current
     _current = fmt
-    handler = logging.StreamHandler(sys.stderr)
+    from .engine import capture  # the real stderr: a log line must never land in a handler call's output
+
+    handler = logging.StreamHandler(capture.real_stream(sys.stderr))
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    capture.attach(handler)  # records a handler call emits are written in its block (engine/capture.py)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 import msgspec
 
 from . import __version__
-from .engine.stats import HANDLER_BUCKETS, ShardStats
+from .engine.stats import DONE_BUCKETS, HANDLER_BUCKETS, ShardStats
 from .errors import ConfigError
 from .versions import ACTIVE_VERSIONS
 
@@ -72,6 +72,7 @@ class Metric(StrEnum):
     LEASES_HELD = "streamfn_leases_held"
     PIPELINE_STARTED = "streamfn_pipeline_started"
     HANDLER_VERSION = "streamfn_handler_version"
+    APPEND_TO_DONE = "streamfn_append_to_done_seconds"
 
 
 HELP: dict[Metric, str] = {
@@ -101,6 +102,9 @@ HELP: dict[Metric, str] = {
     Metric.LEASES_HELD: "Leases this worker holds, when the pipeline coordinates through leases.",
     Metric.PIPELINE_STARTED: "1 once the pipeline opened its parts and listed its shards.",
     Metric.HANDLER_VERSION: "Published handler version the latest batch started with (handler_version only).",
+    Metric.APPEND_TO_DONE: "Seconds from a record's arrival in the source to the checkpoint covering it (with "
+                           "lanes: to its lane's), per handled record, each counted with its batch's first "
+                           "record's age (an upper bound).",
 }
 
 
@@ -150,8 +154,21 @@ def checkpoint_lag(stats: ShardStats) -> int:
 
 def histogram_buckets(stats: ShardStats) -> list[tuple[str, float]]:
     """Cumulative ``(le, count)`` pairs from the per-bucket counts the shard keeps."""
+    return cumulative_buckets(HANDLER_BUCKETS, stats.handler_buckets)
+
+
+def done_buckets(shards: Iterable[ShardStats]) -> tuple[list[tuple[str, float]], float]:
+    """The append-to-done histogram of a pipeline: its shards' buckets summed, and the sum of seconds."""
+    counts, seconds = [0] * (len(DONE_BUCKETS) + 1), 0.0
+    for stats in shards:
+        counts = [a + b for a, b in zip(counts, stats.done_buckets, strict=True)]
+        seconds += stats.done_seconds
+    return cumulative_buckets(DONE_BUCKETS, counts), seconds
+
+
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
     cumulative, total = [], 0
-    for bound, count in zip((*HANDLER_BUCKETS, float("inf")), stats.handler_buckets, strict=True):
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         total += count
         cumulative.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
     return cumulative
@@ -227,6 +244,8 @@ class StatsCollector:
         leases = gauge(Metric.LEASES_HELD, ["pipeline"])
         started = gauge(Metric.PIPELINE_STARTED, ["pipeline"])
         versions = gauge(Metric.HANDLER_VERSION, ["pipeline"])
+        append_to_done = HistogramMetricFamily(Metric.APPEND_TO_DONE.value, HELP[Metric.APPEND_TO_DONE],
+                                               labels=["pipeline"])
 
         for pipeline in self._pipelines():
             runners = list(pipeline.runners.items())
@@ -243,9 +262,12 @@ class StatsCollector:
                 self._add_shard(labels, runner.stats, counters, gauges, histogram, stalled_after)
                 for (target, kind), count in list(runner.stats.write_errors.items()):
                     write_errors.add_metric([*labels, target, kind], count)
+            buckets, seconds = done_buckets(runner.stats for _, runner in runners)
+            append_to_done.add_metric([pipeline.name], buckets, seconds)
         yield from counters.values()
         yield write_errors
         yield histogram
+        yield append_to_done
         yield from gauges.values()
         yield owned
         yield leases

@@ -5,12 +5,17 @@ A thread cannot be stopped from outside: a timed-out call keeps its thread until
 returns, and the next call gets an idle thread or a new one. The threads are daemon threads, so
 a call abandoned at shutdown does not hold the interpreter at exit; :func:`running_calls` says
 whether any is still running.
+
+A call runs in a copy of the submitter's context variables, as ``asyncio.to_thread`` does: what
+the engine set around the call (the call whose output it is, engine/capture.py; the current
+trace span) holds inside the handler too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import queue
 import threading
@@ -54,7 +59,7 @@ class Outcome:
 class _Call:
     """One call handed to a thread; its result goes back to the loop that submitted it."""
 
-    __slots__ = ("args", "fn", "future", "loop")
+    __slots__ = ("args", "context", "fn", "future", "loop")
 
     def __init__(
         self,
@@ -67,10 +72,11 @@ class _Call:
         self.future = future
         self.fn = fn
         self.args = args
+        self.context = contextvars.copy_context()  # the submitter's: cheap (an immutable mapping)
 
     def run(self) -> Outcome:
         try:
-            outcome = Outcome(self.fn(*self.args), None)
+            outcome = Outcome(self.context.run(self.fn, *self.args), None)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the handler's failure, not ours
             outcome = Outcome(None, exc)
         _count(-1)  # before the caller can see the outcome: a drained daemon counts 0

@@ -116,6 +116,7 @@ class Pipeline:
             timeout=config.timeout,
             lanes=config.parallelization_factor,
             tumbling_window=config.tumbling_window,
+            handler_output=config.handler_output,
             accept=record_filter(config.filters, getattr(self.source, "filter_data_key", "data")),
         )
         self.assigner: Assigner = self._assigner()

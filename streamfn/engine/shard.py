@@ -23,8 +23,9 @@ from ..handler_api import Context
 from ..records import Batch, Position, Record
 from ..sinks.base import Sink, SinkBatch
 from ..sources.base import ShardInfo, ShardReader, Source, StartingPosition
-from . import windows
+from . import tracing, windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
+from .capture import CallScope, Mode
 from .invoke import Invoker
 from .lanes import LaneQueue, lane_of
 from .outcomes import (
@@ -70,6 +71,7 @@ class ShardEnv:
     accept: RecordFilter | None = None
     lanes: int = 1
     tumbling_window: float = 0.0
+    handler_output: Mode = "capture"
 
     @property
     def keyed_sinks(self) -> bool:
@@ -124,6 +126,7 @@ class LaneWorker:
         batcher = self._batcher
         while not self.stopping:
             self.phase = "reading"
+            read_started = time.time_ns()  # the start of a batch's trace span (engine/tracing.py)
             unit = await batcher.next()
             if self.stats.blocked_cause in _READ_CAUSES:
                 self.stats.mark_unblocked()  # reading works again after a failed start
@@ -142,7 +145,8 @@ class LaneWorker:
                 continue
             self.phase = "processing"
             self.idle = False
-            await self._handle_unit(unit)
+            with tracing.batch(self.env.pipeline, self.shard_id, unit.records, read_started):
+                await self._handle_unit(unit)
             # Yield once per batch: with records always ready and an async handler nothing else
             # would suspend, and other shards, the checkpoint flusher and signals would starve.
             await asyncio.sleep(0)
@@ -187,7 +191,8 @@ class LaneWorker:
             try:
                 if self._slot.busy:
                     await self._wait_for_stuck_call()
-                result = await self._slot.call(Batch(self.shard_id, []), context)
+                with CallScope(env.pipeline, self.shard_id, (), context, env.handler_output):
+                    result = await self._slot.call(Batch(self.shard_id, []), context)
                 if result.items and self._position is not None:
                     last = Record(self.shard_id, self._position.sequence, "", b"", window.end,
                                   self._position.sub_sequence)
@@ -261,6 +266,7 @@ class LaneWorker:
                 continue
             self.stats.handled += len(done_records)
             await self._checkpoint(unit.records[-1].position)
+            self.stats.observe_done(unit.records[0].arrival_time, len(done_records))
         self._unblocked(self._backoff)
 
     async def _run_unit(self, unit: Segment, *, final: bool) -> list[Done]:
@@ -285,7 +291,8 @@ class LaneWorker:
                 if self._slot.busy:
                     await self._wait_for_stuck_call()
                 stats.calls_due[self._lane] = time.monotonic() + env.timeout  # past it: shown as stuck
-                result = await self._slot.call(Batch(self.shard_id, segment.records), context)
+                with CallScope(env.pipeline, self.shard_id, segment.records, context, env.handler_output):
+                    result = await self._slot.call(Batch(self.shard_id, segment.records), context)
             except HandlerError as exc:
                 outcome: Outcome = Failed(str(exc))
             else:
@@ -390,9 +397,10 @@ class LaneWorker:
             first=first, last=last, first_arrival=records[0].arrival_time, items=items, window_final=window_final,
         )
         started = time.perf_counter()
-        for sink in env.sinks:
-            if items or sink.keyed_by_batch:
-                await self._progress.persist(functools.partial(sink.write, batch), "sink", self._wait)
+        with tracing.span("sink write"):
+            for sink in env.sinks:
+                if items or sink.keyed_by_batch:
+                    await self._progress.persist(functools.partial(sink.write, batch), "sink", self._wait)
         self.stats.sink_seconds += time.perf_counter() - started
 
     async def _dispose(self, step: Dispose) -> None:
@@ -429,7 +437,8 @@ class LaneWorker:
 
     async def _checkpoint(self, position: Position) -> None:
         self._position = position
-        await self._progress.lane_done(self._lane, position, windows.dump(self._window), self._wait)
+        with tracing.span("checkpoint"):
+            await self._progress.lane_done(self._lane, position, windows.dump(self._window), self._wait)
 
 
 #: Blocked causes that a successful read clears (set by the pipeline when a runner failed).

@@ -15,6 +15,8 @@ WriteTarget = Literal["sink", "checkpoint store", "destination"]
 
 #: Upper bounds (seconds) of the handler-duration histogram; one more bucket holds the rest.
 HANDLER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Upper bounds (seconds) of the append-to-done histogram: from a record's arrival to its checkpoint.
+DONE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
 class ShardStats:
@@ -28,6 +30,9 @@ class ShardStats:
         "blocked_since",
         "calls_due",
         "checkpoint",
+        "done_buckets",
+        "done_records",
+        "done_seconds",
         "failed",
         "filtered",
         "handled",
@@ -60,6 +65,10 @@ class ShardStats:
         self.handler_calls = 0
         self.handler_buckets = [0] * (len(HANDLER_BUCKETS) + 1)
         self.sink_seconds = 0.0
+        #: Append-to-done latency of handled records (see observe_done).
+        self.done_buckets = [0] * (len(DONE_BUCKETS) + 1)
+        self.done_records = 0
+        self.done_seconds = 0.0
         self.behind_ms: float | None = None
         self.checkpoint: str | None = None
         self.blocked_since: float | None = None
@@ -82,6 +91,16 @@ class ShardStats:
         self.handler_seconds += seconds
         self.handler_calls += 1
         self.handler_buckets[bisect_left(HANDLER_BUCKETS, seconds)] += 1
+
+    def observe_done(self, oldest_arrival: float, records: int) -> None:
+        """A batch of ``records`` is checkpointed: each counts with the age of the batch's first (oldest)
+        record (an upper bound for all of them, exact for one), so that the cost stays per batch, not per record."""
+        if oldest_arrival <= 0:
+            return  # a source that gave no arrival time
+        seconds = max(0.0, time.time() - oldest_arrival)
+        self.done_records += records
+        self.done_seconds += seconds * records
+        self.done_buckets[bisect_left(DONE_BUCKETS, seconds)] += records
 
     def mark_blocked(self, cause: str, error: str, since: float | None = None) -> None:
         """The shard is retrying instead of moving on (a failing call, write or read), since ``since``

@@ -337,12 +337,14 @@ def expected_records(loaded: LoadedPipeline, plans: Mapping[str, ShardPlan], sta
 
 
 class Progress:
-    """Records read so far out of the range's size (when known), drawn as a bar on stderr."""
+    """Records read so far out of the range's size (when known), drawn as a bar on stderr, only on a
+    terminal: redrawn lines in a file or a log collector are noise, and in ``--log-format json``
+    stderr carries JSON lines only (the CLI passes ``enabled=False`` there)."""
 
     def __init__(self, source: BoundedSource, total: int | None, *, enabled: bool) -> None:
         self.source = source
         self._total = total
-        self._enabled = enabled
+        self._enabled = enabled and sys.stderr.isatty()
         self._started = time.monotonic()
 
     def draw(self, final: bool = False) -> None:

@@ -136,7 +136,7 @@ def test_replay_reprocesses_a_time_range_into_the_same_objects(tmp_path: Path) -
     calls.unlink()
     result = streamfn("replay", str(config), "--from", str(start), "--to", str(until), cwd=tmp_path)
     ok(result)
-    assert "replayed 60 records" in result.stderr and "60/60 records" in result.stderr
+    assert "replayed 60 records" in result.stderr  # no bar: stderr is not a terminal here
     replayed = sorted(int(line.split()[2]) for line in calls.read_text().splitlines())
     # each shard's one live batch (max_records = 1000) holds records from before, in and after the
     # range: it is formed again whole, so that it overwrites its object (test_replay_exact.py)
