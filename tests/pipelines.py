@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,34 @@ def output_objects(folder: Path) -> dict[str, list[Any]]:
     return objects
 
 
-def daemon(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+class DrainedProcess(subprocess.Popen[bytes]):
+    """A child whose stdout and stderr are read as they come: a daemon logging more than a pipe
+    holds (64 KiB) while a test waits on it would otherwise block mid-write. ``communicate`` returns
+    everything it wrote."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._captured: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        pipes = {"stdout": self.stdout, "stderr": self.stderr}
+        self._drains = [threading.Thread(target=_drain, args=(pipes[name], into), daemon=True)
+                        for name, into in self._captured.items() if pipes[name] is not None]
+        for drain in self._drains:
+            drain.start()
+
+    def communicate(self, input: bytes | None = None, timeout: float | None = None) -> tuple[bytes, bytes]:
+        self.wait(timeout)
+        for drain in self._drains:
+            drain.join(timeout)
+        return bytes(self._captured["stdout"]), bytes(self._captured["stderr"])
+
+
+def _drain(pipe: Any, into: bytearray) -> None:
+    for chunk in iter(lambda: pipe.read1(65536), b""):
+        into += chunk
+
+
+def daemon(config: Path, *args: str, env: dict[str, str] | None = None) -> DrainedProcess:
+    return DrainedProcess(
         [sys.executable, "-m", "streamfn", "run", str(config), *args],
         cwd=config.parent,
         env={**os.environ, **(env or {})},
