@@ -207,10 +207,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     """Show or edit the lease table's checkpoints (``[checkpoints] type = "dynamodb"``); reset local ones."""
-    from .checkpoints import admin
-    from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+    from .connectors.lease_table import admin
+    from .connectors.lease_table.store import DynamoDBCheckpointStoreConfig
     from .ops.parts import parse_moment
-    from .sources.base import StartingPosition
+    from .protocols.source import StartingPosition
 
     loaded = load_pipeline(args.config)
     store = loaded.config.checkpoints
@@ -242,8 +242,8 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def _local_checkpoints(loaded: LoadedPipeline) -> bool:
     """Whether the pipeline keeps its checkpoints in the local store (``checkpoints.sqlite3``)."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
-    from .sources.kafka import KafkaSourceConfig
+    from .connectors.kafka.source import KafkaSourceConfig
+    from .connectors.local.store import LocalCheckpointStoreConfig
 
     store = loaded.config.checkpoints
     if store is None:
@@ -253,7 +253,7 @@ def _local_checkpoints(loaded: LoadedPipeline) -> bool:
 
 def _reset_local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace) -> int:
     """Forget local checkpoints: the shards start at the pipeline's ``starting_position`` on the next run."""
-    from .checkpoints.local import LocalCheckpointStoreConfig
+    from .connectors.local.store import LocalCheckpointStoreConfig
 
     start = loaded.config.starting_position
     if args.to is not None and args.to != start:

@@ -16,28 +16,30 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
-from .checkpoints.kafka import KafkaCheckpointStoreConfig
-from .checkpoints.local import LocalCheckpointStoreConfig
 from .components import BuildContext
-from .destinations.local import LocalDestinationConfig
-from .destinations.s3 import S3DestinationConfig
-from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig, LocalLogDestinationConfig
+from .connectors.dynamodb.sink import DynamoDBSinkConfig
+from .connectors.dynamodb_streams.source import DynamoDBStreamsSourceConfig
+from .connectors.kafka.destination import KafkaDestinationConfig
+from .connectors.kafka.source import KafkaSourceConfig
+from .connectors.kafka.store import KafkaCheckpointStoreConfig
+from .connectors.kinesis.destination import KinesisDestinationConfig
+from .connectors.kinesis.source import KinesisSourceConfig
+from .connectors.lease_table.store import DynamoDBCheckpointStoreConfig
+from .connectors.local.destination import LocalDestinationConfig
+from .connectors.local.log_destination import LocalLogDestinationConfig
+from .connectors.local.sink import LocalSinkConfig
+from .connectors.local.source import LOG_FILE, LocalSourceConfig
+from .connectors.local.store import LocalCheckpointStoreConfig
+from .connectors.s3.destination import S3DestinationConfig
+from .connectors.s3.sink import S3SinkConfig
+from .connectors.shared.keys import check_template
+from .connectors.stdout.sink import StdoutSinkConfig
 from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
 from .errors import ConfigError
 from .interpolate import MissingVariable, interpolate
 from .metrics import MetricsConfig
 from .paths import key_problem, name_problem
-from .sinks.dynamodb import DynamoDBSinkConfig
-from .sinks.keys import check_template
-from .sinks.local import LocalSinkConfig
-from .sinks.s3 import S3SinkConfig
-from .sinks.stdout import StdoutSinkConfig
-from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
-from .sources.kafka import KafkaSourceConfig
-from .sources.kinesis import KinesisSourceConfig
-from .sources.local import LOG_FILE, LocalSourceConfig
 
 SourceConfig = LocalSourceConfig | KinesisSourceConfig | DynamoDBStreamsSourceConfig | KafkaSourceConfig
 SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkConfig

@@ -16,10 +16,10 @@ from contextlib import ExitStack
 from typing import BinaryIO
 
 from .config import LoadedPipeline
+from .connectors.local.log import LocalLog
+from .connectors.local.produce import ndjson_records, synthetic_clicks
+from .connectors.local.source import LocalSourceConfig
 from .errors import ConfigError, InputError, RetryableError
-from .sources.local import LocalSourceConfig
-from .sources.local_log import LocalLog
-from .sources.local_produce import ndjson_records, synthetic_clicks
 
 CHUNK = 5_000
 

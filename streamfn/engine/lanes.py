@@ -11,8 +11,8 @@ import asyncio
 import zlib
 from collections import deque
 
+from ..protocols.source import ReadResult
 from ..records import Position, Record
-from ..sources.base import ReadResult
 
 
 def lane_of(partition_key: str, lanes: int) -> int:

@@ -12,8 +12,8 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from ..destinations.base import Condition
 from ..errors import LeaseLostError, RetryableError, SinkError
+from ..protocols.destination import Condition
 from ..records import Position, Record
 from ..storage_errors import STORAGE_ERRNOS
 from .policy import FailurePolicy

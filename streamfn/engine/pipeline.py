@@ -13,14 +13,14 @@ import time
 from typing import Any
 
 from ..backoff import Backoff
-from ..checkpoints.base import CheckpointStore
-from ..checkpoints.kafka import KafkaCheckpointStoreConfig
-from ..checkpoints.local import LocalCheckpointStoreConfig, bind_local_log
 from ..components import BuildContext
 from ..config import LoadedPipeline
+from ..connectors.kafka.store import KafkaCheckpointStoreConfig
+from ..connectors.local.store import LocalCheckpointStoreConfig, bind_local_log
 from ..errors import LeaseLostError, SourceError, StreamfnError
-from ..sources.base import ShardInfo, StartingPosition
-from .assignment import Assigner, ShardController
+from ..protocols.assignment import Assigner, ShardController
+from ..protocols.checkpoint import CheckpointStore
+from ..protocols.source import ShardInfo, StartingPosition
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
 from .invoke import Invoker, load_handler
 from .record_filter import record_filter

@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 
-from ..checkpoints.base import Checkpoint, CheckpointStore
+from ..protocols.checkpoint import Checkpoint, CheckpointStore
 from ..records import Position
 from .lanes import Watermark
 from .outcomes import classify_write_error

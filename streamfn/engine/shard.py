@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..backoff import Backoff
-from ..checkpoints.base import Checkpoint, CheckpointStore
-from ..destinations.base import Destination, FailedBatch
 from ..errors import HandlerError, SinkError
 from ..handler_api import Context
+from ..protocols.checkpoint import Checkpoint, CheckpointStore
+from ..protocols.destination import Destination, FailedBatch
+from ..protocols.sink import Sink, SinkBatch
+from ..protocols.source import ShardInfo, ShardReader, Source, StartingPosition
 from ..records import Batch, Position, Record
-from ..sinks.base import Sink, SinkBatch
-from ..sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from . import windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
 from .invoke import Invoker

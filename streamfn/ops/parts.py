@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints.base import CheckpointStore
 from ..config import LoadedPipeline
 from ..errors import ConfigError
+from ..protocols.checkpoint import CheckpointStore
 
 
 def build_source(loaded: LoadedPipeline) -> Any:
@@ -59,7 +59,7 @@ def parse_moment(text: str) -> float:
 def local_store_path(loaded: LoadedPipeline) -> Path | None:
     """The local checkpoint file the daemon would use, None when checkpoints live elsewhere
     (DynamoDB, or a Kafka group that keeps its own)."""
-    from ..checkpoints.local import LocalCheckpointStoreConfig
+    from ..connectors.local.store import LocalCheckpointStoreConfig
 
     configured = loaded.config.checkpoints
     if configured is None and source_kind(loaded.config.source) == "kafka":

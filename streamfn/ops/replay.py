@@ -29,15 +29,15 @@ from typing import Any, cast
 
 import msgspec
 
-from ..checkpoints.base import Checkpoint, CheckpointStore
-from ..checkpoints.local import LocalCheckpointStoreConfig
 from ..config import LoadedPipeline
+from ..connectors.local.log import LocalLog
+from ..connectors.local.source import LocalSourceConfig
+from ..connectors.local.store import LocalCheckpointStoreConfig
 from ..engine.lanes import lane_of
 from ..engine.pipeline import Pipeline
+from ..protocols.checkpoint import Checkpoint, CheckpointStore
+from ..protocols.source import ReadResult, ShardInfo, StartingPosition
 from ..records import Position, Record
-from ..sources.base import ReadResult, ShardInfo, StartingPosition
-from ..sources.local import LocalSourceConfig
-from ..sources.local_log import LocalLog
 from .batch_bounds import Bounds, recorded_batches
 from .parts import build_store, local_log_path, local_store_path, source_kind
 from .readonly import read_local_checkpoints

@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..engine.assignment import ShardController
 from ..engine.pipeline import AllShardsAssigner
-from ..sources.base import ShardInfo
+from ..protocols.assignment import ShardController
+from ..protocols.source import ShardInfo
 
 
 async def start_feeding(source: Any, shards: Sequence[ShardInfo]) -> asyncio.Task[None] | None:

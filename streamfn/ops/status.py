@@ -17,12 +17,12 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ..aws import error_code
-from ..checkpoints.base import Checkpoint
-from ..checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from ..config import LoadedPipeline
+from ..connectors.lease_table.store import DynamoDBCheckpointStoreConfig
+from ..connectors.local.log import shard_id_of
+from ..connectors.local.source import LocalSourceConfig
 from ..errors import CheckpointError
-from ..sources.local import LocalSourceConfig
-from ..sources.local_log import shard_id_of
+from ..protocols.checkpoint import Checkpoint
 from .parts import build_source, build_store, local_log_path, local_store_path, source_kind
 from .readonly import check_identity, open_log, read_local_checkpoints
 
@@ -187,7 +187,7 @@ async def _lease_owners(store: Any) -> dict[str, str]:
 async def _tips(source: Any, shard_ids: list[str]) -> dict[str, Tip]:
     """Each shard's tip where the source can tell cheaply: the local log, Kafka's end offsets, or a
     source's own ``shard_tip(shard_id) -> int | None`` coroutine. Kinesis cannot (no cheap tip)."""
-    from ..sources.local import LocalSource
+    from ..connectors.local.source import LocalSource
 
     if isinstance(source, LocalSource):  # records before the oldest retained one were trimmed: no lag
         return {shard_id: Tip(source.log.last_seq(source.name, shard_id),

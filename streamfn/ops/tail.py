@@ -10,8 +10,8 @@ from typing import Any, TextIO
 import orjson
 
 from ..config import LoadedPipeline
+from ..protocols.source import ShardInfo, StartingPosition
 from ..records import Record
-from ..sources.base import ShardInfo, StartingPosition
 from .parts import build_source, parse_moment
 from .standalone import start_feeding, stop_feeding
 

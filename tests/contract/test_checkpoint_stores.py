@@ -1,4 +1,4 @@
-"""The contract every CheckpointStore keeps (see streamfn/checkpoints/base.py).
+"""The contract every CheckpointStore keeps (see streamfn/protocols/checkpoint.py).
 
 Each store is exercised through two instances over the same durable state: what one
 instance flushed (or recorded as pending) the other must load.
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from streamfn import Position
-from streamfn.checkpoints.base import Checkpoint, CheckpointStore
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
-from streamfn.checkpoints.local import LocalCheckpointStore
 from streamfn.components import BuildContext
+from streamfn.connectors.lease_table.store import DynamoDBCheckpointStoreConfig
+from streamfn.connectors.local.store import LocalCheckpointStore
+from streamfn.protocols.checkpoint import Checkpoint, CheckpointStore
 
 StoreFactory = Callable[[], Awaitable[CheckpointStore]]
 

@@ -18,8 +18,8 @@ import orjson
 
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig, RetryConfig
-from streamfn.sinks.local import LocalSinkConfig
-from streamfn.sources.kafka import KafkaSourceConfig
+from streamfn.connectors.kafka.source import KafkaSourceConfig
+from streamfn.connectors.local.sink import LocalSinkConfig
 
 #: Short enough that a dead member is noticed within seconds, long enough for a loaded CI box.
 GROUP_SETTINGS: dict[str, Any] = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}

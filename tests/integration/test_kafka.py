@@ -14,11 +14,11 @@ import msgspec
 import pytest
 
 from streamfn.config import LoadedPipeline
+from streamfn.connectors.kafka.source import KafkaSource
+from streamfn.connectors.local.sink import LocalSink
 from streamfn.engine.daemon import run_pipelines
 from streamfn.engine.pipeline import Pipeline
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.local import LocalSink
-from streamfn.sources.kafka import KafkaSource
+from streamfn.protocols.sink import SinkBatch
 from tests.integration import kafka_util
 from tests.integration.kafka_util import (
     committed_offsets,

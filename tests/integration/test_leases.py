@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig, LeaseSettings
-from streamfn.engine.lease_assigner import LeaseAssigner
+from streamfn.connectors.lease_table.assigner import LeaseAssigner
+from streamfn.connectors.lease_table.store import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig, LeaseSettings
 from streamfn.errors import LeaseLostError
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ShardInfo
 from streamfn.records import Position
-from streamfn.sources.base import ShardInfo
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.local.log import LocalLog
 from tests.pipelines import output_objects, run_until_caught_up
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "prev_release"

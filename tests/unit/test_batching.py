@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from streamfn import Position, Record
 from streamfn.engine.batching import Batcher, BatchLimits
-from streamfn.sources.base import ReadResult
+from streamfn.protocols.source import ReadResult
 
 
 class ListReader:

@@ -145,7 +145,7 @@ def free_port() -> int:
 
 
 async def test_scrape_after_a_real_pipeline_run(tmp_path: Path) -> None:
-    pytest.importorskip("streamfn.sources.local")
+    pytest.importorskip("streamfn.connectors.local.source")
     from streamfn.config import load_pipeline
     from streamfn.engine.daemon import run_pipelines
     from tests.pipelines import append, write_pipeline

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
 from streamfn.errors import ConfigError
 from streamfn.ops.parts import parse_moment
 from streamfn.ops.replay import BoundedSource, ShardPlan
 from streamfn.ops.status import ShardStatus, Tip, lag_of, render_table
 from streamfn.ops.tail import starting_position
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ReadResult, ShardInfo, StartingPosition
 from streamfn.records import Position, Record
-from streamfn.sources.base import ReadResult, ShardInfo, StartingPosition
 
 
 def test_lag_counts_records_after_the_checkpoint_or_the_oldest_retained() -> None:

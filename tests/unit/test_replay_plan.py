@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamfn.connectors.shared.keys import DEFAULT_TEMPLATE, render_key
 from streamfn.engine.lanes import lane_of
 from streamfn.ops.batch_bounds import bounds_of, disjoint, key_pattern, literal_prefix
 from streamfn.ops.replay import BoundedSource, ShardPlan
+from streamfn.protocols.sink import SinkBatch
+from streamfn.protocols.source import ReadResult, ShardInfo, StartingPosition
 from streamfn.records import Position, Record
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.keys import DEFAULT_TEMPLATE, render_key
-from streamfn.sources.base import ReadResult, ShardInfo, StartingPosition
 
 TEMPLATES = [
     DEFAULT_TEMPLATE,

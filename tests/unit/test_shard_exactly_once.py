@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfn import Batch, Context, Position, Record, Result
-from streamfn.checkpoints.base import Checkpoint, advance, with_pending
-from streamfn.destinations.base import FailedBatch
+from streamfn.connectors.shared.keys import DEFAULT_TEMPLATE, render_key
 from streamfn.engine.batching import BatchLimits
 from streamfn.engine.invoke import Invoker
 from streamfn.engine.policy import FailurePolicy
 from streamfn.engine.shard import ShardEnv, ShardRunner
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.keys import DEFAULT_TEMPLATE, render_key
-from streamfn.sources.base import ReadResult, ShardInfo, StartingPosition
+from streamfn.protocols.checkpoint import Checkpoint, advance, with_pending
+from streamfn.protocols.destination import FailedBatch
+from streamfn.protocols.sink import SinkBatch
+from streamfn.protocols.source import ReadResult, ShardInfo, StartingPosition
 
 SHARD = ShardInfo("shard-0")
 

@@ -1,0 +1,49 @@
+"""On-failure records put to a Kinesis stream, split under Kinesis's 1 MiB record limit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+
+from ...errors import SinkError
+from ...protocols.destination import FailedBatch
+from ..shared.failure_documents import failure_documents
+
+if TYPE_CHECKING:
+    from ...aws import AwsClient
+    from ...components import BuildContext
+
+
+class KinesisDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
+                               tag="kinesis"):
+    """Failure records put to a Kinesis stream, partitioned by the failed shard's id."""
+
+    stream: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    #: Seconds one request may take in all (connect, send, answer) before it is retried.
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+    def build(self, ctx: BuildContext) -> KinesisDestination:
+        from ...aws import AwsClient
+
+        client = AwsClient("kinesis", endpoint_url=self.endpoint_url, region=self.region,
+                           timeout=self.request_timeout)
+        return KinesisDestination(client, self.stream)
+
+
+class KinesisDestination:
+    def __init__(self, client: AwsClient, stream: str) -> None:
+        self._client, self._stream = client, stream
+
+    async def open(self) -> None:
+        await self._client.open()
+
+    async def send(self, failure: FailedBatch) -> None:
+        for document in failure_documents(failure):
+            await self._client.call("put_record", SinkError, StreamName=self._stream, Data=document,
+                                    PartitionKey=failure.shard_id)
+
+    async def close(self) -> None:
+        await self._client.close()

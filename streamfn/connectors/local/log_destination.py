@@ -1,0 +1,54 @@
+"""On-failure records appended to a stream of the local log."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ...protocols.destination import FailedBatch
+from ..shared.failure_documents import failure_documents
+
+if TYPE_CHECKING:
+    from ...components import BuildContext
+    from .log import LocalLog
+
+
+class LocalLogDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
+                                tag="local_log"):
+    """Failure records appended to a stream of the local log (created with ``shards`` if missing)."""
+
+    stream: str
+    shards: int = 1
+    #: The log file; default: the pipeline's own ``<state_dir>/log.sqlite3``.
+    path: str | None = None
+
+    def build(self, ctx: BuildContext) -> LocalLogDestination:
+        path = ctx.resolve(self.path) if self.path else ctx.state_dir / "log.sqlite3"
+        return LocalLogDestination(path, self.stream, self.shards)
+
+
+class LocalLogDestination:
+    def __init__(self, path: Path, stream: str, shards: int) -> None:
+
+        self._path, self._stream, self._shards = path, stream, shards
+        self._log: LocalLog | None = None
+
+    async def open(self) -> None:
+        from ..local.log import LocalLog
+
+        self._log = LocalLog(self._path)
+        self._log.create_stream(self._stream, self._shards)
+
+    async def send(self, failure: FailedBatch) -> None:
+        assert self._log is not None
+        log, stream = self._log, self._stream
+        documents = [(failure.shard_id, doc) for doc in failure_documents(failure)]
+        await asyncio.to_thread(log.append, stream, documents)
+
+    async def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None

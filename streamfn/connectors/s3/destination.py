@@ -1,0 +1,54 @@
+"""On-failure records as S3 objects, keyed like Lambda's S3 destination but deterministically."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+import orjson
+
+from ...errors import SinkError
+from ...protocols.destination import FailedBatch
+from ..local.destination import failure_key
+from ..shared.failure_record import failure_record
+
+if TYPE_CHECKING:
+    from ...aws import AwsClient
+    from ...components import BuildContext
+
+
+class S3DestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="s3"):
+    """``s3://bucket/<prefix>aws/lambda/<pipeline>/<shard>/YYYY/MM/DD/<first>-<last>.json``, records included."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    #: Seconds one request may take in all (connect, send, answer) before it is retried.
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+    def build(self, ctx: BuildContext) -> S3Destination:
+        from ...aws import AwsClient
+
+        client = AwsClient("s3", endpoint_url=self.endpoint_url, region=self.region, timeout=self.request_timeout)
+        return S3Destination(client, self.bucket, self.prefix)
+
+
+class S3Destination:
+    def __init__(self, client: AwsClient, bucket: str, prefix: str) -> None:
+        self._client, self._bucket, self._prefix = client, bucket, prefix
+
+    async def open(self) -> None:
+        await self._client.open()
+
+    async def send(self, failure: FailedBatch) -> None:
+        try:
+            body = orjson.dumps(failure_record(failure))
+        except orjson.JSONEncodeError as exc:
+            raise SinkError(f"S3 destination: the failure record of shard {failure.shard_id} is not JSON "
+                            f"({exc})") from exc
+        await self._client.call("put_object", SinkError, Bucket=self._bucket, Key=self._prefix + failure_key(failure),
+                                Body=body, ContentType="application/json")
+
+    async def close(self) -> None:
+        await self._client.close()
