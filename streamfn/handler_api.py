@@ -41,6 +41,9 @@ class Context:
 
     function_version = "$LATEST"
     memory_limit_in_mb = 0
+    #: Lambda's Cognito identity and mobile client context: None, as for any stream invocation.
+    identity: Any = None
+    client_context: Any = None
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import HandlerError, HandlerLoadError
+from ..errors import AnswerError, HandlerError, HandlerLoadError
 from ..handler_api import Context, Result
 from ..records import Batch, Position
 from ..timefmt import iso_time
@@ -178,23 +178,23 @@ class Invoker:
             return CallResult(answer, None)
         if not isinstance(answer, Mapping):
             if self._report_failures:
-                raise HandlerError(f"handler returned {type(answer).__name__}, not a batchItemFailures answer")
+                raise AnswerError(f"handler returned {type(answer).__name__}, not a batchItemFailures answer")
             return CallResult([], None)
         items = list(answer.get("items") or [])
         state = answer.get("state")
         if self._windowed and "state" not in answer and not answer.get("batchItemFailures"):
-            raise HandlerError("a tumbling-window handler must return {'state': ...}")
+            raise AnswerError("a tumbling-window handler must return {'state': ...}")
         if not self._report_failures:
             return CallResult(items, None, state)
         failures = answer.get("batchItemFailures")
         if failures is None:
             return CallResult(items, None, state)
         if not isinstance(failures, list):
-            raise HandlerError("batchItemFailures must be a list")
+            raise AnswerError("batchItemFailures must be a list")
         ids: list[Any] = []
         for entry in failures:
             if not isinstance(entry, Mapping) or "itemIdentifier" not in entry:
-                raise HandlerError(f"malformed batchItemFailures entry {entry!r}")
+                raise AnswerError(f"malformed batchItemFailures entry {entry!r}")
             ids.append(entry["itemIdentifier"])
         return CallResult(items, self._failed_position(ids, batch), state)
 
@@ -207,10 +207,10 @@ class Invoker:
         lowest: Position | None = None
         for raw in ids:
             if raw is None or raw == "" or isinstance(raw, bool) or not isinstance(raw, (str, int)):
-                raise HandlerError(f"invalid failed-record identifier {raw!r}")
+                raise AnswerError(f"invalid failed-record identifier {raw!r}")
             position = by_id.get(str(raw))
             if position is None:
-                raise HandlerError(f"failed-record identifier {raw!r} is not a record of this batch")
+                raise AnswerError(f"failed-record identifier {raw!r} is not a record of this batch")
             if lowest is None or position < lowest:
                 lowest = position
         return lowest

@@ -11,7 +11,7 @@ import asyncio
 import zlib
 from collections import deque
 
-from ..protocols.source import ReadResult
+from ..protocols.source import ReadResult, ShardReader
 from ..records import Position, Record
 
 
@@ -59,7 +59,7 @@ class Watermark:
         return len(self._order)
 
 
-class LaneQueue:
+class LaneQueue(ShardReader):
     """A lane's bounded inbox, read through the ShardReader interface by the lane's batcher."""
 
     def __init__(self, capacity: int) -> None:

@@ -7,9 +7,13 @@ group and the DynamoDB lease table are assigners too, so scale-out never touches
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .source import ShardInfo
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointStore
 
 
 class ShardController(Protocol):
@@ -32,9 +36,29 @@ class ShardController(Protocol):
 
 
 class Assigner(Protocol):
-    """Decides the shards of this worker for as long as the pipeline runs."""
+    """Decides the shards of this worker for as long as the pipeline runs.
+
+    Subclass it to inherit the defaults of the optional members (those with a body).
+    """
+
+    #: Set when a shard ended, to look for its children at once (None: the assigner does not wait).
+    wake: asyncio.Event | None = None
+    #: False while shards may exist that this worker should run and has not started (a shard just
+    #: ended, a rebalance is on): ``--until-caught-up`` waits for it.
+    settled: bool = True
 
     async def run(self, controller: ShardController) -> None:
         """Run until cancelled, starting and stopping shards through ``controller``.
         On cancellation, return without stopping shards: the pipeline stops them itself."""
         ...
+
+    async def release(self) -> None:
+        """Give up what this worker holds (leases) at a graceful stop, after the shards stopped."""
+        return None
+
+
+class Coordination(NamedTuple):
+    """A coordinated source's checkpoint store and assigner, built together (Kafka's group)."""
+
+    store: CheckpointStore
+    assigner: Assigner

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
 from ..records import Position
+
+if TYPE_CHECKING:
+    from ..components import BuildContext
+    from .assignment import Assigner
+    from .source import Source, StartingPosition
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -60,6 +65,8 @@ class CheckpointStore(Protocol):
       save made before it is durable.
     - ``record_pending`` is durable when it returns (it guards a sink write).
     - Any call may raise ``LeaseLostError``: the shard belongs to another worker now.
+
+    Subclass it to inherit the defaults of the optional members (those with a body).
     """
 
     async def open(self) -> None: ...
@@ -73,3 +80,32 @@ class CheckpointStore(Protocol):
     async def flush(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def starting_position(self, shard_id: str) -> StartingPosition | None:
+        """Where a shard without checkpoint starts when the store says so (a lease reset by
+        ``checkpoints reset``); None: the pipeline's starting position."""
+        return None
+
+    def assigner(self, source: Source) -> Assigner | None:
+        """The assigner that comes with this store (the lease table's), reading ``source``'s
+        shards; None: every shard runs in this worker."""
+        return None
+
+    async def bind(self, source: Source) -> None:
+        """Check, once both are open, that these checkpoints belong to ``source`` (the local
+        log's identity); raise ``StateMismatchError`` if not."""
+        return None
+
+    async def lease_owners(self) -> dict[str, str] | None:
+        """Which worker holds each shard's lease, for a store that keeps leases (status)."""
+        return None
+
+
+class CheckpointConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    """A checkpoint store's config: its subclass sets ``tag`` (the ``type`` in pipeline files)."""
+
+    #: The only source ``type`` this store works with (Kafka's offsets), if any.
+    source_type: ClassVar[str | None] = None
+
+    def build(self, ctx: BuildContext) -> CheckpointStore:
+        raise NotImplementedError

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
 from ..records import Position
+
+if TYPE_CHECKING:
+    from ..components import BuildContext
 
 
 class SinkBatch(msgspec.Struct, frozen=True):
@@ -45,3 +48,14 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class SinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    """A sink's config: its subclass sets ``tag`` (the ``type`` in pipeline files)."""
+
+    def build(self, ctx: BuildContext) -> Sink:
+        raise NotImplementedError
+
+    def check(self, pipeline: str, stream: str) -> None:
+        """Raise ``ConfigError`` for settings that cannot work for this pipeline (key templates)."""
+        return None

@@ -6,11 +6,18 @@ after a checkpoint (or at a starting position) and hands out records in shard or
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
 from ..records import Batch, Position, Record
+
+if TYPE_CHECKING:
+    from ..components import BuildContext
+    from .assignment import Coordination
+    from .checkpoint import CheckpointConfig
 
 
 class ShardInfo(msgspec.Struct, frozen=True):
@@ -36,6 +43,26 @@ class StartingPosition(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         if (self.kind == "at_sequence") != (self.position is not None):
             raise ValueError("a position is given exactly when kind is 'at_sequence'")
+
+
+class SourceTraits(msgspec.Struct, frozen=True, kw_only=True):
+    """What the engine and the failure records must know about a kind of source, declared once."""
+
+    #: The source's ``type`` (``local``, ``kinesis``, ``dynamodb_streams``, ``kafka``...).
+    kind: str
+    #: The record field event filters match as data (Kinesis and DynamoDB: ``data``; Kafka: ``value``).
+    filter_data_key: str = "data"
+    #: The on-failure record's batch-info key (Lambda: ``KinesisBatchInfo``, ``DDBStreamBatchInfo``).
+    batch_info_key: str = "KinesisBatchInfo"
+    #: True when a shard's sequence numbers are consecutive integers (the local log, Kafka offsets).
+    dense_sequences: bool = False
+
+
+class ShardTip(NamedTuple):
+    """A shard's newest sequence and the sequence just before its oldest retained record."""
+
+    last: int
+    before_first: int = 0
 
 
 class ReadResult(msgspec.Struct):
@@ -69,12 +96,20 @@ class ShardReader(Protocol):
 
     async def close(self) -> None: ...
 
+    def start_position(self) -> Position | None:
+        """Where a ``latest``/``at_timestamp`` start began, when the reader knows it before any
+        record (the local log): the engine checkpoints it, so a restart does not skip ahead."""
+        return None
+
 
 @runtime_checkable
 class Source(Protocol):
-    """A named, sharded stream."""
+    """A named, sharded stream. Subclass it to inherit the defaults of the optional members."""
 
     name: str
+    traits: SourceTraits
+    #: The stream's ARN as Lambda's events and failure records name it ("" until known).
+    stream_arn: str = ""
 
     async def open(self) -> None: ...
 
@@ -93,3 +128,43 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def coordination(self, configured: CheckpointConfig | None) -> Coordination | None:
+        """The checkpoint store and assigner this source brings as one pair (Kafka's consumer
+        group), given the configured store; None: the pipeline builds both."""
+        return None
+
+    async def read_uncoordinated(self, shards: Sequence[ShardInfo]) -> asyncio.Task[None] | None:
+        """Prepare to read ``shards`` outside any coordination (``tail``, ``replay``); a task
+        that feeds the readers, to cancel when done, or None when none is needed."""
+        return None
+
+    async def shard_tips(self, shard_ids: Sequence[str]) -> dict[str, ShardTip]:
+        """Each shard's tip, where the source can tell cheaply (dense sequences: the local log,
+        Kafka's end offsets); Kinesis cannot (no cheap tip)."""
+        return {}
+
+
+class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    """A source's config: its subclass sets ``tag`` (the ``type`` in pipeline files)."""
+
+    #: Starting positions this source lacks, each with why (a shard without checkpoint may not start there).
+    unsupported_starts: ClassVar[Mapping[str, str]] = {}
+    #: The only checkpoint store ``type`` this source works with (Kafka keeps its own), if any.
+    own_checkpoints: ClassVar[str | None] = None
+
+    def build(self, ctx: BuildContext) -> Source:
+        raise NotImplementedError
+
+    def stream_name(self) -> str:
+        """The name the built source reports (``{stream}`` in key templates)."""
+        raise NotImplementedError
+
+    def problems(self) -> list[tuple[str, str | None]]:
+        """``(field, why)`` for settings of this config that cannot work, fields relative to it."""
+        return []
+
+    def with_pipeline_start(self) -> SourceConfig:
+        """This config without a starting position of its own (Kafka has one), so the pipeline's
+        applies (``replay --from``)."""
+        return self

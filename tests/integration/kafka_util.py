@@ -144,6 +144,10 @@ async def fail_for_a_while(batch: Batch, context: Context) -> list[dict[str, Any
 EVENTS: list[dict[str, Any]] = []
 
 
+async def always_fail(batch: Batch, context: Context) -> list[dict[str, Any]]:
+    raise RuntimeError(f"cannot handle {len(batch)} records")
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:
     """An unmodified Lambda Kafka handler (sync, so it runs in a worker thread)."""
     EVENTS.append(event)

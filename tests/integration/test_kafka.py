@@ -83,7 +83,9 @@ async def test_an_unmodified_lambda_kafka_handler_gets_lambdas_event(kafka_boots
     await drain(loaded)
 
     (event,) = kafka_util.EVENTS
-    assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == kafka_bootstrap
+    # no cluster_arn: a self-managed cluster, as Lambda names it
+    assert event["eventSource"] == "SelfManagedKafka" and event["bootstrapServers"] == kafka_bootstrap
+    assert "eventSourceArn" not in event
     (first, second) = event["records"][f"{topic}-1"]
     assert (first["topic"], first["partition"], first["offset"]) == (topic, 1, 0)
     assert base64.b64decode(first["key"]) == b"key-1" and "key" not in second

@@ -19,7 +19,7 @@ from streamfn.connectors.lease_table.assigner import LeaseAssigner
 from streamfn.connectors.lease_table.store import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig, LeaseSettings
 from streamfn.errors import LeaseLostError
 from streamfn.protocols.checkpoint import Checkpoint
-from streamfn.protocols.source import ShardInfo
+from streamfn.protocols.source import ShardInfo, Source, SourceTraits
 from streamfn.records import Position
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -102,7 +102,9 @@ class FakeController:
         raise AssertionError("the lease assigner reads parents from the table")
 
 
-class FakeSource:
+class FakeSource(Source):
+    traits = SourceTraits(kind="memory")
+
     name = "stream"
 
     def __init__(self, shards: list[ShardInfo]) -> None:

@@ -20,7 +20,7 @@ import msgspec
 from ...aws import AwsClient, error_code
 from ...backoff import Backoff
 from ...errors import SinkError
-from ...protocols.sink import SinkBatch
+from ...protocols.sink import SinkBatch, SinkConfig
 from .dynamodb_json import item_to_dynamodb
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 BATCH_LIMIT = 25
 
 
-class DynamoDBSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="dynamodb"):
+class DynamoDBSinkConfig(SinkConfig, kw_only=True, tag="dynamodb"):
     """Put each item the handler returns (a dict of plain values) into ``table``."""
 
     table: str

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
@@ -19,7 +20,7 @@ from ...aws import AwsClient
 from ...backoff import Backoff
 from ...errors import ConfigError, RetryableError, SourceError
 from ...lambda_shapes import dynamodb_streams_event
-from ...protocols.source import ShardInfo, StartingPosition
+from ...protocols.source import ShardInfo, Source, SourceConfig, SourceTraits, StartingPosition
 from ...records import Batch, Position, Record
 from ..kinesis.decode import decode_dynamodb_streams, install_raw_get_records
 from ..kinesis.source import parents_first
@@ -32,8 +33,7 @@ if TYPE_CHECKING:
 DEFAULT_ITERATOR_LIFETIME = 840.0
 
 
-class DynamoDBStreamsSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
-                                  tag_field="type", tag="dynamodb_streams"):
+class DynamoDBStreamsSourceConfig(SourceConfig, kw_only=True, tag="dynamodb_streams"):
     """A DynamoDB table's stream. Name the table (its latest stream is used) or the stream's ARN."""
 
     table: str | None = None
@@ -55,12 +55,20 @@ class DynamoDBStreamsSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_f
         if (self.table is None) == (self.stream_arn is None):
             raise ValueError("set exactly one of `table` and `stream_arn`")
 
+    unsupported_starts: ClassVar[Mapping[str, str]] = {
+        "at_timestamp": "DynamoDB Streams has no AT_TIMESTAMP iterator"}
+
     def build(self, ctx: BuildContext) -> DynamoDBStreamsSource:
         return DynamoDBStreamsSource(self)
 
+    def stream_name(self) -> str:
+        return self.table or (self.stream_arn or "").split("/table/", 1)[-1].split("/", 1)[0]
 
-class DynamoDBStreamsSource:
+
+class DynamoDBStreamsSource(Source):
     """A table's stream as a Source."""
+
+    traits = SourceTraits(kind="dynamodb_streams", batch_info_key="DDBStreamBatchInfo")
 
     def __init__(self, config: DynamoDBStreamsSourceConfig) -> None:
         self.config = config

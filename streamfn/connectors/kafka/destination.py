@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from ...protocols.destination import FailedBatch
+from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_documents import failure_documents
+from .source import KafkaSourceConfig
 
 if TYPE_CHECKING:
     from ...components import BuildContext
+    from ...protocols.source import SourceConfig
 
 
-class KafkaDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
-                             tag="kafka"):
+class KafkaDestinationConfig(DestinationConfig, kw_only=True, tag="kafka"):
     """Failure records produced to a Kafka topic (acks=all), keyed by the failed shard's id."""
 
     bootstrap_servers: str
@@ -23,6 +22,15 @@ class KafkaDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields
 
     def build(self, ctx: BuildContext) -> KafkaDestination:
         return KafkaDestination(self.bootstrap_servers, self.topic, self.client_id)
+
+    def feeds(self, source: SourceConfig, ctx: BuildContext) -> str | None:
+        same = (isinstance(source, KafkaSourceConfig) and source.topic == self.topic
+                and bool(_servers(source.bootstrap_servers) & _servers(self.bootstrap_servers)))
+        return "topic" if same else None
+
+
+def _servers(bootstrap: str) -> set[str]:
+    return {server.strip() for server in bootstrap.split(",") if server.strip()}
 
 
 class KafkaDestination:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.abc import ConsumerRebalanceListener
 
 from ...errors import LeaseLostError
+from ...protocols.assignment import Assigner
 from ...protocols.source import ShardInfo
-from .source import shard_id_of
+from .partitions import shard_id_of
 
 if TYPE_CHECKING:
     from ...protocols.assignment import ShardController
@@ -32,7 +33,7 @@ log = logging.getLogger("streamfn.kafka")
 ABANDON_GRACE = 5.0
 
 
-class KafkaGroupAssigner:
+class KafkaGroupAssigner(Assigner):
     """Assigner for a KafkaSource: subscribes with a rebalance listener, then runs the fetch task."""
 
     def __init__(self, source: KafkaSource, *, revoke_timeout: float = 30.0) -> None:

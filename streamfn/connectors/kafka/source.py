@@ -17,16 +17,29 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from ...lambda_shapes import kafka_event
-from ...protocols.source import ReadResult, ShardInfo, StartingPosition
+from ...protocols.assignment import Coordination
+from ...protocols.source import (
+    ReadResult,
+    ShardInfo,
+    ShardReader,
+    ShardTip,
+    Source,
+    SourceConfig,
+    SourceTraits,
+    StartingPosition,
+)
 from ...records import Batch, Position, Record
+from .partitions import partition_of, shard_id_of
 
 if TYPE_CHECKING:
     from ...components import BuildContext
+    from ...protocols.checkpoint import CheckpointConfig
     from .group import KafkaGroupAssigner
     from .store import KafkaCheckpointStore, KafkaCheckpointStoreConfig
 
@@ -43,7 +56,7 @@ BLOCKED_POLL_MS = 5
 _TIMESTAMP_NAMES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
 
 
-class KafkaSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="kafka"):
+class KafkaSourceConfig(SourceConfig, kw_only=True, tag="kafka"):
     """A Kafka topic read by a consumer group: run several daemons with one ``group_id`` to split it."""
 
     bootstrap_servers: str
@@ -52,6 +65,9 @@ class KafkaSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     group_id: str
     """The consumer group: offsets are committed under it, partitions shared among its members."""
     client_id: str = "streamfn"
+    cluster_arn: str | None = None
+    """The MSK cluster's ARN: events and failure records then take Lambda's MSK shape (``aws:kafka``,
+    ``eventSourceArn``, ``KafkaBatchInfo``); without it, the self-managed one (``SelfManagedKafka``)."""
     starting_position: Literal["earliest", "latest", "at_timestamp"] | None = None
     """Where a partition with no committed offset starts; default: the pipeline's
     ``starting_position`` (``trim_horizon`` is ``earliest``)."""
@@ -88,8 +104,20 @@ class KafkaSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
 
+    own_checkpoints: ClassVar[str | None] = "kafka"
+
     def build(self, ctx: BuildContext) -> KafkaSource:
         return KafkaSource(self, pipeline=ctx.pipeline, resolve=lambda p: str(ctx.resolve(p)))
+
+    def stream_name(self) -> str:
+        return self.topic
+
+    def with_pipeline_start(self) -> KafkaSourceConfig:
+        return msgspec.structs.replace(self, starting_position=None, starting_timestamp=None)
+
+    def problems(self) -> list[tuple[str, str | None]]:
+        return [("starting_timestamp", "is used only with source.starting_position = 'at_timestamp'"
+                 if self.starting_timestamp is not None and self.starting_position != "at_timestamp" else None)]
 
     def consumer_options(self, resolve: Any = str) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaConsumer`` (SSL files resolved against the config's folder)."""
@@ -124,18 +152,6 @@ class KafkaSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
                 password=self.ssl_password,
             )
         return options
-
-
-def shard_id_of(topic: str, partition: int) -> str:
-    return f"{topic}-{partition}"
-
-
-def partition_of(topic: str, shard_id: str) -> int:
-    """The partition number in ``"<topic>-<partition>"`` (the topic may itself contain dashes)."""
-    prefix, sep, number = shard_id.rpartition("-")
-    if not sep or prefix != topic or not number.isdigit():
-        raise ValueError(f"shard id {shard_id!r} is not a partition of topic {topic!r}")
-    return int(number)
 
 
 def to_records(shard_id: str, messages: list[Any]) -> list[Record]:
@@ -238,15 +254,23 @@ class PartitionFeed:
         self.arrived.clear()
 
 
-class KafkaSource:
+#: Lambda's shapes: an MSK cluster (named by its ARN) and a self-managed cluster (bootstrap servers only).
+MSK_TRAITS = SourceTraits(kind="kafka", filter_data_key="value", batch_info_key="KafkaBatchInfo",
+                          dense_sequences=True)
+SELF_MANAGED_TRAITS = SourceTraits(kind="kafka", filter_data_key="value", batch_info_key="SelfManagedKafkaBatchInfo",
+                                   dense_sequences=True)
+
+
+class KafkaSource(Source):
     """One topic through one consumer; readers per partition, fed by one fetch task (see module doc)."""
 
-    kind = "kafka"
-    filter_data_key = "value"
+    traits = MSK_TRAITS
 
     def __init__(self, config: KafkaSourceConfig, *, pipeline: str = "", resolve: Any = str) -> None:
         self.config = config
         self.name = config.topic
+        self.stream_arn = config.cluster_arn or ""
+        self.traits = SELF_MANAGED_TRAITS if config.cluster_arn is None else MSK_TRAITS
         self.pipeline = pipeline
         self._resolve = resolve
         self._consumer: Any = None
@@ -299,6 +323,35 @@ class KafkaSource:
     def store(self) -> KafkaCheckpointStore | None:
         return self._store
 
+    @property
+    def opened(self) -> bool:
+        """True between ``open`` and ``close``."""
+        return self._consumer is not None
+
+    def coordination(self, configured: CheckpointConfig | None) -> Coordination | None:
+        """The group's committed offsets and the group's assignment, as one pair."""
+        from .store import KafkaCheckpointStoreConfig
+
+        if configured is not None and not isinstance(configured, KafkaCheckpointStoreConfig):
+            return None  # refused when the config is loaded
+        return Coordination(self.checkpoint_store(configured), self.assigner())
+
+    async def read_uncoordinated(self, shards: Sequence[ShardInfo]) -> asyncio.Task[None] | None:
+        """Assign ``shards``' partitions by hand (the group is never joined, nothing is committed)
+        and run the fetch task beside the readers."""
+        partitions = [self.topic_partition(shard.shard_id) for shard in shards]
+        consumer = self.consumer
+        consumer.assign(partitions)
+        if partitions:
+            consumer.pause(*partitions)  # each reader resumes its partition once it sought its start
+        return asyncio.create_task(self.fetch(), name=f"fetch:{self.name}")
+
+    async def shard_tips(self, shard_ids: Sequence[str]) -> dict[str, ShardTip]:
+        partitions = {shard_id: self.topic_partition(shard_id) for shard_id in shard_ids}
+        ends = await self.consumer.end_offsets(list(partitions.values()))
+        starts = await self.consumer.beginning_offsets(list(partitions.values()))
+        return {shard_id: ShardTip(int(ends[tp]) - 1, int(starts[tp]) - 1) for shard_id, tp in partitions.items()}
+
     # -- Source protocol ---------------------------------------------------------------------
     async def list_shards(self) -> list[ShardInfo]:
         await self.consumer.topics()  # refreshes metadata
@@ -314,7 +367,9 @@ class KafkaSource:
         return KafkaPartitionReader(self, tp, shard.shard_id, feed, after, self._starting(start))
 
     def lambda_event(self, batch: Batch) -> dict[str, Any]:
-        return kafka_event(batch, self.config.bootstrap_servers)
+        if self.config.cluster_arn is None:
+            return kafka_event(batch, self.config.bootstrap_servers, event_source="SelfManagedKafka")
+        return kafka_event(batch, self.config.bootstrap_servers, self.config.cluster_arn)
 
     # -- helpers for readers, the assigner and the checkpoint store -------------------------------
     def topic_partition(self, shard_id: str) -> Any:
@@ -417,7 +472,7 @@ class KafkaSource:
         return ready, blocked
 
 
-class KafkaPartitionReader:
+class KafkaPartitionReader(ShardReader):
     """Reads one partition from its feed, in offset order; positions the partition on first read."""
 
     def __init__(

@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 from ...errors import SinkError
-from ...protocols.destination import FailedBatch
+from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_documents import failure_documents
+from .source import KinesisSourceConfig
 
 if TYPE_CHECKING:
     from ...aws import AwsClient
     from ...components import BuildContext
+    from ...protocols.source import SourceConfig
 
 
-class KinesisDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
-                               tag="kinesis"):
+class KinesisDestinationConfig(DestinationConfig, kw_only=True, tag="kinesis"):
     """Failure records put to a Kinesis stream, partitioned by the failed shard's id."""
 
     stream: str
@@ -31,6 +32,12 @@ class KinesisDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fiel
         client = AwsClient("kinesis", endpoint_url=self.endpoint_url, region=self.region,
                            timeout=self.request_timeout)
         return KinesisDestination(client, self.stream)
+
+    def feeds(self, source: SourceConfig, ctx: BuildContext) -> str | None:
+        same = (isinstance(source, KinesisSourceConfig)
+                and source.stream.rsplit("/", 1)[-1] == self.stream.rsplit("/", 1)[-1]
+                and source.endpoint_url == self.endpoint_url and source.region == self.region)
+        return "stream" if same else None
 
 
 class KinesisDestination:

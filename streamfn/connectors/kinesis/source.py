@@ -20,7 +20,7 @@ from ...aws import AwsClient, error_code
 from ...backoff import Backoff
 from ...errors import RetryableError, SourceError
 from ...lambda_shapes import DEFAULT_INVOKE_IDENTITY_ARN, kinesis_event
-from ...protocols.source import ShardInfo, StartingPosition
+from ...protocols.source import ShardInfo, Source, SourceConfig, SourceTraits, StartingPosition
 from ...records import Batch, Position, Record
 from ..shared.polling import Page, PollingShardReader, ReadSettings
 from .decode import decode_kinesis, install_raw_get_records
@@ -35,7 +35,7 @@ DEFAULT_ITERATOR_LIFETIME = 280.0
 MAX_LIMIT = 10_000
 
 
-class KinesisSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="kinesis"):
+class KinesisSourceConfig(SourceConfig, kw_only=True, tag="kinesis"):
     """A Kinesis data stream, read by polling (shared throughput, like Lambda's standard iterator)."""
 
     stream: str
@@ -63,9 +63,14 @@ class KinesisSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     def build(self, ctx: BuildContext) -> KinesisSource:
         return KinesisSource(self)
 
+    def stream_name(self) -> str:
+        return self.stream.rsplit("/", 1)[-1]
 
-class KinesisSource:
+
+class KinesisSource(Source):
     """A Kinesis stream as a Source: shards from ``ListShards``, one polling reader per shard."""
+
+    traits = SourceTraits(kind="kinesis")
 
     def __init__(self, config: KinesisSourceConfig) -> None:
         self.config = config

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...protocols.assignment import ShardController
+from ...protocols.assignment import Assigner, ShardController
 from .table import Lease
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def plan_takes(
     return TakePlan([], theirs[:steal], target, workers)
 
 
-class LeaseAssigner:
+class LeaseAssigner(Assigner):
     """Takes, renews (through the store) and releases leases; starts and stops their shards.
 
     ``settled`` is true after a round in which every unfinished lease was ours or renewed by a live
@@ -138,7 +138,7 @@ class LeaseAssigner:
         self.source = source
         self.settings = store.settings
         self.settled = False
-        self.wake = asyncio.Event()
+        self.wake: asyncio.Event = asyncio.Event()
         self.clock = ExpiryClock(self.settings.failover_time)
         self._last_steal = -math.inf
         self._last_sync = -math.inf
@@ -147,7 +147,7 @@ class LeaseAssigner:
         self._rng = random.Random()
 
     async def run(self, controller: ShardController) -> None:
-        source = self.source or getattr(controller, "source", None)
+        source = self.source
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._stop_lost(controller), name="lease-lost-watcher")
             tasks.create_task(self._take_loop(controller, source), name="lease-taker")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from ...errors import CheckpointError, LeaseLostError
-from ...protocols.checkpoint import Checkpoint, advance, with_pending
+from ...protocols.checkpoint import Checkpoint, CheckpointConfig, CheckpointStore, advance, with_pending
 from ...protocols.source import ShardInfo, StartingPosition
 from ...records import Position
 from .table import Lease, LeaseTable, retrying
@@ -39,8 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamfn.leases")
 
 
-class DynamoDBCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
-                                    tag="dynamodb"):
+class DynamoDBCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="dynamodb"):
     """Checkpoints and leases in a DynamoDB table shared by every worker of the pipeline."""
 
     #: The lease table. One table may hold several pipelines (keys are prefixed by ``key_prefix``).
@@ -151,7 +150,7 @@ class HeldLease:
         return ShardInfo(self.shard_id, self.parent_ids)
 
 
-class DynamoDBCheckpointStore:
+class DynamoDBCheckpointStore(CheckpointStore):
     """CheckpointStore on the lease table, and the lease holder the LeaseAssigner drives.
 
     Checkpoints of held shards are cached in memory (``save`` returns at once and a per-shard
@@ -193,15 +192,15 @@ class DynamoDBCheckpointStore:
         await self.table.close()
         self._opened = False
 
-    def assigner(self, source: Source | None = None) -> LeaseAssigner:
-        """The Assigner that takes leases of this table and runs their shards.
-
-        ``source`` lists the stream's shards so new ones get leases; without it the assigner
-        uses the controller's ``source`` attribute.
-        """
+    def assigner(self, source: Source) -> LeaseAssigner:
+        """The Assigner that takes leases of this table and runs their shards; ``source`` lists
+        the stream's shards so new ones get leases."""
         from .assigner import LeaseAssigner
 
         return LeaseAssigner(self, source)
+
+    async def lease_owners(self) -> dict[str, str] | None:
+        return {lease.shard_id: lease.owner for lease in await self.table.scan() if lease.owner}
 
     # -- CheckpointStore -----------------------------------------------------------------
     async def load(self, shard_id: str) -> Checkpoint | None:

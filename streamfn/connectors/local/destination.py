@@ -7,20 +7,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import msgspec
 import orjson
 
 from ...errors import SinkError
 from ...paths import write_atomically
-from ...protocols.destination import FailedBatch
+from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_record import failure_record
 
 if TYPE_CHECKING:
     from ...components import BuildContext
 
 
-class LocalDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
-                             tag="local"):
+class LocalDestinationConfig(DestinationConfig, kw_only=True, tag="local"):
     """Failure records under ``path``, keyed like Lambda's S3 destination but deterministically,
     so a batch disposed twice (a crash between disposal and checkpoint) is stored once."""
 
@@ -50,7 +48,7 @@ class LocalDestination:
         """Raises ``SinkError`` for a key outside the root (a crafted shard id) or a record that
         cannot be encoded, and ``RetryableError(kind="storage")`` for a full or read-only disk."""
         try:
-            body = orjson.dumps(failure_record(failure), option=orjson.OPT_INDENT_2)
+            body = orjson.dumps(failure_record(failure, with_payload=True), option=orjson.OPT_INDENT_2)
         except TypeError as exc:
             raise SinkError(f"failure record of shard {failure.shard_id!r} cannot be encoded: {exc}") from None
         await asyncio.to_thread(write_atomically, self.root, failure_key(failure), body)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import msgspec
-
-from ...protocols.destination import FailedBatch
+from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_documents import failure_documents
+from .source import LOG_FILE, LocalSourceConfig
 
 if TYPE_CHECKING:
     from ...components import BuildContext
+    from ...protocols.source import SourceConfig
     from .log import LocalLog
 
 
-class LocalLogDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
-                                tag="local_log"):
+class LocalLogDestinationConfig(DestinationConfig, kw_only=True, tag="local_log"):
     """Failure records appended to a stream of the local log (created with ``shards`` if missing)."""
 
     stream: str
@@ -28,6 +28,16 @@ class LocalLogDestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fie
     def build(self, ctx: BuildContext) -> LocalLogDestination:
         path = ctx.resolve(self.path) if self.path else ctx.state_dir / "log.sqlite3"
         return LocalLogDestination(path, self.stream, self.shards)
+
+    def feeds(self, source: SourceConfig, ctx: BuildContext) -> str | None:
+        if not isinstance(source, LocalSourceConfig) or source.stream != self.stream:
+            return None
+
+        def log_file(file: Path) -> str:
+            return os.path.abspath(file / LOG_FILE if file.is_dir() else file)
+
+        mine = ctx.resolve(self.path) if self.path else ctx.state_dir / LOG_FILE
+        return "stream" if log_file(source.log_path(ctx)) == log_file(mine) else None
 
 
 class LocalLogDestination:

@@ -8,19 +8,18 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import msgspec
 import orjson
 
 from ...errors import SinkError
 from ...paths import write_atomically
-from ...protocols.sink import SinkBatch
+from ...protocols.sink import SinkBatch, SinkConfig
 from ..shared.keys import DEFAULT_TEMPLATE, check_template, render_key
 
 if TYPE_CHECKING:
     from ...components import BuildContext
 
 
-class LocalSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="local"):
+class LocalSinkConfig(SinkConfig, kw_only=True, tag="local"):
     """Write each batch's items as NDJSON under ``path`` (relative to the config's folder)."""
 
     path: str
@@ -32,6 +31,9 @@ class LocalSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     def build(self, ctx: BuildContext) -> LocalSink:
         check_template(self.key, "sinks.key")
         return LocalSink(ctx.resolve(self.path), key=self.key, compress=self.gzip, fsync=self.fsync)
+
+    def check(self, pipeline: str, stream: str) -> None:
+        check_template(self.key, "sinks.key", pipeline=pipeline, stream=stream)
 
 
 def encode_ndjson(items: list[Any]) -> bytes:

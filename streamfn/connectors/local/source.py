@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -13,7 +14,16 @@ import msgspec
 
 from ...errors import StateMismatchError
 from ...lambda_shapes import kinesis_event
-from ...protocols.source import ReadResult, ShardInfo, StartingPosition
+from ...protocols.source import (
+    ReadResult,
+    ShardInfo,
+    ShardReader,
+    ShardTip,
+    Source,
+    SourceConfig,
+    SourceTraits,
+    StartingPosition,
+)
 from ...records import Batch, Position
 from .log import LocalLog, Retention, TrimmedRange
 
@@ -43,7 +53,7 @@ def stream_arn(stream: str) -> str:
     return f"arn:aws:kinesis:{REGION}:000000000000:stream/{stream}"
 
 
-class LocalSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="local"):
+class LocalSourceConfig(SourceConfig, kw_only=True, tag="local"):
     """A stream of the embedded local log (the default source; no server needed)."""
 
     stream: str
@@ -71,22 +81,33 @@ class LocalSourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
         )
 
     def build(self, ctx: BuildContext) -> LocalSource:
-        path = ctx.resolve(self.path) if self.path else ctx.state_dir / LOG_FILE
-        return LocalSource(path, self.stream, self.shards, retention=self.retention())
+        return LocalSource(self.log_path(ctx), self.stream, self.shards, retention=self.retention())
+
+    def log_path(self, ctx: BuildContext) -> Path:
+        """The log file: ``path`` relative to the config's folder, default ``<state_dir>/log.sqlite3``."""
+        return ctx.resolve(self.path) if self.path else ctx.state_dir / LOG_FILE
+
+    def stream_name(self) -> str:
+        return self.stream
 
 
-class LocalSource:
+class LocalSource(Source):
     """A stream of the local log as a Source. Shards never close and have no parents.
+
+    Its events and failure records name it ``arn:aws:kinesis:local:000000000000:stream/<stream>``.
 
     While open, it trims the stream to its retention every ``trim_interval`` seconds, in a
     thread (a trim is one short transaction per shard; readers never wait on it).
     """
+
+    traits = SourceTraits(kind="local", dense_sequences=True)
 
     def __init__(self, path: Path, stream: str, shards: int, *, retention: Retention | None = None,
                  trim_interval: float = TRIM_INTERVAL) -> None:
         path = Path(path)
         self.path = path / LOG_FILE if path.is_dir() else path
         self.name = stream
+        self.stream_arn = stream_arn(stream)
         self.shard_count = shards
         self.retention = Retention() if retention is None else retention
         self._trim_interval = trim_interval
@@ -105,6 +126,12 @@ class LocalSource:
         """The identity of the log file (random, chosen when it was created): checkpoints record it,
         and ``LocalCheckpointStore.bind_log`` refuses checkpoints made against another log."""
         return self.log.log_id
+
+    async def shard_tips(self, shard_ids: Sequence[str]) -> dict[str, ShardTip]:
+        """Newest sequences; records before the oldest retained one were trimmed (no lag)."""
+        log = self.log
+        return {shard_id: ShardTip(log.last_seq(self.name, shard_id), log.first_retained_seq(self.name, shard_id) - 1)
+                for shard_id in shard_ids}
 
     def tips(self) -> dict[str, int]:
         """Each shard's newest sequence (0: nothing appended yet)."""
@@ -179,7 +206,7 @@ class LocalSource:
             self._log = None
 
 
-class LocalShardReader:
+class LocalShardReader(ShardReader):
     """Reads one shard after a sequence, polling with a growing sleep while the shard is idle.
 
     Records that retention trimmed before they were read are skipped, counted in
@@ -204,6 +231,9 @@ class LocalShardReader:
     @property
     def after_seq(self) -> int:
         return self._after
+
+    def start_position(self) -> Position | None:
+        return Position(self._after)
 
     async def read(self, max_records: int, wait: float) -> ReadResult:
         deadline = time.monotonic() + wait

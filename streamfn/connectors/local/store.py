@@ -30,13 +30,14 @@ import msgspec
 
 from ...backoff import Backoff
 from ...errors import CheckpointError, RetryableError, StateMismatchError
-from ...protocols.checkpoint import Checkpoint, advance, with_pending
+from ...protocols.checkpoint import Checkpoint, CheckpointConfig, CheckpointStore, advance, with_pending
 from ...records import Position
 from ...storage_errors import is_transient, storage_error, storage_faults
 from .source import LocalSource
 
 if TYPE_CHECKING:
     from ...components import BuildContext
+    from ...protocols.source import Source
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -94,8 +95,7 @@ def decode_checkpoint(state: bytes) -> Checkpoint:
 _decode = decode_checkpoint
 
 
-class LocalCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type",
-                                 tag="local"):
+class LocalCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="local"):
     """Checkpoints in ``<state_dir>/checkpoints.sqlite3`` (or ``path``)."""
 
     path: str | None = None
@@ -111,7 +111,7 @@ class LocalCheckpointStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fi
                                     full_sync=self.durable_against_power_loss)
 
 
-class LocalCheckpointStore:
+class LocalCheckpointStore(CheckpointStore):
     """CheckpointStore on SQLite (see the module docstring for its durability and faults)."""
 
     def __init__(self, path: Path, pipeline: str, *, interval: float = 0.05, full_sync: bool = False) -> None:
@@ -211,6 +211,10 @@ class LocalCheckpointStore:
                 self._db = None
 
     # -- log identity ----------------------------------------------------------------------
+
+    async def bind(self, source: Source) -> None:
+        """Refuse checkpoints made against another local log (a no-op for other sources)."""
+        await bind_local_log(source, self)
 
     async def bind_log(self, log_id: str, tips: Mapping[str, int]) -> None:
         """Record that this pipeline's checkpoints are positions in the local log ``log_id``.

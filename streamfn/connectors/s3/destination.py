@@ -8,7 +8,8 @@ import msgspec
 import orjson
 
 from ...errors import SinkError
-from ...protocols.destination import FailedBatch
+from ...paths import key_problem
+from ...protocols.destination import DestinationConfig, FailedBatch
 from ..local.destination import failure_key
 from ..shared.failure_record import failure_record
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ...components import BuildContext
 
 
-class S3DestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="s3"):
+class S3DestinationConfig(DestinationConfig, kw_only=True, tag="s3"):
     """``s3://bucket/<prefix>aws/lambda/<pipeline>/<shard>/YYYY/MM/DD/<first>-<last>.json``, records included."""
 
     bucket: str
@@ -33,6 +34,9 @@ class S3DestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
         client = AwsClient("s3", endpoint_url=self.endpoint_url, region=self.region, timeout=self.request_timeout)
         return S3Destination(client, self.bucket, self.prefix)
 
+    def problems(self) -> list[tuple[str, str | None]]:
+        return [("prefix", key_problem(self.prefix + "aws/lambda/x.json"))]
+
 
 class S3Destination:
     def __init__(self, client: AwsClient, bucket: str, prefix: str) -> None:
@@ -43,7 +47,7 @@ class S3Destination:
 
     async def send(self, failure: FailedBatch) -> None:
         try:
-            body = orjson.dumps(failure_record(failure))
+            body = orjson.dumps(failure_record(failure, with_payload=True))
         except orjson.JSONEncodeError as exc:
             raise SinkError(f"S3 destination: the failure record of shard {failure.shard_id} is not JSON "
                             f"({exc})") from exc

@@ -19,7 +19,7 @@ import msgspec
 
 from ...aws import AwsClient, error_code
 from ...errors import RetryableError, SinkError
-from ...protocols.sink import SinkBatch
+from ...protocols.sink import SinkBatch, SinkConfig
 from ..local.sink import encode_ndjson
 from ..shared.keys import DEFAULT_TEMPLATE, check_template, render_key
 
@@ -30,7 +30,7 @@ MIB = 1024 * 1024
 MIN_PART = 5 * MIB  # S3's smallest part (except the last)
 
 
-class S3SinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="s3"):
+class S3SinkConfig(SinkConfig, kw_only=True, tag="s3"):
     """Write each batch's items as one NDJSON object in ``bucket``."""
 
     bucket: str
@@ -54,6 +54,9 @@ class S3SinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
     def build(self, ctx: BuildContext) -> S3Sink:
         check_template(self.key, "sinks.key")
         return S3Sink(self, ctx.pipeline)
+
+    def check(self, pipeline: str, stream: str) -> None:
+        check_template(self.key, "sinks.key", pipeline=pipeline, stream=stream)
 
 
 def content_md5(body: bytes) -> str:

@@ -6,10 +6,14 @@ import base64
 import uuid
 from typing import Any
 
+import orjson
+
+from ...lambda_shapes import local_function_arn
 from ...protocols.destination import FailedBatch
 from ...timefmt import iso_time
 
-_BATCH_INFO_KEY = {"dynamodb_streams": "DDBStreamBatchInfo"}
+#: The batch-info keys of Lambda's Kafka failure records (MSK, self-managed).
+KAFKA_BATCH_INFO = frozenset({"KafkaBatchInfo", "SelfManagedKafkaBatchInfo"})
 
 
 def json_text(text: str) -> str:
@@ -22,13 +26,14 @@ def json_text(text: str) -> str:
     return text
 
 
-def failure_record(failure: FailedBatch) -> dict[str, Any]:
-    """The JSON document a destination stores for ``failure``."""
+def failure_record(failure: FailedBatch, *, with_payload: bool = False) -> dict[str, Any]:
+    """The JSON document a destination stores for ``failure``; ``with_payload`` adds the event the
+    handler was called with as ``payload``, as Lambda's S3 destination does (stream destinations,
+    which slice large batches, leave it out)."""
     records = failure.records
-    first, last = records[0], records[-1]
     request: dict[str, Any] = {
         "requestId": str(uuid.uuid4()),
-        "functionArn": f"arn:aws:lambda:local:000000000000:function:{failure.pipeline}",
+        "functionArn": failure.function_arn or local_function_arn(failure.pipeline),
         "condition": failure.condition,
         "approximateInvokeCount": max(1, failure.invoke_count),
     }
@@ -41,15 +46,10 @@ def failure_record(failure: FailedBatch) -> dict[str, Any]:
         }
     doc["version"] = "1.0"
     doc["timestamp"] = iso_time(failure.failed_at)
-    doc[_BATCH_INFO_KEY.get(failure.source_kind, "KinesisBatchInfo")] = {
-        "shardId": failure.shard_id,
-        "startSequenceNumber": first.identifier,
-        "endSequenceNumber": last.identifier,
-        "approximateArrivalOfFirstRecord": iso_time(first.arrival_time),
-        "approximateArrivalOfLastRecord": iso_time(last.arrival_time),
-        "batchSize": len(records),
-        "streamArn": f"arn:aws:{failure.source_kind}:local:000000000000:stream/{failure.stream}",
-    }
+    doc[failure.batch_info_key] = (_kafka_batch_info(failure) if failure.batch_info_key in KAFKA_BATCH_INFO
+                                   else _stream_batch_info(failure))
+    if with_payload and failure.payload is not None:
+        doc["payload"] = failure.payload
     if failure.error:
         doc["errorMessage"] = json_text(failure.error)
     doc["records"] = [
@@ -63,3 +63,37 @@ def failure_record(failure: FailedBatch) -> dict[str, Any]:
         for r in records
     ]
     return doc
+
+
+def _stream_batch_info(failure: FailedBatch) -> dict[str, Any]:
+    """``KinesisBatchInfo`` / ``DDBStreamBatchInfo``: the shard, its first and last sequence numbers."""
+    first, last, records = failure.records[0], failure.records[-1], failure.records
+    return {
+        "shardId": failure.shard_id,
+        "startSequenceNumber": first.identifier,
+        "endSequenceNumber": last.identifier,
+        "approximateArrivalOfFirstRecord": iso_time(first.arrival_time),
+        "approximateArrivalOfLastRecord": iso_time(last.arrival_time),
+        "batchSize": len(records),
+        "streamArn": failure.stream_arn or f"arn:aws:kinesis:local:000000000000:stream/{failure.stream}",
+    }
+
+
+def _kafka_batch_info(failure: FailedBatch) -> dict[str, Any]:
+    """``KafkaBatchInfo`` (MSK, with ``eventSourceArn``) / ``SelfManagedKafkaBatchInfo``: the batch's
+    offsets and timestamps per ``<topic>-<partition>`` (a streamfn batch holds one partition)."""
+    records, event = failure.records, failure.payload or {}
+    info: dict[str, Any] = {"batchSize": len(records)}
+    if failure.stream_arn:
+        info["eventSourceArn"] = failure.stream_arn
+    info["bootstrapServers"] = event.get("bootstrapServers", "")
+    info["payloadSize"] = len(orjson.dumps(event)) if event else sum(len(r.data) for r in records)
+    info["recordsInfo"] = {
+        failure.shard_id: {
+            "firstRecordOffset": records[0].identifier,
+            "lastRecordOffset": records[-1].identifier,
+            "firstRecordTimestamp": iso_time(records[0].arrival_time),
+            "lastRecordTimestamp": iso_time(records[-1].arrival_time),
+        }
+    }
+    return info

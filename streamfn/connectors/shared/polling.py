@@ -27,7 +27,7 @@ import msgspec
 from ...aws import AwsClient, error_code
 from ...backoff import Backoff
 from ...errors import RetryableError, SourceError
-from ...protocols.source import ReadResult, StartingPosition
+from ...protocols.source import ReadResult, ShardReader, StartingPosition
 from ...records import Position, Record
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Page(msgspec.Struct):
     behind_ms: float | None = None
 
 
-class PollingShardReader(ABC):
+class PollingShardReader(ShardReader, ABC):
     """One shard's iterator and read loop; subclasses name the iterator request and decode answers."""
 
     def __init__(self, aws: AwsClient, settings: ReadSettings, shard_id: str, after: Position | None,
@@ -210,7 +210,7 @@ class PollingShardReader(ABC):
         hint = REJECTED_HINTS.get(code, "see the error; the shard stays blocked until the cause is fixed")
         return SourceError(f"shard {self.shard_id}: {operation} {where} failed for good ({code}): {hint} [{exc}]")
 
-    async def close(self) -> None:  # noqa: B027 - nothing to release by default
+    async def close(self) -> None:
         """Nothing to release: the client belongs to the source."""
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, ClassVar
 
-import msgspec
-
 from ...paths import disk_errors_classified
-from ...protocols.sink import SinkBatch
+from ...protocols.sink import SinkBatch, SinkConfig
 from ..local.sink import encode_ndjson
 
 if TYPE_CHECKING:
     from ...components import BuildContext
 
 
-class StdoutSinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="stdout"):
+class StdoutSinkConfig(SinkConfig, kw_only=True, tag="stdout"):
     """Print each item as one JSON line."""
 
     def build(self, ctx: BuildContext) -> StdoutSink:
