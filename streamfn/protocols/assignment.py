@@ -52,6 +52,10 @@ class Assigner(Protocol):
         On cancellation, return without stopping shards: the pipeline stops them itself."""
         ...
 
+    def leases_held(self) -> int | None:
+        """How many shard leases this worker holds (metrics); None when the assigner takes no leases."""
+        return None
+
     async def release(self) -> None:
         """Give up what this worker holds (leases) at a graceful stop, after the shards stopped."""
         return None

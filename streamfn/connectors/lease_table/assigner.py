@@ -152,6 +152,9 @@ class LeaseAssigner(Assigner):
             tasks.create_task(self._stop_lost(controller), name="lease-lost-watcher")
             tasks.create_task(self._take_loop(controller, source), name="lease-taker")
 
+    def leases_held(self) -> int | None:
+        return len(self.store.held)
+
     async def release(self) -> None:
         """Give every held lease up (after a last checkpoint) so others take them at once."""
         await self.store.release_all()
