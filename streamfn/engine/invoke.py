@@ -9,6 +9,7 @@ import asyncio
 import functools
 import importlib
 import inspect
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -208,7 +209,7 @@ class Invoker:
         for raw in ids:
             if raw is None or raw == "" or isinstance(raw, bool) or not isinstance(raw, (str, int)):
                 raise AnswerError(f"invalid failed-record identifier {raw!r}")
-            position = by_id.get(str(raw))
+            position = by_id.get(str(raw)) or _spelled_position(str(raw), by_id)
             if position is None:
                 raise AnswerError(f"failed-record identifier {raw!r} is not a record of this batch")
             if lowest is None or position < lowest:
@@ -284,3 +285,16 @@ def _settle(reply: asyncio.Future[Outcome], outcome: Outcome) -> None:
 
 def _relay(reply: asyncio.Future[Outcome], running: asyncio.Future[Outcome]) -> None:
     _settle(reply, running.result())
+
+
+_NUMERIC_ID = re.compile(r"(\d{1,40})(?::(\d{1,20}))?")
+
+
+def _spelled_position(text: str, by_id: Mapping[str, Position]) -> Position | None:
+    """The batch's position ``text`` names in another spelling of the same number: DynamoDB Streams
+    zero-pads its sequence numbers (21 to 40 digits) in the event a handler takes ids from."""
+    match = _NUMERIC_ID.fullmatch(text)
+    if match is None:
+        return None
+    position = Position(int(match.group(1)), int(match.group(2) or 0))
+    return position if position in by_id.values() else None
