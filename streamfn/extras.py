@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from .connectors.dynamodb.sink import DynamoDBSinkConfig
 from .connectors.dynamodb_streams.source import DynamoDBStreamsSourceConfig
 from .connectors.kafka.destination import KafkaDestinationConfig
+from .connectors.kafka.offsets import KafkaCheckpointStoreConfig
 from .connectors.kafka.source import KafkaSourceConfig
-from .connectors.kafka.store import KafkaCheckpointStoreConfig
 from .connectors.kinesis.destination import KinesisDestinationConfig
 from .connectors.kinesis.source import KinesisSourceConfig
 from .connectors.lease_table.store import DynamoDBCheckpointStoreConfig

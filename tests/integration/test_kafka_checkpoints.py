@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from streamfn.connectors.kafka.group import KafkaGroupAssigner
+from streamfn.connectors.kafka.offsets import KafkaCheckpointStore
 from streamfn.connectors.kafka.source import KafkaSource, KafkaSourceConfig
-from streamfn.connectors.kafka.store import KafkaCheckpointStore
 from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position, Record

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from streamfn.connectors.kafka import source as kafka
+from streamfn.connectors.kafka.offsets import MAX_METADATA, decode_checkpoint, encode_checkpoint
 from streamfn.connectors.kafka.source import (
     KafkaSource,
     KafkaSourceConfig,
@@ -20,7 +21,6 @@ from streamfn.connectors.kafka.source import (
     shard_id_of,
     to_records,
 )
-from streamfn.connectors.kafka.store import MAX_METADATA, decode_checkpoint, encode_checkpoint
 from streamfn.errors import CheckpointError
 from streamfn.lambda_shapes import kafka_event
 from streamfn.protocols.checkpoint import Checkpoint

@@ -2,8 +2,8 @@
 
 from ...registry import Connector
 from .destination import KafkaDestinationConfig
+from .offsets import KafkaCheckpointStoreConfig
 from .source import KafkaSourceConfig
-from .store import KafkaCheckpointStoreConfig
 
 CONNECTOR = Connector(name="kafka", sources=(KafkaSourceConfig,), checkpoints=(KafkaCheckpointStoreConfig,),
                       destinations=(KafkaDestinationConfig,))

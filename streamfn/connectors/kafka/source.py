@@ -6,7 +6,7 @@ its feed. A feed that stays full has its partition paused (``consumer.pause``) u
 drained half of it. The engine needs no other signal: while a shard retries a batch it does not
 read, so its feed fills and the partition pauses, while the fetch task keeps polling for the
 others and the member never looks idle to the group. Offsets are committed by the Kafka
-checkpoint store (``streamfn.connectors.kafka.store``) and partitions are assigned by the consumer
+checkpoint store (``streamfn.connectors.kafka.offsets``) and partitions are assigned by the consumer
 group (``streamfn.connectors.kafka.group``).
 """
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ...components import BuildContext
     from ...protocols.checkpoint import CheckpointConfig
     from .group import KafkaGroupAssigner
-    from .store import KafkaCheckpointStore, KafkaCheckpointStoreConfig
+    from .offsets import KafkaCheckpointStore, KafkaCheckpointStoreConfig
 
 log = logging.getLogger("streamfn.kafka")
 
@@ -314,7 +314,7 @@ class KafkaSource(Source):
 
     def checkpoint_store(self, config: KafkaCheckpointStoreConfig | None = None) -> KafkaCheckpointStore:
         """Checkpoints as the group's committed offsets, committed through this source's consumer."""
-        from .store import KafkaCheckpointStore, KafkaCheckpointStoreConfig
+        from .offsets import KafkaCheckpointStore, KafkaCheckpointStoreConfig
 
         self._store = KafkaCheckpointStore(self, **(config or KafkaCheckpointStoreConfig()).store_options())
         return self._store
@@ -330,7 +330,7 @@ class KafkaSource(Source):
 
     def coordination(self, configured: CheckpointConfig | None) -> Coordination | None:
         """The group's committed offsets and the group's assignment, as one pair."""
-        from .store import KafkaCheckpointStoreConfig
+        from .offsets import KafkaCheckpointStoreConfig
 
         if configured is not None and not isinstance(configured, KafkaCheckpointStoreConfig):
             return None  # refused when the config is loaded
