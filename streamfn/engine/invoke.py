@@ -9,7 +9,6 @@ import asyncio
 import functools
 import importlib
 import inspect
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -287,14 +286,12 @@ def _relay(reply: asyncio.Future[Outcome], running: asyncio.Future[Outcome]) -> 
     _settle(reply, running.result())
 
 
-_NUMERIC_ID = re.compile(r"(\d{1,40})(?::(\d{1,20}))?")
-
 
 def _spelled_position(text: str, by_id: Mapping[str, Position]) -> Position | None:
     """The batch's position ``text`` names in another spelling of the same number: DynamoDB Streams
     zero-pads its sequence numbers (21 to 40 digits) in the event a handler takes ids from."""
-    match = _NUMERIC_ID.fullmatch(text)
-    if match is None:
+    try:
+        position = Position.parse(text)
+    except ValueError:
         return None
-    position = Position(int(match.group(1)), int(match.group(2) or 0))
     return position if position in by_id.values() else None

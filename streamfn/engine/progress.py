@@ -27,7 +27,7 @@ Wait = Callable[[float], Awaitable[None]]
 def show_position(position: Position | None) -> str | None:
     if position is None:
         return None
-    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+    return str(position)
 
 
 class ShardProgress:

@@ -50,7 +50,7 @@ def show_checkpoint(checkpoint: Checkpoint | None) -> str | None:
     position = checkpoint.position
     if position is None:
         return None
-    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+    return str(position)
 
 
 Tip = ShardTip

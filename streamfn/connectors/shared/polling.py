@@ -233,7 +233,7 @@ REJECTED_HINTS = {
 
 def show(position: Position) -> str:
     """A position as logs and errors print it: ``sequence`` or ``sequence:sub``."""
-    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+    return str(position)
 
 
 def describe_request(request: dict[str, Any]) -> str:
