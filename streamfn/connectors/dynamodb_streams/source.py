@@ -68,7 +68,7 @@ class DynamoDBStreamsSourceConfig(SourceConfig, kw_only=True, tag="dynamodb_stre
 class DynamoDBStreamsSource(Source):
     """A table's stream as a Source."""
 
-    traits = SourceTraits(kind="dynamodb_streams", batch_info_key="DDBStreamBatchInfo")
+    traits = SourceTraits(kind="dynamodb_streams", filter_data_key="dynamodb", batch_info_key="DDBStreamBatchInfo")
 
     def __init__(self, config: DynamoDBStreamsSourceConfig) -> None:
         self.config = config
