@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,7 @@ import orjson
 from ...errors import SinkError
 from ...paths import write_atomically
 from ...protocols.destination import DestinationConfig, FailedBatch
-from ..shared.failure_record import failure_record
+from ..shared.failure_record import failure_key, failure_record
 
 if TYPE_CHECKING:
     from ...components import BuildContext
@@ -26,13 +25,6 @@ class LocalDestinationConfig(DestinationConfig, kw_only=True, tag="local"):
 
     def build(self, ctx: BuildContext) -> LocalDestination:
         return LocalDestination(ctx.resolve(self.path))
-
-
-def failure_key(failure: FailedBatch) -> str:
-    first, last = failure.records[0], failure.records[-1]
-    day = datetime.fromtimestamp(first.arrival_time, tz=UTC).strftime("%Y/%m/%d")
-    return (f"aws/lambda/{failure.pipeline}/{failure.shard_id}/{day}/"
-            f"{first.sequence:020d}_{first.sub_sequence}-{last.sequence:020d}_{last.sub_sequence}.json")
 
 
 class LocalDestination:

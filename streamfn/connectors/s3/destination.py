@@ -10,8 +10,7 @@ import orjson
 from ...errors import SinkError
 from ...paths import key_problem
 from ...protocols.destination import DestinationConfig, FailedBatch
-from ..local.destination import failure_key
-from ..shared.failure_record import failure_record
+from ..shared.failure_record import failure_key, failure_record
 
 if TYPE_CHECKING:
     from ...aws import AwsClient

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -97,3 +98,12 @@ def _kafka_batch_info(failure: FailedBatch) -> dict[str, Any]:
         }
     }
     return info
+
+
+def failure_key(failure: FailedBatch) -> str:
+    """Where an object-store destination keeps ``failure``: Lambda's S3 key layout, made deterministic
+    (first and last position instead of a time and a random id) so a batch disposed twice is stored once."""
+    first, last = failure.records[0], failure.records[-1]
+    day = datetime.fromtimestamp(first.arrival_time, tz=UTC).strftime("%Y/%m/%d")
+    return (f"aws/lambda/{failure.pipeline}/{failure.shard_id}/{day}/"
+            f"{first.sequence:020d}_{first.sub_sequence}-{last.sequence:020d}_{last.sub_sequence}.json")
