@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfn.connectors.local.sink import encode_ndjson
+from streamfn.connectors.shared.ndjson import encode_ndjson
 from streamfn.errors import SinkError
 
 json_leaves = st.one_of(

@@ -20,8 +20,8 @@ import msgspec
 from ...aws import AwsClient, error_code
 from ...errors import RetryableError, SinkError
 from ...protocols.sink import SinkBatch, SinkConfig
-from ..local.sink import encode_ndjson
 from ..shared.keys import DEFAULT_TEMPLATE, check_template, render_key
+from ..shared.ndjson import encode_ndjson
 
 if TYPE_CHECKING:
     from ...components import BuildContext

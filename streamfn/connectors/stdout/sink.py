@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ...paths import disk_errors_classified
 from ...protocols.sink import SinkBatch, SinkConfig
-from ..local.sink import encode_ndjson
+from ..shared.ndjson import encode_ndjson
 
 if TYPE_CHECKING:
     from ...components import BuildContext
