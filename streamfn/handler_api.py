@@ -36,7 +36,7 @@ class Context:
     state exceeded the size limit and was dropped).
     """
 
-    __slots__ = ("_deadline", "_request_id", "attempt", "is_final", "pipeline", "shard_id", "state",
+    __slots__ = ("_deadline", "_function_arn", "_request_id", "attempt", "is_final", "pipeline", "shard_id", "state",
                  "terminated_early", "window")
 
     function_version = "$LATEST"
@@ -56,6 +56,7 @@ class Context:
         window: tuple[float, float] | None = None,
         is_final: bool = False,
         terminated_early: bool = False,
+        function_arn: str = "",
     ) -> None:
         self.pipeline = pipeline
         self.shard_id = shard_id
@@ -66,6 +67,7 @@ class Context:
         self.terminated_early = terminated_early
         self._deadline = time.monotonic() + timeout
         self._request_id: str | None = None
+        self._function_arn = function_arn
 
     @property
     def function_name(self) -> str:
@@ -80,7 +82,8 @@ class Context:
 
     @property
     def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:local:000000000000:function:{self.pipeline}"
+        """The pipeline's ``function_arn``, else the local form."""
+        return self._function_arn or f"arn:aws:lambda:local:000000000000:function:{self.pipeline}"
 
     @property
     def log_group_name(self) -> str:

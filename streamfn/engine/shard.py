@@ -224,9 +224,10 @@ class LaneWorker:
     def _context(self, attempts: int, final: bool) -> Context:
         env, window = self.env, self._window
         if window is None:
-            return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout)
+            return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
+                           function_arn=env.function_arn)
         return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
-                       state=window.state, window=window.bounds, is_final=final,
+                       function_arn=env.function_arn, state=window.state, window=window.bounds, is_final=final,
                        terminated_early=window.terminated_early)
 
     async def _handle_batch(self, records: list[Record], *, final: bool = False, replayed: bool = False) -> None:
