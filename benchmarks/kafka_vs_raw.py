@@ -31,9 +31,9 @@ import orjson
 from benchmarks.servers import bench_server
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
+from streamfn.connectors.kafka.source import KafkaSourceConfig, PartitionFeed
 from streamfn.engine.daemon import install_event_loop_policy
 from streamfn.engine.pipeline import Pipeline
-from streamfn.sources.kafka import KafkaSourceConfig, PartitionFeed
 
 SKIPPED = 77
 

@@ -33,9 +33,9 @@ import orjson
 from benchmarks.servers import bench_server
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
+from streamfn.connectors.kinesis.source import KinesisSourceConfig
 from streamfn.engine.daemon import install_event_loop_policy
 from streamfn.engine.pipeline import Pipeline
-from streamfn.sources.kinesis import KinesisSourceConfig
 
 SKIPPED = 77
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -31,9 +31,9 @@ import msgspec
 import orjson
 
 from streamfn.config import LoadedPipeline, PipelineConfig
+from streamfn.connectors.local.log import LocalLog, shard_id_of
+from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.pipeline import Pipeline
-from streamfn.sources.local_log import LocalLog, shard_id_of
-from streamfn.sources.local_produce import synthetic_clicks
 
 from . import handlers
 

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from streamfn.connectors.local.log import LocalLog
 from streamfn.records import Record
-from streamfn.sources.local_log import LocalLog
 
 DATA = b'{"event":"click","user_id":"user-000123","page":"/checkout"}'.ljust(250, b" ")
 

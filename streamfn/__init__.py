@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .api import Engine, append_records, pipeline
 
 __all__ = ["Batch", "Context", "Engine", "Position", "Record", "Result", "append_records", "pipeline"]
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 _EMBEDDING = frozenset({"Engine", "append_records", "pipeline"})
 

@@ -21,24 +21,24 @@ handlers (the program owns those).
 from __future__ import annotations
 
 import asyncio
-import itertools
-import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from .config import LoadedPipeline, PipelineConfig, check_components, describe_validation_error
+from .config import (
+    LoadedPipeline,
+    PipelineConfig,
+    check_components,
+    describe_validation_error,
+    pipeline_config_type,
+)
+from .config_doc import accept_lambda_spellings
+from .connectors.local.log import LocalLog
+from .connectors.local.source import LocalSourceConfig
 from .engine.daemon import Fleet, run_pipelines
 from .errors import ConfigError, StreamfnError
-from .sources.local import LocalSourceConfig
-from .sources.local_log import LocalLog
-
-#: Callables handed to ``pipeline()``, referenced from the config as ``streamfn.api:handlers.<name>``:
-#: the engine imports handlers by reference, so a callable is given one that resolves to it.
-handlers = types.SimpleNamespace()
-_names = itertools.count(1)
 
 
 def pipeline(spec: Mapping[str, Any] | PipelineConfig, *, handler: Callable[..., Any] | None = None,
@@ -51,33 +51,33 @@ def pipeline(spec: Mapping[str, Any] | PipelineConfig, *, handler: Callable[...,
     Raises ConfigError for an invalid spec, as ``streamfn validate`` would for the file.
     """
     base = Path.cwd() if base_dir is None else Path(base_dir).resolve()
-    ref = None if handler is None else _register(handler)
+    if handler is not None and not callable(handler):
+        raise ConfigError(f"handler {handler!r} is not callable", field="handler")
+    # The callable is named in the config for logs and status only: the engine calls it as given.
+    named = None if handler is None else f"{handler.__module__}:{getattr(handler, '__qualname__', 'handler')}"
     if isinstance(spec, PipelineConfig):
-        config = spec if ref is None else msgspec.structs.replace(spec, handler=ref)
+        config = spec if named is None else msgspec.structs.replace(spec, handler=named)
     else:
         document = dict(spec)
-        if ref is not None:
-            document["handler"] = ref
+        if named is not None:
+            document["handler"] = named
         elif "handler" not in document:
             raise ConfigError("no handler: pass handler=your_function (or a 'module:function' string in the spec)",
                               field="handler")
         config = _convert(document)
-    loaded = LoadedPipeline(config=config, path=base / f"<{config.name}>")
+    if handler is not None and (config.interface == "runtime-api" or config.isolation == "process"
+                                or config.handler_version is not None):
+        raise ConfigError("a handler passed as a callable runs in this process: leave out interface = "
+                          "'runtime-api', isolation = 'process' and handler_version, or name the handler as "
+                          "'module:function'", field="handler")
+    loaded = LoadedPipeline(config=config, path=base / f"<{config.name}>", handler=handler)
     check_components(loaded)
     return loaded
 
 
-def _register(handler: Callable[..., Any]) -> str:
-    if not callable(handler):
-        raise ConfigError(f"handler {handler!r} is not callable", field="handler")
-    name = f"h{next(_names)}"
-    setattr(handlers, name, handler)
-    return f"{__name__}:handlers.{name}"
-
-
 def _convert(document: dict[str, Any]) -> PipelineConfig:
     try:
-        return msgspec.convert(document, PipelineConfig, strict=False)
+        return msgspec.convert(accept_lambda_spellings(document), pipeline_config_type(), strict=False)
     except msgspec.ValidationError as exc:
         message, field = describe_validation_error(exc)
         raise ConfigError(message, field=field) from None

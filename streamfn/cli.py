@@ -195,7 +195,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from .produce import produce
+    from .ops.produce import produce
 
     loaded = load_pipeline(args.config)
     text = logs.current_format() == "text"  # in JSON mode stderr carries log lines only
@@ -460,7 +460,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     """Show or edit checkpoints wherever the pipeline keeps them: a lease table, a Kafka group, local."""
-    from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
+    from .connectors.lease_table.store import DynamoDBCheckpointStoreConfig
     from .engine.run_lock import local_store_path
 
     loaded = _load(args.config)
@@ -468,7 +468,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     lease_table = isinstance(loaded.config.checkpoints, DynamoDBCheckpointStoreConfig)
     local = not lease_table and local_store_path(loaded) is not None
     if target is not None and target.kind == "sequence" and (lease_table or local):  # Kafka checks its own
-        from .checkpoints.sequence_check import check_sequence
+        from .ops.checkpoints.sequence_check import check_sequence
 
         asyncio.run(check_sequence(loaded, args.shard[0], target.sequence))
     if lease_table:
@@ -480,7 +480,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def _checkpoint_target(args: argparse.Namespace) -> Any:
     """Where ``reset --to`` or ``set --sequence`` moves the chosen shards."""
-    from .checkpoints.edits import Target
+    from .ops.checkpoints.edits import Target
     from .ops.parts import parse_moment
 
     if args.action == "set":
@@ -497,7 +497,7 @@ def _checkpoint_target(args: argparse.Namespace) -> Any:
 
 
 def _print_edit(loaded: LoadedPipeline, args: argparse.Namespace, changes: Sequence[Any], target: Any) -> None:
-    from .checkpoints.edits import render_changes
+    from .ops.checkpoints.edits import render_changes
 
     head = "would " + args.action if args.dry_run else args.action
     print(f"{head} {len(changes)} shard(s) of pipeline {loaded.config.name!r} to {target.describe()}"
@@ -509,8 +509,8 @@ def _print_edit(loaded: LoadedPipeline, args: argparse.Namespace, changes: Seque
 def _local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
     """Local checkpoints: positions from the local log; no --to forgets them (the shards start at the
     pipeline's starting_position)."""
-    from .checkpoints import admin_local
-    from .checkpoints.edits import Target, render_rows
+    from .ops.checkpoints import local as admin_local
+    from .ops.checkpoints.edits import Target, render_rows
 
     if args.action == "show":
         print(render_rows(admin_local.show(loaded)))
@@ -527,8 +527,8 @@ def _local_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target:
 
 def _kafka_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target: Any) -> int:
     """A Kafka source's group offsets; no --to resets to trim_horizon (the earliest offsets)."""
-    from .checkpoints import admin_kafka
-    from .checkpoints.edits import Target, render_rows
+    from .ops.checkpoints import kafka as admin_kafka
+    from .ops.checkpoints.edits import Target, render_rows
 
     if args.action == "show":
         print(render_rows(asyncio.run(admin_kafka.show(loaded))))
@@ -541,9 +541,9 @@ def _kafka_checkpoints(loaded: LoadedPipeline, args: argparse.Namespace, target:
 
 def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.Namespace, target: Any) -> int:
     """A lease table: resets are recorded in the leases (``reset_to``) and applied by the next run."""
-    from .checkpoints import admin
-    from .checkpoints.edits import Change, Target
-    from .sources.base import StartingPosition
+    from .ops.checkpoints import lease_table as admin
+    from .ops.checkpoints.edits import Change, Target
+    from .protocols.source import StartingPosition
 
     name = loaded.config.name
     if args.action == "show":

@@ -6,50 +6,31 @@ Every error names the file, the field path and what was expected.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn, Optional, Union, cast, get_type_hints
 
 import msgspec
 import yaml
 
-from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
-from .checkpoints.kafka import KafkaCheckpointStoreConfig
-from .checkpoints.local import LocalCheckpointStoreConfig
+from . import registry
 from .components import BuildContext
 from .config_doc import accept_lambda_spellings, document_schema, explain_choices
-from .destinations.local import LocalDestinationConfig
-from .destinations.s3 import S3DestinationConfig
-from .destinations.sns import SnsDestinationConfig
-from .destinations.sqs import SqsDestinationConfig
-from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig, LocalLogDestinationConfig
 from .engine.batching import BatchLimits
 from .engine.policy import FailurePolicy
 from .errors import ConfigError
 from .interpolate import MissingVariable, interpolate
 from .metrics import MetricsConfig
-from .paths import key_problem, name_problem
-from .sinks.dynamodb import DynamoDBSinkConfig
-from .sinks.keys import check_template
-from .sinks.local import LocalSinkConfig
-from .sinks.s3 import S3SinkConfig
-from .sinks.stdout import StdoutSinkConfig
-from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
-from .sources.kafka import KafkaSourceConfig
-from .sources.kinesis import KinesisSourceConfig
-from .sources.local import LOG_FILE, LocalSourceConfig
+from .paths import name_problem
+from .protocols.checkpoint import CheckpointConfig
+from .protocols.destination import DestinationConfig
+from .protocols.sink import SinkConfig
+from .protocols.source import SourceConfig
 from .versions import version_ref_problem
-
-SourceConfig = LocalSourceConfig | KinesisSourceConfig | DynamoDBStreamsSourceConfig | KafkaSourceConfig
-SinkConfig = LocalSinkConfig | StdoutSinkConfig | S3SinkConfig | DynamoDBSinkConfig
-CheckpointConfig = LocalCheckpointStoreConfig | DynamoDBCheckpointStoreConfig | KafkaCheckpointStoreConfig
-DestinationConfig = (
-    LocalDestinationConfig | LocalLogDestinationConfig | S3DestinationConfig | KinesisDestinationConfig
-    | KafkaDestinationConfig | SqsDestinationConfig | SnsDestinationConfig
-)
 
 
 class BatchingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,7 +87,11 @@ class RetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One pipeline: a source, a handler, its sinks, and how failures are handled."""
+    """One pipeline: a source, a handler, its sinks, and how failures are handled.
+
+    Files are decoded into :func:`pipeline_config_type`, this class with its parts' fields typed as
+    the unions of the registered connectors' configs.
+    """
 
     name: Annotated[str, msgspec.Meta(description=(
         "1-128 letters, digits, '.', '_' or '-', not starting with '.': it appears in object keys and ARNs."))]
@@ -167,6 +152,9 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_failure: Annotated[DestinationConfig | None, msgspec.Meta(description=(
         "Where a batch goes, with its records, when a retry limit gives up on it (Lambda's on-failure "
         "destination)."))] = None
+    function_arn: Annotated[str | None, msgspec.Meta(description=(
+        "The function ARN failure records and the Lambda context name (`requestContext.functionArn`); default "
+        "`arn:aws:lambda:local:000000000000:function:<name>`."))] = None
     shutdown_timeout: Annotated[float, msgspec.Meta(description=(
         "Seconds a graceful stop may take to finish in-flight batches before abandoning them."))] = 30.0
     handler_output: Annotated[Literal["capture", "capture_all", "off"], msgspec.Meta(description=(
@@ -201,14 +189,15 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ("memory_limit_mb", "must be 0 (no limit) or a positive number of MiB"
              if self.memory_limit_mb < 0 else None),
             ("shutdown_timeout", "must be positive" if self.shutdown_timeout <= 0 else None),
-            ("on_failure.prefix", key_problem(self.on_failure.prefix + "aws/lambda/x.json")
-             if isinstance(self.on_failure, S3DestinationConfig) else None),
+            *(("source." + field, why) for field, why in self.source.problems()),
+            *(("on_failure." + field, why) for field, why in (self.on_failure.problems() if self.on_failure else [])),
         ]
 
     def _combination_problems(self) -> list[tuple[str, str | None]]:
         source, at_timestamp = self.source, self.starting_position == "at_timestamp"
-        kafka_source = isinstance(source, KafkaSourceConfig)
-        kafka_checkpoints = isinstance(self.checkpoints, KafkaCheckpointStoreConfig)
+        source_type, own = registry.type_of(source), source.own_checkpoints
+        checkpoints_type = registry.type_of(self.checkpoints) if self.checkpoints is not None else None
+        needs_source = self.checkpoints.source_type if self.checkpoints is not None else None
         return [
             ("tumbling_window", "tumbling_window works per shard: it cannot be combined with "
              "parallelization_factor > 1" if self.tumbling_window and self.parallelization_factor > 1 else None),
@@ -216,19 +205,15 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
              if at_timestamp and self.starting_timestamp is None else None),
             ("starting_timestamp", "is used only with starting_position = 'at_timestamp': set both or neither"
              if not at_timestamp and self.starting_timestamp is not None else None),
-            ("starting_position", "DynamoDB Streams has no AT_TIMESTAMP iterator: use 'trim_horizon' or 'latest'"
-             if at_timestamp and isinstance(source, DynamoDBStreamsSourceConfig) else None),
-            ("source.starting_timestamp", "is used only with source.starting_position = 'at_timestamp'"
-             if isinstance(source, KafkaSourceConfig) and source.starting_timestamp is not None
-             and source.starting_position != "at_timestamp" else None),
-            ("checkpoints", "a kafka source keeps its checkpoints as committed offsets: use [checkpoints] "
-             "type = 'kafka'" if kafka_source and self.checkpoints is not None and not kafka_checkpoints else None),
-            ("checkpoints", "type = 'kafka' needs a source of type 'kafka'"
-             if kafka_checkpoints and not kafka_source else None),
+            ("starting_position", f"{source.unsupported_starts[self.starting_position]}: use one of "
+             f"{_allowed_starts(source)}" if self.starting_position in source.unsupported_starts else None),
+            ("checkpoints", f"a {source_type} source keeps its own checkpoints: use [checkpoints] type = {own!r}"
+             if own is not None and checkpoints_type not in (None, own) else None),
+            ("checkpoints", f"type = {checkpoints_type!r} needs a source of type {needs_source!r}"
+             if needs_source is not None and source_type != needs_source else None),
             ("on_failure", "retry.max_attempts / retry.max_record_age need an on_failure destination: "
              "without one, records would be dropped"
              if self.retry.policy().has_limit and self.on_failure is None else None),
-            feeds_own_source(source, self.on_failure),
             *self._process_problems(),
         ]
 
@@ -249,24 +234,38 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ]
 
 
-def feeds_own_source(source: SourceConfig, destination: DestinationConfig | None) -> tuple[str, str | None]:
-    """A destination that writes failure records into the stream the pipeline reads would hand them
-    to the handler again, failing in a loop; the local log's case needs paths (see check_components)."""
-    loop = "the on_failure destination is the pipeline's own source: failure records would be read " \
-           "back and fail again, forever; send them to another stream"
-    if isinstance(source, KinesisSourceConfig) and isinstance(destination, KinesisDestinationConfig):
-        same = (source.stream.rsplit("/", 1)[-1] == destination.stream.rsplit("/", 1)[-1]
-                and source.endpoint_url == destination.endpoint_url and source.region == destination.region)
-        return "on_failure.stream", loop if same else None
-    if isinstance(source, KafkaSourceConfig) and isinstance(destination, KafkaDestinationConfig):
-        same = source.topic == destination.topic and bool(
-            _servers(source.bootstrap_servers) & _servers(destination.bootstrap_servers))
-        return "on_failure.topic", loop if same else None
-    return "on_failure", None
+_STARTS = ("trim_horizon", "latest", "at_timestamp")
 
 
-def _servers(bootstrap: str) -> set[str]:
-    return {server.strip() for server in bootstrap.split(",") if server.strip()}
+def _allowed_starts(source: SourceConfig) -> str:
+    return ", ".join(repr(start) for start in _STARTS if start not in source.unsupported_starts)
+
+
+@functools.cache
+def pipeline_config_type() -> type[PipelineConfig]:
+    """:class:`PipelineConfig` with its parts typed as tagged unions of every registered connector's
+    configs: what files are decoded into and what ``streamfn schema`` describes."""
+    def union(configs: tuple[type[Any], ...]) -> Any:
+        return Union[configs] if configs else NoReturn  # noqa: UP007 - a union built at run time
+
+    declared = get_type_hints(PipelineConfig, include_extras=True)
+
+    def described(name: str, kind: Any) -> Any:
+        """``kind`` with the description PipelineConfig declares for ``name``."""
+        return Annotated[kind, *declared[name].__metadata__]
+
+    sources, sinks = union(registry.source_configs()), union(registry.sink_configs())
+    checkpoints, destinations = union(registry.checkpoint_configs()), union(registry.destination_configs())
+    fields: list[tuple[str, Any, Any]] = [
+        ("source", described("source", sources), msgspec.NODEFAULT),
+        ("sinks", described("sinks", list[sinks]), msgspec.field(default_factory=list)),  # type: ignore[valid-type]
+        ("checkpoints", described("checkpoints", Optional[checkpoints]), None),  # noqa: UP045
+        ("on_failure", described("on_failure", Optional[destinations]), None),  # noqa: UP045
+    ]
+    loaded = msgspec.defstruct("PipelineConfig", fields, bases=(PipelineConfig,), kw_only=True,
+                               forbid_unknown_fields=True, module=__name__)
+    loaded.__doc__ = PipelineConfig.__doc__
+    return cast(type[PipelineConfig], loaded)
 
 
 class LoadedPipeline(msgspec.Struct, frozen=True):
@@ -274,6 +273,9 @@ class LoadedPipeline(msgspec.Struct, frozen=True):
 
     config: PipelineConfig
     path: Path
+    #: The handler as a callable, when a program passed one (``streamfn.pipeline(handler=...)``);
+    #: None: it is imported from ``config.handler``.
+    handler: Callable[..., Any] | None = None
 
     @property
     def context(self) -> BuildContext:
@@ -316,7 +318,7 @@ def load_pipeline(path: str | Path, env: Mapping[str, str] | None = None) -> Loa
         raise ConfigError(str(exc), file=str(path), field=exc.path) from None
     document = accept_lambda_spellings(document)
     try:
-        config = msgspec.convert(document, PipelineConfig, strict=False)
+        config = msgspec.convert(document, pipeline_config_type(), strict=False)
     except msgspec.ValidationError as exc:
         message, field = describe_validation_error(exc)
         message = explain_choices(message, field, json_schema(), document)
@@ -340,42 +342,19 @@ def check_components(loaded: LoadedPipeline) -> None:
             raise ConfigError(str(exc), file=str(loaded.path), field=f"filters[{index}]") from None
     if len(config.filters) > 10:
         raise ConfigError("at most 10 filters", file=str(loaded.path), field="filters")
-    stream = stream_name(config.source)
+    stream = config.source.stream_name()
     for index, sink in enumerate(config.sinks):
         try:
             sink.build(ctx)
-            if isinstance(sink, LocalSinkConfig | S3SinkConfig):
-                check_template(sink.key, "sinks.key", pipeline=config.name, stream=stream)
+            sink.check(config.name, stream)
         except ConfigError as exc:
             field = f"sinks[{index}]" + (f".{exc.field.removeprefix('sinks.')}" if exc.field else "")
             raise ConfigError(exc.message, file=str(loaded.path), field=field) from None
-    if _appends_to_own_log(config, ctx):
-        raise ConfigError("the on_failure destination is the pipeline's own source stream: failure records "
-                          "would be read back and fail again, forever; use another stream",
-                          file=str(loaded.path), field="on_failure.stream")
-
-
-def stream_name(source: SourceConfig) -> str:
-    """The name a source reports as its stream (``{stream}`` in key templates)."""
-    if isinstance(source, KinesisSourceConfig):
-        return source.stream.rsplit("/", 1)[-1]
-    if isinstance(source, DynamoDBStreamsSourceConfig):
-        return source.table or (source.stream_arn or "").split("/table/", 1)[-1].split("/", 1)[0]
-    if isinstance(source, KafkaSourceConfig):
-        return source.topic
-    return source.stream
-
-
-def _appends_to_own_log(config: PipelineConfig, ctx: BuildContext) -> bool:
-    source, destination = config.source, config.on_failure
-    if not isinstance(source, LocalSourceConfig) or not isinstance(destination, LocalLogDestinationConfig):
-        return False
-
-    def log_file(path: str | None) -> str:
-        file = ctx.resolve(path) if path else ctx.state_dir / LOG_FILE
-        return os.path.abspath(file / LOG_FILE if file.is_dir() else file)
-
-    return source.stream == destination.stream and log_file(source.path) == log_file(destination.path)
+    looping = config.on_failure.feeds(config.source, ctx) if config.on_failure is not None else None
+    if looping is not None:
+        raise ConfigError("the on_failure destination is the pipeline's own source stream: failure records would "
+                          "be read back and fail again, forever; send them to another stream",
+                          file=str(loaded.path), field=f"on_failure.{looping}")
 
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -395,4 +374,4 @@ def describe_validation_error(exc: msgspec.ValidationError) -> tuple[str, str | 
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of a pipeline file, for editors and documentation."""
-    return document_schema(msgspec.json.schema(PipelineConfig))
+    return document_schema(msgspec.json.schema(pipeline_config_type()))

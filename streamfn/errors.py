@@ -45,6 +45,11 @@ class HandlerError(StreamfnError):
     """The user's handler failed on a batch, or returned an answer streamfn cannot use."""
 
 
+class AnswerError(HandlerError):
+    """The handler returned normally with an answer streamfn cannot use (a malformed
+    ``batchItemFailures``): the batch fails, but as in Lambda it is no function error."""
+
+
 class HandlerLoadError(HandlerError):
     """The handler named in a config cannot be imported or is not callable."""
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
-from .checkpoints.kafka import KafkaCheckpointStoreConfig
-from .destinations.s3 import S3DestinationConfig
-from .destinations.stream import KafkaDestinationConfig, KinesisDestinationConfig
+from .connectors.dynamodb.sink import DynamoDBSinkConfig
+from .connectors.dynamodb_streams.source import DynamoDBStreamsSourceConfig
+from .connectors.kafka.destination import KafkaDestinationConfig
+from .connectors.kafka.offsets import KafkaCheckpointStoreConfig
+from .connectors.kafka.source import KafkaSourceConfig
+from .connectors.kinesis.destination import KinesisDestinationConfig
+from .connectors.kinesis.source import KinesisSourceConfig
+from .connectors.lease_table.store import DynamoDBCheckpointStoreConfig
+from .connectors.s3.destination import S3DestinationConfig
+from .connectors.s3.sink import S3SinkConfig
 from .errors import ConfigError
-from .sinks.dynamodb import DynamoDBSinkConfig
-from .sinks.s3 import S3SinkConfig
-from .sources.dynamodb_streams import DynamoDBStreamsSourceConfig
-from .sources.kafka import KafkaSourceConfig
-from .sources.kinesis import KinesisSourceConfig
 
 if TYPE_CHECKING:
     from .config import LoadedPipeline

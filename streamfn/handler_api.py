@@ -36,10 +36,13 @@ class Context:
     state exceeded the size limit and was dropped).
     """
 
-    __slots__ = ("_deadline", "_request_id", "alias", "attempt", "function_version", "is_final", "pipeline",
-                 "shard_id", "state", "terminated_early", "window")
+    __slots__ = ("_deadline", "_function_arn", "_request_id", "alias", "attempt", "function_version", "is_final",
+                 "pipeline", "shard_id", "state", "terminated_early", "window")
 
     memory_limit_in_mb = 0
+    #: Lambda's Cognito identity and mobile client context: None, as for any stream invocation.
+    identity: Any = None
+    client_context: Any = None
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Context:
         window: tuple[float, float] | None = None,
         is_final: bool = False,
         terminated_early: bool = False,
+        function_arn: str = "",
     ) -> None:
         self.pipeline = pipeline
         self.shard_id = shard_id
@@ -66,6 +70,7 @@ class Context:
         #: reached through; "$LATEST" and None for the unversioned handler.
         self.function_version = "$LATEST"
         self.alias: str | None = None
+        self._function_arn = function_arn
 
     @property
     def function_name(self) -> str:
@@ -80,8 +85,9 @@ class Context:
 
     @property
     def invoked_function_arn(self) -> str:
-        """Qualified as Lambda qualifies it: ``:alias`` when called through one, else ``:version``."""
-        arn = f"arn:aws:lambda:local:000000000000:function:{self.pipeline}"
+        """The pipeline's ``function_arn`` (else the local form), qualified as Lambda qualifies it:
+        ``:alias`` when called through one, else ``:version``."""
+        arn = self._function_arn or f"arn:aws:lambda:local:000000000000:function:{self.pipeline}"
         if self.alias is not None:
             return f"{arn}:{self.alias}"
         return arn if self.function_version == "$LATEST" else f"{arn}:{self.function_version}"

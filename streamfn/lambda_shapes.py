@@ -10,6 +10,11 @@ from .records import Batch
 DEFAULT_INVOKE_IDENTITY_ARN = "arn:aws:iam::000000000000:role/streamfn"
 
 
+def local_function_arn(pipeline: str) -> str:
+    """The function ARN a pipeline without ``function_arn`` goes by (region ``local``, account 0)."""
+    return f"arn:aws:lambda:local:000000000000:function:{pipeline}"
+
+
 def kinesis_event(
     batch: Batch,
     stream_arn: str,

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import msgspec
 
-from . import __version__
 from .engine.stats import DONE_BUCKETS, HANDLER_BUCKETS, ShardStats
 from .errors import ConfigError
+from .version import __version__
 from .versions import ACTIVE_VERSIONS
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
+
+    from .protocols.assignment import Assigner
 
 log = logging.getLogger("streamfn.metrics")
 
@@ -121,20 +123,12 @@ class ObservedPipeline(Protocol):
     @property
     def runners(self) -> Mapping[str, ObservedRunner]: ...
     @property
-    def assigner(self) -> Any: ...
+    def assigner(self) -> Assigner: ...
 
 
 def leases_held(pipeline: ObservedPipeline) -> int | None:
-    """Leases this worker holds: the assigner's ``leases_held`` (int or method), else the size of the
-    checkpoint store's ``held`` map (the DynamoDB lease store); None when nothing holds leases."""
-    held = getattr(pipeline.assigner, "leases_held", None)
-    if callable(held):
-        held = held()
-    if held is None:
-        held = getattr(getattr(pipeline, "store", None), "held", None)
-    if isinstance(held, (set, frozenset, list, tuple, dict)):
-        return len(held)
-    return held if isinstance(held, int) else None
+    """Leases this worker holds; None when its assigner takes no leases."""
+    return pipeline.assigner.leases_held()
 
 
 def checkpoint_sequence(text: str | None) -> float:
@@ -186,7 +180,7 @@ class Readiness:
         self.started.add(name)
 
     def is_started(self, pipeline: ObservedPipeline) -> bool:
-        return pipeline.name in self.started and bool(getattr(pipeline.assigner, "settled", True))
+        return pipeline.name in self.started and pipeline.assigner.settled
 
     def problems(self) -> list[str]:
         """Why the process is not ready (empty: ready)."""

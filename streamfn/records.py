@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
@@ -18,6 +19,29 @@ class Position(msgspec.Struct, frozen=True, order=True):
 
     sequence: int
     sub_sequence: int = 0
+
+    def __str__(self) -> str:
+        return position_text(self.sequence, self.sub_sequence)
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """The position :func:`position_text` spells as ``text`` (leading zeros allowed: DynamoDB
+        Streams pads its sequence numbers to 21-40 digits); ``ValueError`` for anything else."""
+        match = _POSITION_TEXT.fullmatch(text)
+        if match is None:
+            raise ValueError(f"not a position: {text!r} (expected digits, or digits:digits)")
+        return cls(int(match.group(1)), int(match.group(2) or 0))
+
+
+#: Up to 128-bit decimal sequence numbers, and a KPL sub-sequence.
+_POSITION_TEXT = re.compile(r"(\d{1,40})(?::(\d{1,20}))?")
+
+
+def position_text(sequence: int, sub_sequence: int = 0) -> str:
+    """The one text form of a position, for logs, status, errors and Lambda's ``itemIdentifier``:
+    ``sequence``, or ``sequence:sub`` for a KPL sub-record. Object keys use a sortable form
+    (``connectors/shared/keys.py``) and stores their own, kept as written for old state."""
+    return f"{sequence}:{sub_sequence}" if sub_sequence else str(sequence)
 
 
 class Record(msgspec.Struct, frozen=True, gc=False):
@@ -47,9 +71,7 @@ class Record(msgspec.Struct, frozen=True, gc=False):
     @property
     def identifier(self) -> str:
         """The id a handler returns to report this record failed (Lambda's ``itemIdentifier``)."""
-        if self.sub_sequence:
-            return f"{self.sequence}:{self.sub_sequence}"
-        return str(self.sequence)
+        return position_text(self.sequence, self.sub_sequence)
 
 
 class Batch(Sequence[Record]):

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 
 from streamfn.config import LoadedPipeline, load_pipeline
+from streamfn.connectors.local.log import LocalLog
+from streamfn.connectors.local.source import LocalSourceConfig
 from streamfn.engine.daemon import run_pipelines
-from streamfn.sources.local import LocalSourceConfig
-from streamfn.sources.local_log import LocalLog
 
 REPO = Path(__file__).resolve().parent.parent
 

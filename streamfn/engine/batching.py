@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import msgspec
 
+from ..protocols.source import ShardReader
 from ..records import Position, Record
-from ..sources.base import ShardReader
 
 RecordFilter = Callable[[Record], bool]
 _data = operator.attrgetter("data")

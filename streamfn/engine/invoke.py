@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..errors import HandlerError, HandlerLoadError
+from ..errors import AnswerError, HandlerError, HandlerLoadError
 from ..handler_api import Context, Result
 from ..records import Batch, Position
 from ..timefmt import iso_time
@@ -240,23 +240,23 @@ class Invoker:
             return CallResult(answer, None)
         if not isinstance(answer, Mapping):
             if self._report_failures:
-                raise HandlerError(f"handler returned {type(answer).__name__}, not a batchItemFailures answer")
+                raise AnswerError(f"handler returned {type(answer).__name__}, not a batchItemFailures answer")
             return CallResult([], None)
         items = list(answer.get("items") or [])
         state = answer.get("state")
         if self._windowed and "state" not in answer and not answer.get("batchItemFailures"):
-            raise HandlerError("a tumbling-window handler must return {'state': ...}")
+            raise AnswerError("a tumbling-window handler must return {'state': ...}")
         if not self._report_failures:
             return CallResult(items, None, state)
         failures = answer.get("batchItemFailures")
         if failures is None:
             return CallResult(items, None, state)
         if not isinstance(failures, list):
-            raise HandlerError("batchItemFailures must be a list")
+            raise AnswerError("batchItemFailures must be a list")
         ids: list[Any] = []
         for entry in failures:
             if not isinstance(entry, Mapping) or "itemIdentifier" not in entry:
-                raise HandlerError(f"malformed batchItemFailures entry {entry!r}")
+                raise AnswerError(f"malformed batchItemFailures entry {entry!r}")
             ids.append(entry["itemIdentifier"])
         return CallResult(items, self._failed_position(ids, batch), state)
 
@@ -269,10 +269,10 @@ class Invoker:
         lowest: Position | None = None
         for raw in ids:
             if raw is None or raw == "" or isinstance(raw, bool) or not isinstance(raw, (str, int)):
-                raise HandlerError(f"invalid failed-record identifier {raw!r}")
-            position = by_id.get(str(raw))
+                raise AnswerError(f"invalid failed-record identifier {raw!r}")
+            position = by_id.get(str(raw)) or _spelled_position(str(raw), by_id)
             if position is None:
-                raise HandlerError(f"failed-record identifier {raw!r} is not a record of this batch")
+                raise AnswerError(f"failed-record identifier {raw!r} is not a record of this batch")
             if lowest is None or position < lowest:
                 lowest = position
         return lowest
@@ -350,3 +350,14 @@ def _settle(reply: asyncio.Future[Outcome], outcome: Outcome) -> None:
 
 def _relay(reply: asyncio.Future[Outcome], running: asyncio.Future[Outcome]) -> None:
     _settle(reply, running.result())
+
+
+
+def _spelled_position(text: str, by_id: Mapping[str, Position]) -> Position | None:
+    """The batch's position ``text`` names in another spelling of the same number: DynamoDB Streams
+    zero-pads its sequence numbers (21 to 40 digits) in the event a handler takes ids from."""
+    try:
+        position = Position.parse(text)
+    except ValueError:
+        return None
+    return position if position in by_id.values() else None

@@ -11,8 +11,8 @@ import asyncio
 import zlib
 from collections import deque
 
+from ..protocols.source import ReadResult, ShardReader
 from ..records import Position, Record
-from ..sources.base import ReadResult
 
 
 def lane_of(partition_key: str, lanes: int) -> int:
@@ -59,7 +59,7 @@ class Watermark:
         return len(self._order)
 
 
-class LaneQueue:
+class LaneQueue(ShardReader):
     """A lane's bounded inbox, read through the ShardReader interface by the lane's batcher."""
 
     def __init__(self, capacity: int) -> None:

@@ -12,8 +12,8 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from ..destinations.base import Condition
 from ..errors import LeaseLostError, RetryableError, SinkError
+from ..protocols.destination import Condition
 from ..records import Position, Record
 from ..storage_errors import STORAGE_ERRNOS
 from .policy import FailurePolicy
@@ -43,9 +43,13 @@ class PartlyFailed(NamedTuple):
 
 
 class Failed(NamedTuple):
-    """The call failed as a whole: an exception, a timeout, a bad answer, or output the sinks refused."""
+    """The call failed as a whole: an exception, a timeout, a bad answer, or output the sinks refused.
+
+    ``function_error`` is false for a bad answer (Lambda's ``functionError`` is then null).
+    """
 
     error: str
+    function_error: bool = True
 
 
 Outcome = Succeeded | PartlyFailed | Failed
@@ -105,7 +109,7 @@ def after_call(segment: Segment, outcome: Outcome, policy: FailurePolicy) -> lis
         middle = len(records) // 2
         return [Retry((Segment(records[:middle], segment.attempts), Segment(records[middle:], segment.attempts)),
                       backoff=False)]
-    return [_again(segment, outcome.error, policy, function_error=True)]
+    return [_again(segment, outcome.error, policy, function_error=outcome.function_error)]
 
 
 def _again(segment: Segment, error: str, policy: FailurePolicy, *, function_error: bool) -> Step:

@@ -11,18 +11,16 @@ import contextlib
 import functools
 import logging
 import time
-from typing import Any
 
+from .. import registry
 from ..backoff import Backoff
-from ..checkpoints.base import CheckpointStore
-from ..checkpoints.kafka import KafkaCheckpointStoreConfig
-from ..checkpoints.local import LocalCheckpointStoreConfig, bind_local_log
-from ..components import BuildContext
 from ..config import LoadedPipeline
 from ..errors import LeaseLostError, SourceError, StreamfnError
+from ..lambda_shapes import local_function_arn
+from ..protocols.assignment import Assigner, Coordination, ShardController
+from ..protocols.checkpoint import CheckpointStore
+from ..protocols.source import ShardInfo, Source, StartingPosition
 from ..runtime.build import process_slots
-from ..sources.base import ShardInfo, StartingPosition
-from .assignment import Assigner, ShardController
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
 from .invoke import Invoker, load_handler
 from .record_filter import record_filter
@@ -32,19 +30,24 @@ from .versioned import versioned_invoker
 log = logging.getLogger("streamfn.pipeline")
 
 
-def build_checkpoint_store(loaded: LoadedPipeline, source: Any) -> CheckpointStore:
-    """The configured store; a source that keeps its own checkpoints (Kafka) builds it itself;
-    without a ``[checkpoints]`` section, the local store in the state folder."""
+def build_coordination(loaded: LoadedPipeline, source: Source) -> Coordination:
+    """The checkpoint store and the assigner: a coordinated source (Kafka's group) brings both;
+    else the configured store (without a ``[checkpoints]`` section, the local one in the state
+    folder), with the assigner that comes with it (the lease table's) or every shard here."""
     configured = loaded.config.checkpoints
-    own = getattr(source, "checkpoint_store", None)
-    if own is not None and (configured is None or isinstance(configured, KafkaCheckpointStoreConfig)):
-        return own(configured)  # type: ignore[no-any-return]
-    if configured is not None:
-        return configured.build(loaded.context)
-    return LocalCheckpointStoreConfig().build(loaded.context)
+    coordinated = source.coordination(configured)
+    if coordinated is not None:
+        return coordinated
+    store = (configured or registry.default_checkpoints()).build(loaded.context)
+    return Coordination(store, store.assigner(source) or AllShardsAssigner(source))
 
 
-class AllShardsAssigner:
+def build_checkpoint_store(loaded: LoadedPipeline, source: Source) -> CheckpointStore:
+    """The checkpoint store the daemon would use (see :func:`build_coordination`)."""
+    return build_coordination(loaded, source).store
+
+
+class AllShardsAssigner(Assigner):
     """Runs every shard of the source in this worker; a child starts once its parents ended.
 
     ``wake`` is set when a shard ended: a discovery runs at once. ``settled`` is true once a
@@ -52,22 +55,23 @@ class AllShardsAssigner:
     start): what an end unblocks (a split's children) is known only to a listing made after it.
     """
 
-    def __init__(self, source: Any, discovery_interval: float = 10.0) -> None:
+    def __init__(self, source: Source, discovery_interval: float = 10.0) -> None:
         self._source = source
         self._interval = discovery_interval
         self.settled = False
-        self.wake = asyncio.Event()
+        self.wake: asyncio.Event = asyncio.Event()
 
     async def run(self, controller: ShardController) -> None:
+        wake = self.wake
         while True:
-            if self.wake.is_set():
+            if wake.is_set():
                 self.settled = False  # a shard ended since the last discovery began
-            self.wake.clear()
+            wake.clear()
             await self.discover(controller)
-            self.settled = not self.wake.is_set()
+            self.settled = not wake.is_set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
-                    await self.wake.wait()
+                    await wake.wait()
 
     async def discover(self, controller: ShardController) -> None:
         """Start every listed shard that is not running, not finished, and whose parents finished."""
@@ -93,10 +97,13 @@ class Pipeline:
         self.name = config.name
         self.config = config
         slots = self._process_slots = process_slots(loaded)  # a handler in processes is not imported here
-        self.source = config.source.build(ctx)
+        self.source: Source = config.source.build(ctx)
         self.sinks = [sink.build(ctx) for sink in config.sinks]
         self.destination = config.on_failure.build(ctx) if config.on_failure else None
-        self.store: CheckpointStore = self._checkpoint_store(ctx)
+        coordination = build_coordination(loaded, self.source)
+        self.store: CheckpointStore = coordination.store
+        self.assigner: Assigner = coordination.assigner
+        traits = self.source.traits
         self._threads = HandlerThreads(f"{HANDLER_THREAD_PREFIX}{self.name}")
         build_invoker = functools.partial(
             Invoker, interface=config.interface, timeout=config.timeout,
@@ -107,9 +114,10 @@ class Pipeline:
         invoker = (versioned_invoker(ctx.state_dir, config.handler_version, self.name, build_invoker)
                    if config.handler_version is not None
                    else build_invoker(None if slots is not None
-                                      else load_handler(config.handler, [ctx.config_dir, ctx.config_dir.cwd()])))
+                                      else loaded.handler or load_handler(config.handler,
+                                                                          [ctx.config_dir, ctx.config_dir.cwd()])))
         self.env = ShardEnv(
-            pipeline=self.name, stream=self.source.name, source_kind=getattr(self.source, "kind", "kinesis"),
+            pipeline=self.name, stream=self.source.name, source_kind=traits.kind,
             source=self.source, invoker=invoker, sinks=self.sinks, store=self.store,
             destination=self.destination, limits=config.batching.limits(), policy=config.retry.policy(),
             starting=StartingPosition(config.starting_position, config.starting_timestamp),
@@ -117,27 +125,17 @@ class Pipeline:
             lanes=config.parallelization_factor,
             tumbling_window=config.tumbling_window,
             handler_output=config.handler_output,
-            accept=record_filter(config.filters, getattr(self.source, "filter_data_key", "data")),
+            accept=record_filter(config.filters, traits.filter_data_key),
+            function_arn=config.function_arn or local_function_arn(self.name),
         )
-        self.assigner: Assigner = self._assigner()
         self.runners: dict[str, ShardRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.failed: BaseException | None = None
 
-    def _checkpoint_store(self, ctx: BuildContext) -> CheckpointStore:
-        return build_checkpoint_store(self.loaded, self.source)
-
-    def _assigner(self) -> Assigner:
-        for part in (self.store, self.source):
-            factory = getattr(part, "assigner", None)
-            if factory is not None:
-                return factory()  # type: ignore[no-any-return]
-        return AllShardsAssigner(self.source)
-
     async def open(self) -> None:
         await self.source.open()
         await self.store.open()
-        await bind_local_log(self.source, self.store)  # refuse checkpoints made against another local log
+        await self.store.bind(self.source)  # e.g. refuse checkpoints made against another local log
         for sink in self.sinks:
             await sink.open()
         if self.destination is not None:
@@ -213,7 +211,7 @@ class Pipeline:
             if runner.finished:
                 self._tasks.pop(runner.shard_id, None)
                 self.runners.pop(runner.shard_id, None)
-                wake = getattr(self.assigner, "wake", None)
+                wake = self.assigner.wake
                 if wake is not None:
                     wake.set()
             return
@@ -226,9 +224,9 @@ class Pipeline:
         A blocked shard (a failing source, handler or write) is not at its tip either.
         """
         assigner = self.assigner
-        if not getattr(assigner, "settled", True):
+        if not assigner.settled:
             return False
-        wake = getattr(assigner, "wake", None)
+        wake = assigner.wake
         if wake is not None and wake.is_set():
             return False
         runners = [self.runners[s] for s in self._tasks if s in self.runners]
@@ -257,9 +255,7 @@ class Pipeline:
         """Stop reading, finish in-flight batches within ``shutdown_timeout``, flush, release, close."""
         deadline = time.monotonic() + self.config.shutdown_timeout
         await asyncio.gather(*(self.stop_shard(s, deadline=deadline) for s in list(self._tasks)))
-        release = getattr(self.assigner, "release", None)
-        if release is not None:
-            await release()
+        await self.assigner.release()
         with contextlib.suppress(LeaseLostError):
             await self.store.flush()
         await self.store.close()

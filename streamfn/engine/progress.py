@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 
-from ..checkpoints.base import Checkpoint, CheckpointStore
+from ..protocols.checkpoint import Checkpoint, CheckpointStore
 from ..records import Position
 from .lanes import Watermark
 from .outcomes import classify_write_error
@@ -27,7 +27,7 @@ Wait = Callable[[float], Awaitable[None]]
 def show_position(position: Position | None) -> str | None:
     if position is None:
         return None
-    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+    return str(position)
 
 
 class ShardProgress:

@@ -18,10 +18,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..checkpoints.local import LocalCheckpointStoreConfig
+from .. import registry
 from ..config import LoadedPipeline
 from ..errors import CheckpointError
-from ..sources.kafka import KafkaSourceConfig
 
 log = logging.getLogger("streamfn.daemon")
 
@@ -30,14 +29,9 @@ def local_store_path(loaded: LoadedPipeline) -> Path | None:
     """The SQLite file of the pipeline's local checkpoints; None when they are kept elsewhere
     (a lease table, a Kafka group: a Kafka source without ``[checkpoints]`` commits to its group)."""
     configured = loaded.config.checkpoints
-    if configured is None and isinstance(loaded.config.source, KafkaSourceConfig):
+    if configured is None and loaded.config.source.own_checkpoints is not None:
         return None
-    if configured is not None and not isinstance(configured, LocalCheckpointStoreConfig):
-        return None
-    ctx = loaded.context
-    if configured is not None and configured.path:
-        return ctx.resolve(configured.path)
-    return ctx.state_dir / "checkpoints.sqlite3"
+    return (configured or registry.default_checkpoints()).local_file(loaded.context)
 
 
 def lock_path(store: Path, pipeline: str) -> Path:

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..backoff import Backoff
-from ..checkpoints.base import Checkpoint, CheckpointStore
-from ..destinations.base import Destination, FailedBatch
-from ..errors import HandlerError, SinkError
+from ..errors import AnswerError, HandlerError, SinkError
 from ..handler_api import Context
+from ..protocols.checkpoint import Checkpoint, CheckpointStore
+from ..protocols.destination import Destination, FailedBatch
+from ..protocols.sink import Sink, SinkBatch
+from ..protocols.source import ShardInfo, ShardReader, Source, StartingPosition
 from ..records import Batch, Position, Record
-from ..sinks.base import Sink, SinkBatch
-from ..sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from . import tracing, windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
 from .capture import CallScope, Mode
@@ -72,6 +72,8 @@ class ShardEnv:
     lanes: int = 1
     tumbling_window: float = 0.0
     handler_output: Mode = "capture"
+    #: The pipeline's function ARN in failure records (``function_arn``, or the local form).
+    function_arn: str = ""
 
     @property
     def keyed_sinks(self) -> bool:
@@ -228,9 +230,10 @@ class LaneWorker:
     def _context(self, attempts: int, final: bool) -> Context:
         env, window = self.env, self._window
         if window is None:
-            return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout)
+            return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
+                           function_arn=env.function_arn)
         return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
-                       state=window.state, window=window.bounds, is_final=final,
+                       function_arn=env.function_arn, state=window.state, window=window.bounds, is_final=final,
                        terminated_early=window.terminated_early)
 
     async def _handle_batch(self, records: list[Record], *, final: bool = False, replayed: bool = False) -> None:
@@ -294,7 +297,7 @@ class LaneWorker:
                 with CallScope(env.pipeline, self.shard_id, segment.records, context, env.handler_output):
                     result = await self._slot.call(Batch(self.shard_id, segment.records), context)
             except HandlerError as exc:
-                outcome: Outcome = Failed(str(exc))
+                outcome: Outcome = Failed(str(exc), function_error=not isinstance(exc, AnswerError))
             else:
                 if result.failed_at is None:
                     outcome = Succeeded(result.items, result.state)
@@ -411,6 +414,8 @@ class LaneWorker:
             pipeline=env.pipeline, stream=env.stream, source_kind=env.source_kind, shard_id=self.shard_id,
             condition=step.condition, records=records, invoke_count=step.invoke_count, error=step.error,
             function_error=step.function_error, failed_at=time.time(),
+            batch_info_key=env.source.traits.batch_info_key, stream_arn=env.source.stream_arn,
+            function_arn=env.function_arn, payload=env.source.lambda_event(Batch(self.shard_id, records)),
         )
         destination = env.destination
         await self._progress.persist(lambda: destination.send(failure), "destination", self._wait)
@@ -546,18 +551,17 @@ class ShardRunner:
         """Checkpoint where a ``latest``/``at_timestamp`` start begins, when the reader knows it:
         otherwise a restart of a shard that saw no record yet would start at a later "latest"
         and skip what arrived in between."""
-        after = getattr(reader, "after_seq", None)
-        if isinstance(after, int) and self._progress is not None:
-            await self._progress.save(Checkpoint(position=Position(after)), asyncio.sleep)
+        after = reader.start_position()
+        if after is not None and self._progress is not None:
+            await self._progress.save(Checkpoint(position=after), asyncio.sleep)
 
     def _starting_position(self) -> StartingPosition:
         """Where a shard without checkpoint starts: a store's reset (``checkpoints reset``) first,
         then trim horizon for a child shard (its parents are done, nothing of it was read), then
         the pipeline's starting position."""
-        override = getattr(self.env.store, "starting_position", None)
-        position = override(self.shard_id) if override is not None else None
+        position = self.env.store.starting_position(self.shard_id)
         if position is not None:
-            return position  # type: ignore[no-any-return]
+            return position
         if self.shard.parent_ids:
             return StartingPosition("trim_horizon")
         return self.env.starting

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..connectors.shared.keys import WINDOW_FINAL_MARK
 from ..records import Position
-from ..sinks.keys import WINDOW_FINAL_MARK
 
 Bounds = tuple[Position, Position]
 
@@ -119,8 +119,8 @@ async def recorded_batches(
     batching config) are dropped: one record can be formed into only one batch. With several lanes,
     lanes' batches interleave by design and all are kept.
     """
-    from ..sinks.local import LocalSink, LocalSinkConfig
-    from ..sinks.s3 import S3Sink, S3SinkConfig
+    from ..connectors.local.sink import LocalSink, LocalSinkConfig
+    from ..connectors.s3.sink import S3Sink, S3SinkConfig
 
     merged: dict[str, set[Bounds]] = {}
     for config, sink in zip(configs, sinks, strict=True):

@@ -4,40 +4,39 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from ..checkpoints.base import CheckpointStore
+import msgspec
+
+from .. import registry
 from ..config import LoadedPipeline
+from ..connectors.local.source import LocalSourceConfig
+from ..engine.pipeline import build_checkpoint_store
 from ..errors import ConfigError
+from ..protocols.checkpoint import CheckpointStore
+from ..protocols.source import Source
 
 
-def build_source(loaded: LoadedPipeline) -> Any:
+def build_source(loaded: LoadedPipeline) -> Source:
     """The pipeline's source, not yet opened."""
     return loaded.config.source.build(loaded.context)
 
 
-def build_store(loaded: LoadedPipeline, source: Any) -> CheckpointStore:
-    """The checkpoint store the daemon would use."""
-    from ..engine.pipeline import build_checkpoint_store
-
+def build_store(loaded: LoadedPipeline, source: Source | None) -> CheckpointStore:
+    """The checkpoint store the daemon would use (``source`` None: a store that needs none)."""
+    if source is None:
+        return (loaded.config.checkpoints or registry.default_checkpoints()).build(loaded.context)
     return build_checkpoint_store(loaded, source)
 
 
-def source_kind(config: Any) -> str | None:
+def source_kind(config: msgspec.Struct) -> str:
     """The ``type`` tag of a component config (``local``, ``kinesis``, ``kafka``...)."""
-    struct_config = getattr(config, "__struct_config__", None)
-    tag = getattr(struct_config, "tag", None)
-    return tag if isinstance(tag, str) else None
+    return registry.type_of(config)
 
 
 def local_log_path(loaded: LoadedPipeline) -> Path | None:
     """The local log file of a pipeline on the embedded log (None for any other source)."""
     source = loaded.config.source
-    if source_kind(source) != "local":
-        return None
-    path = getattr(source, "path", None)
-    ctx = loaded.context
-    return ctx.resolve(path) if path else ctx.state_dir / "log.sqlite3"
+    return source.log_path(loaded.context) if isinstance(source, LocalSourceConfig) else None
 
 
 def parse_moment(text: str) -> float:
@@ -59,10 +58,10 @@ def parse_moment(text: str) -> float:
 def local_store_path(loaded: LoadedPipeline) -> Path | None:
     """The local checkpoint file the daemon would use, None when checkpoints live elsewhere
     (DynamoDB, or a Kafka group that keeps its own)."""
-    from ..checkpoints.local import LocalCheckpointStoreConfig
+    from ..connectors.local.store import LocalCheckpointStoreConfig
 
     configured = loaded.config.checkpoints
-    if configured is None and source_kind(loaded.config.source) == "kafka":
+    if configured is None and loaded.config.source.own_checkpoints is not None:
         return None
     if configured is None or isinstance(configured, LocalCheckpointStoreConfig):
         path = configured.path if configured is not None else None

@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 import msgspec
 
-from ..checkpoints.base import Checkpoint
-from ..checkpoints.local import decode_checkpoint
+from ..connectors.local.log import LocalLog
+from ..connectors.local.store import decode_checkpoint
 from ..errors import StateMismatchError
-from ..sources.local_log import LocalLog
+from ..protocols.checkpoint import Checkpoint
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection | None:

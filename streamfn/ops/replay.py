@@ -23,21 +23,21 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 
-from ..checkpoints.base import Checkpoint, CheckpointStore
-from ..checkpoints.local import LocalCheckpointStoreConfig
 from ..config import LoadedPipeline
+from ..connectors.local.log import LocalLog
+from ..connectors.local.source import LocalSourceConfig
+from ..connectors.local.store import LocalCheckpointStoreConfig
 from ..engine.lanes import lane_of
 from ..engine.pipeline import Pipeline
-from ..records import Position, Record
-from ..sources.base import ReadResult, ShardInfo, StartingPosition
-from ..sources.local import LocalSourceConfig
-from ..sources.local_log import LocalLog
+from ..protocols.checkpoint import Checkpoint, CheckpointStore
+from ..protocols.source import ReadResult, ShardInfo, ShardReader, ShardTip, Source, StartingPosition
+from ..records import Batch, Position, Record
 from .batch_bounds import Bounds, recorded_batches
 from .parts import build_store, local_log_path, local_store_path, source_kind
 from .readonly import read_local_checkpoints
@@ -62,7 +62,7 @@ class ShardPlan:
     empty: bool = False
 
 
-class BoundedReader:
+class BoundedReader(ShardReader):
     """A shard reader limited to the replay's range, in whole live batches.
 
     A record is past the range once it is past the plan's ``stop`` or arrived after ``until``
@@ -72,7 +72,8 @@ class BoundedReader:
     the replay's private checkpoints only.
     """
 
-    def __init__(self, inner: Any, plan: ShardPlan, until: float | None, lanes: int, source: BoundedSource) -> None:
+    def __init__(self, inner: ShardReader, plan: ShardPlan, until: float | None, lanes: int,
+                 source: BoundedSource) -> None:
         self._inner = inner
         self._plan = plan
         self._until = until
@@ -127,11 +128,13 @@ class BoundedReader:
         await self._inner.close()
 
 
-class BoundedSource:
+class BoundedSource(Source):
     """The pipeline's source with every reader following its shard's plan; everything else passes through."""
 
-    def __init__(self, inner: Any, plans: dict[str, ShardPlan], until: float | None, lanes: int) -> None:
+    def __init__(self, inner: Source, plans: dict[str, ShardPlan], until: float | None, lanes: int) -> None:
         self.inner = inner
+        self.name = inner.name
+        self.traits = inner.traits
         #: Per shard, filled in once the source is open (``plan_replay``), before any shard starts.
         self.plans = plans
         self._until = until
@@ -139,10 +142,29 @@ class BoundedSource:
         #: Records handed out by all readers so far (the replay's progress).
         self.delivered = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    @property
+    def stream_arn(self) -> str:  # type: ignore[override]
+        return self.inner.stream_arn
 
-    def reader(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> Any:
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def list_shards(self) -> list[ShardInfo]:
+        return await self.inner.list_shards()
+
+    def lambda_event(self, batch: Batch) -> dict[str, Any]:
+        return self.inner.lambda_event(batch)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def read_uncoordinated(self, shards: Sequence[ShardInfo]) -> asyncio.Task[None] | None:
+        return await self.inner.read_uncoordinated(shards)
+
+    async def shard_tips(self, shard_ids: Sequence[str]) -> dict[str, ShardTip]:
+        return await self.inner.shard_tips(shard_ids)
+
+    def reader(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> ShardReader:
         plan = self.plans.get(shard.shard_id)
         if plan is None:  # a shard that appeared since the plan was made (a split): the live run has not read it
             plan = ShardPlan(start=start, empty=True)
@@ -151,7 +173,7 @@ class BoundedSource:
         return BoundedReader(self.inner.reader(shard, after, start), plan, self._until, self._lanes, self)
 
 
-class SeededStore:
+class SeededStore(CheckpointStore):
     """The replay's private checkpoint store, whose shards start with the live batches to form again
     recorded as pending: the engine then forms exactly these (as it does after a crash)."""
 
@@ -186,6 +208,7 @@ def replay_config(loaded: LoadedPipeline, start: float | None) -> LoadedPipeline
     """The pipeline file's config, starting at ``start`` (None: the trim horizon)."""
     config = msgspec.structs.replace(
         loaded.config,
+        source=loaded.config.source.with_pipeline_start(),  # a source's own start (Kafka's) would win over --from
         starting_position="trim_horizon" if start is None else "at_timestamp",
         starting_timestamp=start,
     )
@@ -202,15 +225,11 @@ def replay_pipeline(loaded: LoadedPipeline, start: float | None, until: float | 
     """
     replayed = replay_config(loaded, start)
     pipeline = Pipeline(replayed)
-    inner: Any = pipeline.source
-    own = getattr(inner, "config", None)
-    if own is not None and getattr(own, "starting_position", None) is not None:
-        # a source's own starting position (Kafka has one) would win over --from
-        inner.config = msgspec.structs.replace(own, starting_position=None)
+    inner = pipeline.source
     plans: dict[str, ShardPlan] = {}
-    pipeline.source = cast(Any, BoundedSource(inner, plans, until, pipeline.env.lanes))
+    pipeline.source = BoundedSource(inner, plans, until, pipeline.env.lanes)
     private = LocalCheckpointStoreConfig(path=str(checkpoints)).build(replayed.context)
-    pipeline.store = cast(Any, SeededStore(private, plans))
+    pipeline.store = SeededStore(private, plans)
     pipeline.env = dataclasses.replace(pipeline.env, source=pipeline.source, store=pipeline.store)
     pipeline.assigner = StandaloneAssigner(pipeline.source)
     return pipeline
@@ -221,14 +240,14 @@ PROBE_READS = 5
 PROBE_WAIT = 0.05
 
 
-async def first_record(source: Any, shard: ShardInfo, start: StartingPosition) -> Record | None:
+async def first_record(source: Source, shard: ShardInfo, start: StartingPosition) -> Record | None:
     """The first record a reader starting at ``start`` delivers (None: none is there yet)."""
     reader = source.reader(shard, None, start)
     try:
         for _ in range(PROBE_READS):
             result = await reader.read(1, PROBE_WAIT)
             if result.records:
-                return result.records[0]  # type: ignore[no-any-return]
+                return result.records[0]
             if result.shard_end or result.behind_ms == 0:
                 return None
         return None
@@ -236,7 +255,7 @@ async def first_record(source: Any, shard: ShardInfo, start: StartingPosition) -
         await reader.close()
 
 
-async def live_checkpoints(loaded: LoadedPipeline, source: Any, shard_ids: list[str]) -> dict[str, Checkpoint]:
+async def live_checkpoints(loaded: LoadedPipeline, source: Source, shard_ids: list[str]) -> dict[str, Checkpoint]:
     """The live pipeline's checkpoints, read without writing (the local file is opened read-only)."""
     path = local_store_path(loaded)
     if path is not None:
@@ -254,7 +273,7 @@ async def live_checkpoints(loaded: LoadedPipeline, source: Any, shard_ids: list[
         await store.close()
 
 
-async def plan_shard(source: Any, shard: ShardInfo, start: StartingPosition, checkpoint: Checkpoint | None,
+async def plan_shard(source: Source, shard: ShardInfo, start: StartingPosition, checkpoint: Checkpoint | None,
                      recorded: list[Bounds], *, past_checkpoint: bool, probe: bool) -> ShardPlan:
     """Where one shard's replay begins and ends, and the live batches it forms again."""
     stop = None

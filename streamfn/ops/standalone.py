@@ -11,23 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any
 
-from ..engine.assignment import ShardController
 from ..engine.pipeline import AllShardsAssigner
-from ..sources.base import ShardInfo
+from ..protocols.assignment import ShardController
+from ..protocols.source import ShardInfo, Source
 
 
-async def start_feeding(source: Any, shards: Sequence[ShardInfo]) -> asyncio.Task[None] | None:
+async def start_feeding(source: Source, shards: Sequence[ShardInfo]) -> asyncio.Task[None] | None:
     """Prepare ``source`` to read ``shards`` with no coordinator; returns a task to cancel when done."""
-    if getattr(source, "kind", None) != "kafka":
-        return None
-    partitions = [source.topic_partition(shard.shard_id) for shard in shards]
-    consumer = source.consumer
-    consumer.assign(partitions)
-    if partitions:
-        consumer.pause(*partitions)  # each reader resumes its partition once it sought its start
-    return asyncio.create_task(source.fetch(), name=f"fetch:{source.name}")
+    return await source.read_uncoordinated(shards)
 
 
 async def stop_feeding(task: asyncio.Task[None] | None) -> None:
@@ -40,7 +32,7 @@ async def stop_feeding(task: asyncio.Task[None] | None) -> None:
 class StandaloneAssigner(AllShardsAssigner):
     """Every shard in this process, as for a source without coordination, whatever the source."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Source) -> None:
         super().__init__(source)
         self._source_ref = source
 

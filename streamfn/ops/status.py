@@ -12,17 +12,17 @@ import asyncio
 import contextlib
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import msgspec
 
 from ..aws import error_code
-from ..checkpoints.base import Checkpoint
-from ..checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
 from ..config import LoadedPipeline
+from ..connectors.lease_table.store import DynamoDBCheckpointStoreConfig
+from ..connectors.local.log import shard_id_of
+from ..connectors.local.source import LocalSourceConfig
 from ..errors import CheckpointError
-from ..sources.local import LocalSourceConfig
-from ..sources.local_log import shard_id_of
+from ..protocols.checkpoint import Checkpoint, CheckpointStore
+from ..protocols.source import ShardTip, Source
 from .parts import build_source, build_store, local_log_path, local_store_path, source_kind
 from .readonly import check_identity, open_log, read_local_checkpoints
 
@@ -50,14 +50,10 @@ def show_checkpoint(checkpoint: Checkpoint | None) -> str | None:
     position = checkpoint.position
     if position is None:
         return None
-    return f"{position.sequence}:{position.sub_sequence}" if position.sub_sequence else str(position.sequence)
+    return str(position)
 
 
-class Tip(NamedTuple):
-    """A shard's newest sequence and the sequence just before its oldest retained record."""
-
-    last: int
-    before_first: int = 0
+Tip = ShardTip
 
 
 def lag_of(checkpoint: Checkpoint | None, tip: Tip | None) -> int | None:
@@ -127,7 +123,7 @@ async def _collect_local(loaded: LoadedPipeline) -> list[ShardStatus]:
             for shard_id in shard_ids]
 
 
-async def _from_store(loaded: LoadedPipeline, source: Any, shard_ids: list[str]
+async def _from_store(loaded: LoadedPipeline, source: Source | None, shard_ids: list[str]
                       ) -> tuple[dict[str, Checkpoint], dict[str, str]]:
     """Checkpoints and lease owners from a remote store (DynamoDB, Kafka group); a lease table that
     does not exist yet is not created here (no checkpoints, no owners)."""
@@ -172,40 +168,14 @@ def _row(loaded: LoadedPipeline, shard_id: str, parents: tuple[str, ...], checkp
     )
 
 
-async def _lease_owners(store: Any) -> dict[str, str]:
-    """Lease owners when the store keeps leases: its ``lease_owners()`` coroutine, or a scan of its
-    lease table (the DynamoDB store's ``table.scan()``); empty for stores without leases."""
-    owners = getattr(store, "lease_owners", None)
-    if owners is not None:
-        return dict(await owners())
-    scan = getattr(getattr(store, "table", None), "scan", None)
-    if scan is None:
-        return {}
-    return {lease.shard_id: lease.owner for lease in await scan() if getattr(lease, "owner", None)}
+async def _lease_owners(store: CheckpointStore) -> dict[str, str]:
+    """Lease owners when the store keeps leases; empty for stores without leases."""
+    return await store.lease_owners() or {}
 
 
-async def _tips(source: Any, shard_ids: list[str]) -> dict[str, Tip]:
-    """Each shard's tip where the source can tell cheaply: the local log, Kafka's end offsets, or a
-    source's own ``shard_tip(shard_id) -> int | None`` coroutine. Kinesis cannot (no cheap tip)."""
-    from ..sources.local import LocalSource
-
-    if isinstance(source, LocalSource):  # records before the oldest retained one were trimmed: no lag
-        return {shard_id: Tip(source.log.last_seq(source.name, shard_id),
-                              source.log.first_retained_seq(source.name, shard_id) - 1) for shard_id in shard_ids}
-    if getattr(source, "kind", None) == "kafka":
-        partitions = {shard_id: source.topic_partition(shard_id) for shard_id in shard_ids}
-        ends = await source.consumer.end_offsets(list(partitions.values()))
-        starts = await source.consumer.beginning_offsets(list(partitions.values()))
-        return {shard_id: Tip(int(ends[tp]) - 1, int(starts[tp]) - 1) for shard_id, tp in partitions.items()}
-    tip = getattr(source, "shard_tip", None)
-    if tip is None:
-        return {}
-    found = {}
-    for shard_id in shard_ids:
-        value = await tip(shard_id)
-        if value is not None:
-            found[shard_id] = Tip(int(value))
-    return found
+async def _tips(source: Source, shard_ids: list[str]) -> dict[str, Tip]:
+    """Each shard's tip where the source can tell cheaply (the local log, Kafka's end offsets)."""
+    return await source.shard_tips(shard_ids)
 
 
 def live_state(url: str, timeout: float = 2.0) -> dict[tuple[str, str], tuple[float, int]] | None:

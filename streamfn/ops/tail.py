@@ -10,8 +10,8 @@ from typing import Any, TextIO
 import orjson
 
 from ..config import LoadedPipeline
+from ..protocols.source import ShardInfo, Source, StartingPosition
 from ..records import Record
-from ..sources.base import ShardInfo, StartingPosition
 from .parts import build_source, parse_moment
 from .standalone import start_feeding, stop_feeding
 
@@ -93,7 +93,7 @@ async def tail(
     return printer.printed
 
 
-async def _follow(source: Any, shard: ShardInfo, start: StartingPosition, printer: Printer) -> None:
+async def _follow(source: Source, shard: ShardInfo, start: StartingPosition, printer: Printer) -> None:
     reader = source.reader(shard, None, start)
     try:
         while True:

@@ -19,10 +19,10 @@ from typing import Any, Protocol, TextIO
 import orjson
 
 from ..config import LoadedPipeline
+from ..connectors.local.sink import LocalSinkConfig
+from ..connectors.s3.sink import S3SinkConfig
 from ..errors import ConfigError, SinkError
-from ..sinks.local import LocalSinkConfig
-from ..sinks.s3 import S3SinkConfig
-from ..sources.base import StartingPosition
+from ..protocols.source import StartingPosition
 
 #: Seconds between looks for new objects.
 POLL = 0.5

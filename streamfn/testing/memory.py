@@ -16,14 +16,14 @@ from typing import Any, ClassVar
 
 import orjson
 
-from ..checkpoints.base import Checkpoint, advance, with_pending
-from ..destinations.base import FailedBatch
-from ..destinations.shape import failure_record
+from ..connectors.shared.failure_record import failure_record
 from ..errors import SinkError
 from ..lambda_shapes import kinesis_event
+from ..protocols.checkpoint import Checkpoint, CheckpointStore, advance, with_pending
+from ..protocols.destination import Destination, FailedBatch
+from ..protocols.sink import Sink, SinkBatch
+from ..protocols.source import ReadResult, ShardInfo, ShardReader, Source, SourceTraits, StartingPosition
 from ..records import Batch, Position, Record
-from ..sinks.base import SinkBatch
-from ..sources.base import ReadResult, ShardInfo, StartingPosition
 
 LambdaEvent = Callable[[Batch], dict[str, Any]]
 
@@ -33,7 +33,7 @@ def shard_name(index: int) -> str:
     return f"shard-{index:04d}"
 
 
-class MemorySource:
+class MemorySource(Source):
     """A sharded stream held in lists. Records are appended by partition key (hashed to a shard, as
     the local log does) or to a named shard; sequences count up from ``first_sequence`` in every shard.
 
@@ -44,20 +44,27 @@ class MemorySource:
 
     def __init__(self, name: str = "memory", shards: int | Sequence[str] = 1, *, kind: str = "kinesis",
                  filter_data_key: str = "data", lambda_event: LambdaEvent | None = None,
-                 first_sequence: int = 1) -> None:
+                 first_sequence: int = 1, traits: SourceTraits | None = None) -> None:
         """``shards``: how many (named ``shard-0000``...), or their ids. ``first_sequence``: the
-        sequence of each shard's first record (1 as in the local log, 0 as a Kafka offset)."""
+        sequence of each shard's first record (1 as in the local log, 0 as a Kafka offset).
+        ``traits``: the real source's, taken whole (``kind`` and ``filter_data_key`` are then ignored)."""
         ids = [shard_name(i) for i in range(shards)] if isinstance(shards, int) else list(shards)
         if not ids or len(set(ids)) != len(ids):
             raise ValueError("a MemorySource needs at least one shard, each with its own id")
         self.name = name
-        self.kind = kind
-        self.filter_data_key = filter_data_key
+        batch_info = "DDBStreamBatchInfo" if kind == "dynamodb_streams" else "KinesisBatchInfo"
+        self.traits = traits or SourceTraits(kind=kind, filter_data_key=filter_data_key,
+                                             batch_info_key=batch_info, dense_sequences=True)
         self.shards: dict[str, list[Record]] = {shard_id: [] for shard_id in ids}
         self.first_sequence = first_sequence
         self._arrived = {shard_id: asyncio.Event() for shard_id in self.shards}
         self._lambda_event = lambda_event or self._kinesis_event
         self.opened = self.closed = False
+
+    @property
+    def kind(self) -> str:
+        """Which real source this one stands for."""
+        return self.traits.kind
 
     def append(self, data: bytes, partition_key: str = "", *, shard_id: str | None = None,
                arrival_time: float | None = None, attributes: dict[str, Any] | None = None) -> Record:
@@ -121,7 +128,7 @@ class MemorySource:
         return kinesis_event(batch, f"arn:aws:kinesis:local:000000000000:stream/{self.name}", "local")
 
 
-class MemoryShardReader:
+class MemoryShardReader(ShardReader):
     """Reads one shard of a MemorySource in order."""
 
     def __init__(self, source: MemorySource, shard_id: str, index: int) -> None:
@@ -142,7 +149,7 @@ class MemoryShardReader:
         self.closed = True
 
 
-class MemorySink:
+class MemorySink(Sink):
     """Keeps every batch it is given, keyed by the batch's bounds as the object-store sinks key
     their objects: a batch written again (a retry, a replay) replaces itself instead of adding."""
 
@@ -182,7 +189,7 @@ class MemorySink:
         return [item for batch in self.batches for item in batch.items]
 
 
-class MemoryCheckpointStore:
+class MemoryCheckpointStore(CheckpointStore):
     """Checkpoints in a dict. ``flush`` is a no-op: everything saved is at once what ``load`` returns."""
 
     def __init__(self) -> None:
@@ -209,7 +216,7 @@ class MemoryCheckpointStore:
         return None
 
 
-class MemoryDestination:
+class MemoryDestination(Destination):
     """On-failure records in a list, as Lambda's failure documents (``documents``) and as sent."""
 
     def __init__(self) -> None:

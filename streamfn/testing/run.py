@@ -20,18 +20,20 @@ from typing import Any
 import msgspec
 import orjson
 
-from ..config import LoadedPipeline, load_pipeline, stream_name
-from ..destinations.base import FailedBatch
+from ..components import BuildContext
+from ..config import LoadedPipeline, load_pipeline
+from ..connectors.dynamodb_streams.source import DynamoDBStreamsSource
+from ..connectors.kinesis.source import KinesisSource
+from ..connectors.local.produce import ndjson_records
 from ..engine.pipeline import Pipeline
 from ..errors import HandlerError, InputError
-from ..sinks.base import SinkBatch
-from ..sources.dynamodb_streams import DynamoDBStreamsSource
-from ..sources.kinesis import KinesisSource
-from ..sources.local_produce import ndjson_records
+from ..protocols.checkpoint import CheckpointConfig, CheckpointStore
+from ..protocols.destination import Destination, DestinationConfig, FailedBatch
+from ..protocols.sink import Sink, SinkBatch, SinkConfig
+from ..protocols.source import Source, SourceConfig
 from .memory import MemoryCheckpointStore, MemoryDestination, MemorySink, MemorySource
 
 #: What filters see as the record's data, and the failure-record shape, per source type.
-_SOURCE_TRAITS = {"kafka": ("kafka", "value"), "dynamodb_streams": ("dynamodb_streams", "dynamodb")}
 
 
 class RunResult(msgspec.Struct, frozen=True):
@@ -52,14 +54,37 @@ class Comparison(msgspec.Struct, frozen=True):
     diff: str
 
 
-class _Built:
-    """A stand-in config entry whose ``build`` hands out a part made beforehand."""
+class _BuiltSource(SourceConfig, kw_only=True, tag="streamfn.testing"):
+    """A config entry whose ``build`` hands out a part made beforehand (not a pipeline file type)."""
 
-    def __init__(self, part: Any) -> None:
-        self._part = part
+    part: Any
 
-    def build(self, ctx: Any) -> Any:
-        return self._part
+    def build(self, ctx: BuildContext) -> Source:
+        return self.part  # type: ignore[no-any-return]
+
+    def stream_name(self) -> str:
+        return str(self.part.name)
+
+
+class _BuiltSink(SinkConfig, kw_only=True, tag="streamfn.testing"):
+    part: Any
+
+    def build(self, ctx: BuildContext) -> Sink:
+        return self.part  # type: ignore[no-any-return]
+
+
+class _BuiltStore(CheckpointConfig, kw_only=True, tag="streamfn.testing"):
+    part: Any
+
+    def build(self, ctx: BuildContext) -> CheckpointStore:
+        return self.part  # type: ignore[no-any-return]
+
+
+class _BuiltDestination(DestinationConfig, kw_only=True, tag="streamfn.testing"):
+    part: Any
+
+    def build(self, ctx: BuildContext) -> Destination:
+        return self.part  # type: ignore[no-any-return]
 
 
 def read_records(path: str | Path, key_field: str | None = None) -> list[tuple[str, bytes]]:
@@ -93,18 +118,17 @@ def memory_source(loaded: LoadedPipeline, shards: int = 1) -> MemorySource:
     """An empty in-memory stand-in for the pipeline's source: same stream name, same Lambda event shape
     (Kafka's shards are named ``<topic>-<partition>`` as the Kafka source names them)."""
     config = loaded.config.source
-    tag = str(type(config).__struct_config__.tag)
-    kind, data_key = _SOURCE_TRAITS.get(tag, ("kinesis", "data"))
-    real = config.build(loaded.context)  # never opened: only its event shape is used
-    name = stream_name(config)
+    real = config.build(loaded.context)  # never opened: only its event shape and traits are used
+    kind = real.traits.kind
+    name = config.stream_name()
     if isinstance(real, KinesisSource | DynamoDBStreamsSource) and not real.stream_arn:
         # The ARN comes from the service at open; stand in with the documented local form.
         service = "dynamodb" if isinstance(real, DynamoDBStreamsSource) else "kinesis"
         resource = f"table/{name}/stream/local" if service == "dynamodb" else f"stream/{name}"
         real.stream_arn = f"arn:aws:{service}:{real.region}:000000000000:{resource}"
     ids = [f"{name}-{i}" for i in range(shards)] if kind == "kafka" else shards
-    return MemorySource(name, ids, kind=kind, filter_data_key=data_key, lambda_event=real.lambda_event,
-                        first_sequence=0 if kind == "kafka" else 1)
+    return MemorySource(name, ids, lambda_event=real.lambda_event, first_sequence=0 if kind == "kafka" else 1,
+                        traits=real.traits)
 
 
 def add_record(source: MemorySource, partition_key: str, data: bytes) -> None:
@@ -151,8 +175,10 @@ async def run_records(pipeline: str | Path | LoadedPipeline, records: Iterable[t
     sink, store = MemorySink(), MemoryCheckpointStore()
     destination = MemoryDestination()
     config = msgspec.structs.replace(
-        loaded.config, source=_Built(source), sinks=[_Built(sink)], checkpoints=_Built(store),
-        on_failure=_Built(destination) if loaded.config.on_failure is not None else None, metrics=None,
+        loaded.config, source=_BuiltSource(part=source), sinks=[_BuiltSink(part=sink)],
+        checkpoints=_BuiltStore(part=store),
+        on_failure=_BuiltDestination(part=destination) if loaded.config.on_failure is not None else None,
+        metrics=None,
     )
     await _run(Pipeline(LoadedPipeline(config=config, path=loaded.path)), time_limit)
     return RunResult(items=sink.items, batches=sink.batches, failures=list(destination.failures),

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from streamfn.components import BuildContext
+from streamfn.protocols.source import Source
 from streamfn.records import Record
-from streamfn.sources.base import Source
 from tests.integration.aws_support import client, create_stream, unique, wait_active
 
 CONTEXT = BuildContext(pipeline="contract", config_dir=Path("."), state_dir=Path("."))
@@ -74,7 +74,7 @@ class LocalKit(SourceKit):
     min_shards = 3
 
     def __init__(self, folder: Path) -> None:
-        from streamfn.sources.local_log import LocalLog
+        from streamfn.connectors.local.log import LocalLog
 
         super().__init__()
         self.path = folder / "log.sqlite3"
@@ -86,7 +86,7 @@ class LocalKit(SourceKit):
             log.close()
 
     async def write(self, numbers: Iterable[int]) -> None:
-        from streamfn.sources.local_log import LocalLog
+        from streamfn.connectors.local.log import LocalLog
 
         log = LocalLog(self.path)
         try:
@@ -95,7 +95,7 @@ class LocalKit(SourceKit):
             log.close()
 
     def build(self, endpoint: str | None = None) -> Source:
-        from streamfn.sources.local import LocalSource
+        from streamfn.connectors.local.source import LocalSource
 
         return LocalSource(self.path, self.stream, 3)
 
@@ -129,7 +129,7 @@ class KinesisKit(SourceKit):
             await wait_active(kinesis, self.stream)
 
     def build(self, endpoint: str | None = None) -> Source:
-        from streamfn.sources.kinesis import KinesisSourceConfig
+        from streamfn.connectors.kinesis.source import KinesisSourceConfig
 
         config = KinesisSourceConfig(stream=self.stream, endpoint_url=endpoint or self.endpoint, backoff_initial=0.01,
                                      backoff_max=0.05, idle_interval=0.02, max_reads_per_second=100.0)
@@ -159,7 +159,7 @@ class DynamoDBStreamsKit(SourceKit):
                 await ddb.put_item(TableName=self.table, Item={"id": {"S": f"i{n}"}, "n": {"N": str(n)}})
 
     def build(self, endpoint: str | None = None) -> Source:
-        from streamfn.sources.dynamodb_streams import DynamoDBStreamsSourceConfig
+        from streamfn.connectors.dynamodb_streams.source import DynamoDBStreamsSourceConfig
 
         config = DynamoDBStreamsSourceConfig(table=self.table, endpoint_url=endpoint or self.endpoint,
                                              idle_interval=0.02,
@@ -200,7 +200,7 @@ class KafkaKit(SourceKit):
             await producer.stop()
 
     def build(self, endpoint: str | None = None) -> Source:
-        from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
+        from streamfn.connectors.kafka.source import KafkaSource, KafkaSourceConfig
 
         return KafkaSource(KafkaSourceConfig(bootstrap_servers=self.bootstrap, topic=self.topic,
                                              group_id=unique("contract"), fetch_max_wait_ms=20))
@@ -208,7 +208,7 @@ class KafkaKit(SourceKit):
     async def open_source(self, endpoint: str | None = None) -> Source:
         from aiokafka import TopicPartition
 
-        from streamfn.sources.kafka import KafkaSource
+        from streamfn.connectors.kafka.source import KafkaSource
 
         source = await super().open_source(endpoint)
         assert isinstance(source, KafkaSource)
@@ -298,7 +298,7 @@ class LocalSinkKit(SinkKit):
         self.root = folder / "out"
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.sinks.local import LocalSink
+        from streamfn.connectors.local.sink import LocalSink
 
         return LocalSink(self.root)
 
@@ -314,7 +314,7 @@ class S3SinkKit(SinkKit):
         self.bucket = unique("contract")
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.sinks.s3 import S3SinkConfig
+        from streamfn.connectors.s3.sink import S3SinkConfig
 
         config = S3SinkConfig(bucket=self.bucket, endpoint_url=endpoint or self.endpoint)
         return config.build(CONTEXT)
@@ -342,7 +342,7 @@ class DynamoDBSinkKit(SinkKit):
         self.table = unique("contract")
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.sinks.dynamodb import DynamoDBSinkConfig
+        from streamfn.connectors.dynamodb.sink import DynamoDBSinkConfig
 
         return DynamoDBSinkConfig(table=self.table, endpoint_url=endpoint or self.endpoint).build(CONTEXT)
 
@@ -353,7 +353,7 @@ class DynamoDBSinkKit(SinkKit):
                                    KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
 
     async def stored(self) -> list[list[Any]]:
-        from streamfn.sources.dynamodb_json import item_from_dynamodb
+        from streamfn.connectors.dynamodb.dynamodb_json import item_from_dynamodb
 
         async with client("dynamodb", self.endpoint) as ddb:
             items = (await ddb.scan(TableName=self.table))["Items"]
@@ -383,7 +383,7 @@ class StdoutSinkKit(SinkKit):
         self.lines: list[Any] = []
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.sinks.stdout import StdoutSinkConfig
+        from streamfn.connectors.stdout.sink import StdoutSinkConfig
 
         return StdoutSinkConfig().build(CONTEXT)
 
@@ -438,7 +438,7 @@ class LocalDestinationKit(DestinationKit):
         self.root = folder / "failures"
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.destinations.local import LocalDestinationConfig
+        from streamfn.connectors.local.destination import LocalDestinationConfig
 
         return LocalDestinationConfig(path=str(self.root)).build(CONTEXT)
 
@@ -454,7 +454,7 @@ class S3DestinationKit(DestinationKit):
         self.bucket = unique("contract")
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.destinations.s3 import S3DestinationConfig
+        from streamfn.connectors.s3.destination import S3DestinationConfig
 
         return S3DestinationConfig(bucket=self.bucket, prefix="failed/", endpoint_url=endpoint or self.endpoint)\
             .build(CONTEXT)
@@ -481,12 +481,12 @@ class LocalLogDestinationKit(DestinationKit):
         self.path = folder / "failures.sqlite3"
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.destinations.stream import LocalLogDestinationConfig
+        from streamfn.connectors.local.log_destination import LocalLogDestinationConfig
 
         return LocalLogDestinationConfig(stream="failures", shards=2, path=str(self.path)).build(CONTEXT)
 
     async def documents(self) -> list[Any]:
-        from streamfn.sources.local_log import LocalLog
+        from streamfn.connectors.local.log import LocalLog
 
         log = LocalLog(self.path)
         try:
@@ -505,7 +505,7 @@ class KinesisDestinationKit(DestinationKit):
         self.stream = unique("failures")
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.destinations.stream import KinesisDestinationConfig
+        from streamfn.connectors.kinesis.destination import KinesisDestinationConfig
 
         return KinesisDestinationConfig(stream=self.stream, endpoint_url=endpoint or self.endpoint).build(CONTEXT)
 
@@ -530,7 +530,7 @@ class KafkaDestinationKit(DestinationKit):
         self.topic = ""
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.destinations.stream import KafkaDestinationConfig
+        from streamfn.connectors.kafka.destination import KafkaDestinationConfig
 
         return KafkaDestinationConfig(bootstrap_servers=self.bootstrap, topic=self.topic).build(CONTEXT)
 
@@ -591,8 +591,8 @@ class SqsDestinationKit(DestinationKit):
         self.received: list[Any] = []
 
     def build(self, endpoint: str | None = None) -> Any:
-        from streamfn.destinations.sns import SnsDestinationConfig
-        from streamfn.destinations.sqs import SqsDestinationConfig
+        from streamfn.connectors.sns.destination import SnsDestinationConfig
+        from streamfn.connectors.sqs.destination import SqsDestinationConfig
 
         if self.topic:
             return SnsDestinationConfig(topic_arn=self.topic_arn, endpoint_url=endpoint or self.endpoint)\

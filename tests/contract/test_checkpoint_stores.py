@@ -1,4 +1,4 @@
-"""The contract every CheckpointStore keeps (see streamfn/checkpoints/base.py).
+"""The contract every CheckpointStore keeps (see streamfn/protocols/checkpoint.py).
 
 Each store (streamfn.testing's in-memory one, local SQLite, the DynamoDB lease table on moto,
 Kafka's committed offsets on Tansu) is exercised through two instances over the same durable state:
@@ -15,12 +15,12 @@ import msgspec
 import pytest
 
 from streamfn import Position
-from streamfn.checkpoints.base import Checkpoint, CheckpointStore
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStoreConfig
-from streamfn.checkpoints.local import LocalCheckpointStore
 from streamfn.components import BuildContext
+from streamfn.connectors.kafka.source import KafkaSource, KafkaSourceConfig
+from streamfn.connectors.lease_table.store import DynamoDBCheckpointStoreConfig
+from streamfn.connectors.local.store import LocalCheckpointStore
 from streamfn.errors import LeaseLostError
-from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
+from streamfn.protocols.checkpoint import Checkpoint, CheckpointStore
 from streamfn.testing import MemoryCheckpointStore
 from tests.integration.kafka_util import create_topic
 from tests.integration.test_kafka_checkpoints import broker_keeps_commit_metadata

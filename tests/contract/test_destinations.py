@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from streamfn.destinations.base import Destination, FailedBatch
 from streamfn.errors import RetryableError
+from streamfn.protocols.destination import Destination, FailedBatch
 from streamfn.records import Record
 from tests.contract.kits import DESTINATION_KINDS, DestinationKit, destination_kit
 from tests.throttle_proxy import ANY, ThrottleProxy

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from streamfn.errors import RetryableError, SinkError
+from streamfn.protocols.sink import Sink, SinkBatch
 from streamfn.records import Position
-from streamfn.sinks.base import Sink, SinkBatch
 from tests.contract.kits import SINK_KINDS, SinkKit, sink_kit
 from tests.outage_proxy import OutageProxy
 from tests.throttle_proxy import ANY, ThrottleProxy

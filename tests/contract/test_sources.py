@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from streamfn.protocols.source import ShardInfo, ShardReader, Source, StartingPosition
 from streamfn.records import Record
-from streamfn.sources.base import ShardInfo, ShardReader, Source, StartingPosition
 from tests.contract.kits import SOURCE_KINDS, SourceKit, source_kit
 from tests.throttle_proxy import ThrottleProxy
 

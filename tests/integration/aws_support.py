@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from streamfn.config import LoadedPipeline, load_pipeline
+from streamfn.protocols.source import ShardReader
 from streamfn.records import Record
-from streamfn.sources.base import ShardReader
 
 MAX_HASH = 2**128 - 1
 

@@ -18,8 +18,8 @@ import orjson
 
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig, RetryConfig
-from streamfn.sinks.local import LocalSinkConfig
-from streamfn.sources.kafka import KafkaSourceConfig
+from streamfn.connectors.kafka.source import KafkaSourceConfig
+from streamfn.connectors.local.sink import LocalSinkConfig
 
 #: Short enough that a dead member is noticed within seconds, long enough for a loaded CI box.
 GROUP_SETTINGS: dict[str, Any] = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
@@ -142,6 +142,10 @@ async def fail_for_a_while(batch: Batch, context: Context) -> list[dict[str, Any
 
 #: Lambda events the lambda-interface handler received.
 EVENTS: list[dict[str, Any]] = []
+
+
+async def always_fail(batch: Batch, context: Context) -> list[dict[str, Any]]:
+    raise RuntimeError(f"cannot handle {len(batch)} records")
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:

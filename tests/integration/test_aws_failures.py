@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from streamfn.checkpoints.lease_table import LeaseTable
 from streamfn.components import BuildContext
+from streamfn.connectors.dynamodb.sink import DynamoDBSink, DynamoDBSinkConfig
+from streamfn.connectors.lease_table.table import LeaseTable
+from streamfn.connectors.s3.sink import S3Sink, S3SinkConfig
 from streamfn.errors import CheckpointError, RetryableError, SinkError
+from streamfn.protocols.sink import SinkBatch
 from streamfn.records import Position
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.dynamodb import DynamoDBSink, DynamoDBSinkConfig
-from streamfn.sinks.s3 import S3Sink, S3SinkConfig
 from tests.integration.aws_support import client, unique
 from tests.outage_proxy import OutageProxy
 from tests.throttle_proxy import ANY, ThrottleProxy

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from streamfn.config import load_pipeline
+from streamfn.connectors.kinesis.source import KinesisSource
 from streamfn.engine.daemon import run_pipelines
-from streamfn.sources.base import ShardInfo
-from streamfn.sources.kinesis import KinesisSource
+from streamfn.protocols.source import ShardInfo
 from tests.integration.aws_support import client, create_stream, put, shard_hash_starts, unique, wait_active
 
 #: The first batch waits for the test to split the stream and fill the children: the split

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamfn.checkpoints.local import decode_checkpoint
+from streamfn.connectors.local.store import decode_checkpoint
 from tests.pipelines import append, daemon, kill, output_objects, write_pipeline
 
 SLOWISH = """

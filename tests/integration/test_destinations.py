@@ -14,10 +14,13 @@ import pytest
 
 from streamfn import Record
 from streamfn.aws import AwsClient
-from streamfn.destinations.base import FailedBatch
-from streamfn.destinations.s3 import S3Destination
-from streamfn.destinations.stream import KafkaDestination, KinesisDestination, LocalLogDestination, failure_documents
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.kafka.destination import KafkaDestination
+from streamfn.connectors.kinesis.destination import KinesisDestination
+from streamfn.connectors.local.log import LocalLog
+from streamfn.connectors.local.log_destination import LocalLogDestination
+from streamfn.connectors.s3.destination import S3Destination
+from streamfn.connectors.shared.failure_documents import failure_documents
+from streamfn.protocols.destination import FailedBatch
 
 
 def failure(n: int = 3, size: int = 10) -> FailedBatch:

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from streamfn.connectors.dynamodb.dynamodb_json import item_from_dynamodb
+from streamfn.connectors.dynamodb.sink import DynamoDBSink, DynamoDBSinkConfig
 from streamfn.errors import SinkError
+from streamfn.protocols.sink import SinkBatch
 from streamfn.records import Position
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.dynamodb import DynamoDBSink, DynamoDBSinkConfig
-from streamfn.sources.dynamodb_json import item_from_dynamodb
 from tests.integration.aws_support import client, unique
 
 

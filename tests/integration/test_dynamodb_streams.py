@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 import pytest
 
+from streamfn.connectors.dynamodb.dynamodb_json import item_from_dynamodb
+from streamfn.connectors.dynamodb_streams.source import DynamoDBStreamsSource, DynamoDBStreamsSourceConfig
 from streamfn.errors import ConfigError, SourceError
+from streamfn.protocols.source import StartingPosition
 from streamfn.records import Batch
-from streamfn.sources.base import StartingPosition
-from streamfn.sources.dynamodb_json import item_from_dynamodb
-from streamfn.sources.dynamodb_streams import DynamoDBStreamsSource, DynamoDBStreamsSourceConfig
 from tests.integration.aws_support import client, drain, unique
 
 TRIM = StartingPosition()

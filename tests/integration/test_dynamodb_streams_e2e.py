@@ -27,7 +27,7 @@ def handler(event, context):
 """
 
 NATIVE_HANDLER = """
-from streamfn.sources.dynamodb_json import item_from_dynamodb
+from streamfn.connectors.dynamodb.dynamodb_json import item_from_dynamodb
 
 def handle(batch, context):
     out = []

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.local import decode_checkpoint
+from streamfn.connectors.local.store import decode_checkpoint
 from streamfn.engine.windows import FINAL_CALL_GRACE
+from streamfn.protocols.checkpoint import Checkpoint
 from tests.pipelines import append, output_objects, run_until_caught_up, write_pipeline
 
 # The handler logs every call, fails on "poison" records (always) and on "flaky" ones (first

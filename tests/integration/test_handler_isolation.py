@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.local.log import LocalLog
 from tests.pipelines import append, daemon, kill, output_objects, write_pipeline
 
 HANGS_ON_ONE_RECORD = """

@@ -14,11 +14,11 @@ import msgspec
 import pytest
 
 from streamfn.config import LoadedPipeline
+from streamfn.connectors.kafka.source import KafkaSource
+from streamfn.connectors.local.sink import LocalSink
 from streamfn.engine.daemon import run_pipelines
 from streamfn.engine.pipeline import Pipeline
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.local import LocalSink
-from streamfn.sources.kafka import KafkaSource
+from streamfn.protocols.sink import SinkBatch
 from tests.integration import kafka_util
 from tests.integration.kafka_util import (
     committed_offsets,
@@ -83,7 +83,9 @@ async def test_an_unmodified_lambda_kafka_handler_gets_lambdas_event(kafka_boots
     await drain(loaded)
 
     (event,) = kafka_util.EVENTS
-    assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == kafka_bootstrap
+    # no cluster_arn: a self-managed cluster, as Lambda names it
+    assert event["eventSource"] == "SelfManagedKafka" and event["bootstrapServers"] == kafka_bootstrap
+    assert "eventSourceArn" not in event
     (first, second) = event["records"][f"{topic}-1"]
     assert (first["topic"], first["partition"], first["offset"]) == (topic, 1, 0)
     assert base64.b64decode(first["key"]) == b"key-1" and "key" not in second

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.kafka import KafkaCheckpointStore
+from streamfn.connectors.kafka.group import KafkaGroupAssigner
+from streamfn.connectors.kafka.offsets import KafkaCheckpointStore
+from streamfn.connectors.kafka.source import KafkaSource, KafkaSourceConfig
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position, Record
-from streamfn.sources.base import ShardInfo, StartingPosition
-from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
-from streamfn.sources.kafka_group import KafkaGroupAssigner
 from tests.integration.kafka_util import GROUP_SETTINGS, create_topic, numbered, produce, unique, wait_for
 
 PARTITIONS = 4

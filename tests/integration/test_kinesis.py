@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from streamfn.connectors.kinesis.kpl import UserRecord, aggregate
+from streamfn.connectors.kinesis.source import KinesisSource, KinesisSourceConfig
 from streamfn.errors import SourceError
+from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Batch, Position
-from streamfn.sources.base import ShardInfo, StartingPosition
-from streamfn.sources.kinesis import KinesisSource, KinesisSourceConfig
-from streamfn.sources.kpl import UserRecord, aggregate
 from tests.integration.aws_support import client, create_stream, drain, put, shard_hash_starts, unique, wait_active
 from tests.throttle_proxy import ThrottleProxy
 
@@ -251,7 +251,7 @@ async def test_lambda_event_shape(kinesis_endpoint: str, aws_env: dict[str, str]
 
 
 def test_parents_first_orders_children_after_listed_parents() -> None:
-    from streamfn.sources.kinesis import parents_first
+    from streamfn.connectors.kinesis.source import parents_first
 
     shards = [ShardInfo("c", ("a", "b")), ShardInfo("b", ("gone",)), ShardInfo("a")]
     assert [s.shard_id for s in parents_first(shards)] == ["b", "a", "c"]

@@ -320,7 +320,7 @@ async def test_the_cli_runs_a_kinesis_pipeline_file(
 async def test_kpl_aggregates_resume_between_sub_records_after_a_stop(
     tmp_path: Path, kinesis_endpoint: str, moto_endpoint: str, aws_env: dict[str, str]
 ) -> None:
-    from streamfn.sources.kpl import UserRecord, aggregate
+    from streamfn.connectors.kinesis.kpl import UserRecord, aggregate
 
     stream = unique("kpl")
     async with client("kinesis", kinesis_endpoint) as kinesis:

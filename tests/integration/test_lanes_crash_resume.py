@@ -11,8 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.local import decode_checkpoint
+from streamfn.connectors.local.store import decode_checkpoint
+from streamfn.protocols.checkpoint import Checkpoint
 from tests.integration import test_dynamodb_streams as streams
 from tests.integration.aws_support import (
     client,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig
+from streamfn.connectors.lease_table.store import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig
+from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.records import Position
 
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig, LeaseSettings
-from streamfn.engine.lease_assigner import LeaseAssigner
+from streamfn.connectors.lease_table.assigner import LeaseAssigner
+from streamfn.connectors.lease_table.store import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig, LeaseSettings
 from streamfn.errors import LeaseLostError
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ShardInfo, Source, SourceTraits
 from streamfn.records import Position
-from streamfn.sources.base import ShardInfo
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -102,7 +102,9 @@ class FakeController:
         raise AssertionError("the lease assigner reads parents from the table")
 
 
-class FakeSource:
+class FakeSource(Source):
+    traits = SourceTraits(kind="memory")
+
     name = "stream"
 
     def __init__(self, shards: list[ShardInfo]) -> None:

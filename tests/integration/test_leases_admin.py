@@ -6,18 +6,18 @@ import asyncio
 
 import pytest
 
-from streamfn.checkpoints.admin import (
+from streamfn.connectors.lease_table.store import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig
+from streamfn.errors import LeaseLostError
+from streamfn.ops.checkpoints.lease_table import (
     LeasesHeldError,
     render,
     reset_checkpoints,
     set_checkpoint,
     show_checkpoints,
 )
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig
-from streamfn.errors import LeaseLostError
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import StartingPosition
 from streamfn.records import Position
-from streamfn.sources.base import StartingPosition
 
 from .test_leases import StoreFactory, dynamodb_endpoint, workers
 

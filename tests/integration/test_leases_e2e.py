@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamfn.checkpoints.lease_table import Lease, LeaseTable
+from streamfn.connectors.lease_table.table import Lease, LeaseTable
 from streamfn.errors import CheckpointError
 from tests.integration.aws_support import client, create_stream, put, shard_hash_starts, unique, wait_active
 from tests.pipelines import REPO, append, kill, output_objects

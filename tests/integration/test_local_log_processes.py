@@ -9,14 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.local.log import LocalLog
 
 # Appends numbered records in batches forever, printing the last number after each commit.
 WRITER = """
 import sys
 import time
 from pathlib import Path
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.local.log import LocalLog
 
 log = LocalLog(Path(sys.argv[1]))
 log.create_stream("s", 3)
@@ -122,7 +122,7 @@ def test_a_reader_killed_mid_read_leaves_the_log_usable(tmp_path: Path) -> None:
     log.create_stream("s", 3)
     log.append("s", [(f"user-{i % 97}", str(i).encode()) for i in range(20_000)])
     reader_code = (
-        "import sys\nfrom pathlib import Path\nfrom streamfn.sources.local_log import LocalLog\n"
+        "import sys\nfrom pathlib import Path\nfrom streamfn.connectors.local.log import LocalLog\n"
         "log = LocalLog(Path(sys.argv[1]))\nprint('ready', flush=True)\n"
         "while True:\n    log.read('s', 'shard-0000', 0, 10**6)\n"
     )

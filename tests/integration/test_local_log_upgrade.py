@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.local.log import LocalLog
 from tests.pipelines import output_objects, run_until_caught_up
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from streamfn.destinations.base import FailedBatch
-from streamfn.destinations.local import LocalDestination
+from streamfn.connectors.local.destination import LocalDestination
+from streamfn.connectors.local.sink import LocalSink
+from streamfn.connectors.stdout.sink import StdoutSink
 from streamfn.errors import SinkError
+from streamfn.protocols.destination import FailedBatch
+from streamfn.protocols.sink import SinkBatch
 from streamfn.records import Position, Record
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.local import LocalSink
-from streamfn.sinks.stdout import StdoutSink
 
 
 def batch(items: list[Any], shard_id: str = "shard-0000", pipeline: str = "p") -> SinkBatch:
@@ -103,8 +103,8 @@ def test_stdout_sink_on_a_full_device_is_retryable() -> None:
         import asyncio
         from streamfn.errors import RetryableError
         from streamfn.records import Position
-        from streamfn.sinks.base import SinkBatch
-        from streamfn.sinks.stdout import StdoutSink
+        from streamfn.protocols.sink import SinkBatch
+        from streamfn.connectors.stdout.sink import StdoutSink
         batch = SinkBatch(pipeline="p", stream="s", shard_id="0", first=Position(1), last=Position(1),
                           first_arrival=0.0, items=[{"v": 1}])
         try:
@@ -141,11 +141,11 @@ DISK_SCRIPT = """
 import asyncio, errno, json, subprocess, sys
 from pathlib import Path
 from streamfn.errors import RetryableError
-from streamfn.destinations.base import FailedBatch
-from streamfn.destinations.local import LocalDestination
+from streamfn.protocols.destination import FailedBatch
+from streamfn.connectors.local.destination import LocalDestination
 from streamfn.records import Position, Record
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.local import LocalSink
+from streamfn.protocols.sink import SinkBatch
+from streamfn.connectors.local.sink import LocalSink
 
 disk = Path(sys.argv[1])
 results = {}

@@ -32,10 +32,10 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.lease_table import lease_from_item
-from streamfn.checkpoints.local import decode_checkpoint
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.lease_table.table import lease_from_item
+from streamfn.connectors.local.log import LocalLog
+from streamfn.connectors.local.store import decode_checkpoint
+from streamfn.protocols.checkpoint import Checkpoint
 from tests.integration.aws_support import client, unique
 from tests.outage_proxy import OutageProxy
 from tests.pipelines import daemon, kill, output_objects, write_pipeline

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from streamfn.sources.local_log import LocalLog
+from streamfn.connectors.local.log import LocalLog
 from tests.pipelines import write_pipeline
 
 ECHO = "def handle(batch, context):\n    return [r.json() for r in batch]\n"

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.local import LocalCheckpointStoreConfig
 from streamfn.config import load_pipeline
+from streamfn.connectors.kinesis.kpl import UserRecord, aggregate
+from streamfn.connectors.local.store import LocalCheckpointStoreConfig
 from streamfn.engine.pipeline import Pipeline
 from streamfn.errors import SourceError
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position
-from streamfn.sources.base import ShardInfo, StartingPosition
-from streamfn.sources.kpl import UserRecord, aggregate
 from tests.integration import test_dynamodb_streams as streams
 from tests.integration.aws_support import client, create_stream, drain, put, unique
 from tests.integration.test_kinesis import TRIM, source

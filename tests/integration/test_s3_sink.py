@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from streamfn.components import BuildContext
+from streamfn.connectors.s3.sink import MIB, S3Sink, S3SinkConfig
 from streamfn.errors import ConfigError
+from streamfn.protocols.sink import SinkBatch
 from streamfn.records import Position
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.s3 import MIB, S3Sink, S3SinkConfig
 from tests.integration.aws_support import client, unique
 
 CTX = BuildContext(pipeline="clicks", config_dir=Path("."), state_dir=Path("."))

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.local import LocalCheckpointStore
+from streamfn.connectors.local.store import LocalCheckpointStore
+from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.records import Position
 from tests.pipelines import append_at, daemon, kill, output_objects, run_until_caught_up, write_pipeline
 

@@ -14,8 +14,8 @@ import orjson
 
 from streamfn import Record
 from streamfn.aws import AwsClient
-from streamfn.destinations.base import FailedBatch
-from streamfn.destinations.sqs import SqsDestination, message_bodies
+from streamfn.connectors.sqs.destination import SqsDestination, message_bodies
+from streamfn.protocols.destination import FailedBatch
 from tests.pipelines import append, run_until_caught_up, write_pipeline
 
 HANDLER = """

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.local import LocalCheckpointStore
+from streamfn.connectors.local.log import LocalLog
+from streamfn.connectors.local.store import LocalCheckpointStore
 from streamfn.errors import RetryableError
+from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.records import Position
-from streamfn.sources.local_log import LocalLog
 from tests.pipelines import append, daemon, kill, output_objects, write_pipeline
 
 

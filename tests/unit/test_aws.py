@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 
 from streamfn.aws import RETRYABLE_CODES, classify, error_code, is_retryable, resolve_region, retry_kind
 from streamfn.backoff import Backoff
-from streamfn.checkpoints.dynamodb import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig
-from streamfn.checkpoints.lease_table import is_condition_failure
+from streamfn.connectors.dynamodb.sink import DynamoDBSink, DynamoDBSinkConfig
+from streamfn.connectors.lease_table.store import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig
+from streamfn.connectors.lease_table.table import is_condition_failure
+from streamfn.connectors.s3.sink import S3Sink, S3SinkConfig
 from streamfn.errors import CheckpointError, HandlerError, RetryableError, SinkError, SourceError
+from streamfn.protocols.sink import SinkBatch
 from streamfn.records import Position
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.dynamodb import DynamoDBSink, DynamoDBSinkConfig
-from streamfn.sinks.s3 import S3Sink, S3SinkConfig
 
 
 def client_error(code: str, status: int = 400) -> ClientError:

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from streamfn import Position, Record
 from streamfn.engine.batching import Batcher, BatchLimits
-from streamfn.sources.base import ReadResult
+from streamfn.protocols.source import ReadResult, ShardReader
 
 
-class ListReader:
+class ListReader(ShardReader):
     """Hands out a fixed list of records in chunks of at most ``chunk`` (pure, no I/O)."""
 
     def __init__(self, records: list[Record], chunk: int = 7, end: bool = False) -> None:

@@ -64,7 +64,8 @@ def test_an_unknown_type_lists_the_types_of_that_place(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load(tmp_path, BASE + LOCAL + '[[sinks]]\ntype = "local"\npath = "o"\n[[sinks]]\ntype = "s4"\n')
     assert raised.value.field == "sinks[1].type"
-    assert raised.value.message.endswith("expected one of 'local', 'stdout', 's3', 'dynamodb'")
+    listed = raised.value.message.rpartition("expected one of ")[2]
+    assert sorted(listed.split(", ")) == ["'dynamodb'", "'local'", "'s3'", "'stdout'"]
 
 
 def test_an_enum_inside_a_tagged_source_lists_that_sources_values(tmp_path: Path) -> None:

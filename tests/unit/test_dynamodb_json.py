@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfn.sources.dynamodb_json import from_dynamodb, item_from_dynamodb, item_to_dynamodb, to_dynamodb
+from streamfn.connectors.dynamodb.dynamodb_json import from_dynamodb, item_from_dynamodb, item_to_dynamodb, to_dynamodb
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.text(max_size=20),
                     st.binary(max_size=20), st.floats(allow_nan=False, allow_infinity=False))

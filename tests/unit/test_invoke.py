@@ -11,7 +11,7 @@ import pytest
 
 from streamfn import Batch, Context, Position, Record, Result
 from streamfn.engine.invoke import Invoker, load_handler
-from streamfn.errors import HandlerError, HandlerLoadError
+from streamfn.errors import AnswerError, HandlerError, HandlerLoadError
 
 
 def batch_of(*sequences: int) -> Batch:
@@ -58,6 +58,16 @@ async def test_lambda_lowest_failure_is_numeric_not_textual() -> None:
     answer = {"batchItemFailures": [{"itemIdentifier": "11"}, {"itemIdentifier": "10"}]}
     result = await call(lambda event, ctx: answer, batch, interface="lambda")
     assert result.failed_at == Position(10)
+
+
+async def test_a_zero_padded_identifier_names_its_record() -> None:
+    # DynamoDB Streams spells sequence numbers zero-padded (21 to 40 digits) in the event
+    batch = batch_of(9, 10, 11)
+    answer = {"batchItemFailures": [{"itemIdentifier": "000000000000000000010"}]}
+    result = await call(lambda event, ctx: answer, batch, interface="lambda")
+    assert result.failed_at == Position(10)
+    with pytest.raises(AnswerError):
+        await call(lambda event, ctx: {"batchItemFailures": [{"itemIdentifier": "0000012"}]}, batch, interface="lambda")
 
 
 async def test_failures_ignored_without_report_batch_item_failures() -> None:

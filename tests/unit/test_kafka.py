@@ -11,14 +11,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.kafka import MAX_METADATA, decode_checkpoint, encode_checkpoint
-from streamfn.errors import CheckpointError
-from streamfn.lambda_shapes import kafka_event
-from streamfn.records import Batch, Position
-from streamfn.sources import kafka
-from streamfn.sources.base import ShardInfo, StartingPosition
-from streamfn.sources.kafka import (
+from streamfn.connectors.kafka import source as kafka
+from streamfn.connectors.kafka.offsets import MAX_METADATA, decode_checkpoint, encode_checkpoint
+from streamfn.connectors.kafka.source import (
     KafkaSource,
     KafkaSourceConfig,
     PartitionFeed,
@@ -26,6 +21,11 @@ from streamfn.sources.kafka import (
     shard_id_of,
     to_records,
 )
+from streamfn.errors import CheckpointError
+from streamfn.lambda_shapes import kafka_event
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ShardInfo, StartingPosition
+from streamfn.records import Batch, Position
 
 
 @dataclass

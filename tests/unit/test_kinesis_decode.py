@@ -7,8 +7,8 @@ import hashlib
 
 import orjson
 
-from streamfn.sources.kinesis_decode import RAW_BODY, _keep_raw_body, decode_dynamodb_streams, decode_kinesis
-from streamfn.sources.kpl import UserRecord, aggregate
+from streamfn.connectors.kinesis.decode import RAW_BODY, _keep_raw_body, decode_dynamodb_streams, decode_kinesis
+from streamfn.connectors.kinesis.kpl import UserRecord, aggregate
 
 
 def kinesis_body(records: list[tuple[str, str, bytes]], **extra: object) -> bytes:

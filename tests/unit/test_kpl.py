@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfn.sources.kpl import MAGIC, UserRecord, aggregate, deaggregate, hash_key, is_aggregated
+from streamfn.connectors.kinesis.kpl import MAGIC, UserRecord, aggregate, deaggregate, hash_key, is_aggregated
 
 users = st.lists(
     st.builds(UserRecord, st.text(min_size=1, max_size=20), st.binary(max_size=300),

@@ -7,11 +7,11 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.lease_table import Lease, checkpoint_update, lease_from_item
-from streamfn.engine.lease_assigner import ExpiryClock, plan_takes
+from streamfn.connectors.lease_table.assigner import ExpiryClock, plan_takes
+from streamfn.connectors.lease_table.table import Lease, checkpoint_update, lease_from_item
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import StartingPosition
 from streamfn.records import Position
-from streamfn.sources.base import StartingPosition
 
 
 def lease(shard: str, owner: str | None, counter: int = 1, *, parents: tuple[str, ...] = (),

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.local import LocalCheckpointStore, decode_checkpoint
+from streamfn.connectors.local.store import LocalCheckpointStore, decode_checkpoint
 from streamfn.errors import RetryableError
+from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.records import Position
 
 # Sequences of 1000 digits make each pending entry ~2 KB: a capped file soon has no room (the

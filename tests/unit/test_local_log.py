@@ -14,11 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamfn.errors import SourceError
-from streamfn.records import Batch, Position
-from streamfn.sources.base import ShardInfo, ShardReader, Source, StartingPosition
-from streamfn.sources.local import LocalSource, LocalSourceConfig
-from streamfn.sources.local_log import (
+from streamfn.connectors.local.log import (
     BLOCK_RECORDS,
     LocalLog,
     Retention,
@@ -26,7 +22,11 @@ from streamfn.sources.local_log import (
     shard_for_key,
     shard_id_of,
 )
-from streamfn.sources.local_produce import ndjson_records, synthetic_clicks
+from streamfn.connectors.local.produce import ndjson_records, synthetic_clicks
+from streamfn.connectors.local.source import LocalSource, LocalSourceConfig
+from streamfn.errors import SourceError
+from streamfn.protocols.source import ShardInfo, ShardReader, Source, StartingPosition
+from streamfn.records import Batch, Position
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
-from streamfn.checkpoints.local import LocalCheckpointStore, bind_local_log
+from streamfn.connectors.local.log import LAYOUT_VERSION, LocalLog
+from streamfn.connectors.local.source import LocalSource
+from streamfn.connectors.local.store import LocalCheckpointStore, bind_local_log
 from streamfn.errors import StateMismatchError
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position
-from streamfn.sources.base import ShardInfo, StartingPosition
-from streamfn.sources.local import LocalSource
-from streamfn.sources.local_log import LAYOUT_VERSION, LocalLog
 
 
 def recreate(path: Path) -> None:

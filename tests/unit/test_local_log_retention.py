@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfn.config import json_schema
-from streamfn.sources.base import ShardInfo, StartingPosition
-from streamfn.sources.local import LocalSource, LocalSourceConfig
-from streamfn.sources.local_log import BLOCK_RECORDS, LocalLog, Retention, TrimmedRange, shard_for_key
+from streamfn.connectors.local.log import BLOCK_RECORDS, LocalLog, Retention, TrimmedRange, shard_for_key
+from streamfn.connectors.local.source import LocalSource, LocalSourceConfig
+from streamfn.protocols.source import ShardInfo, StartingPosition
 
 DAY = 24 * 3600.0
 SHARD = ShardInfo("shard-0000")

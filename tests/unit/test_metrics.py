@@ -16,12 +16,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamfn.engine.stats import ShardStats
 from streamfn.metrics import Metric, MetricsConfig, OpsServer, StatsCollector, build_registry
+from streamfn.protocols.assignment import Assigner, ShardController
 
 
-def fake_pipeline(name: str, *stats: ShardStats, settled: bool = True, leases: Any = None) -> Any:
-    assigner = SimpleNamespace(settled=settled)
-    if leases is not None:
-        assigner.leases_held = leases
+class FakeAssigner(Assigner):
+    def __init__(self, settled: bool, leases: int | None) -> None:
+        self.settled, self._leases = settled, leases
+
+    async def run(self, controller: ShardController) -> None:
+        return None
+
+    def leases_held(self) -> int | None:
+        return self._leases
+
+
+def fake_pipeline(name: str, *stats: ShardStats, settled: bool = True, leases: int | None = None) -> Any:
+    assigner = FakeAssigner(settled, leases)
     return SimpleNamespace(name=name, runners={s.shard_id: SimpleNamespace(stats=s) for s in stats},
                            assigner=assigner)
 
@@ -49,7 +59,7 @@ def busy_stats(shard_id: str) -> ShardStats:
 def test_collector_turns_shard_stats_into_series() -> None:
     from prometheus_client import generate_latest
 
-    pipelines = [fake_pipeline("clicks", busy_stats("shard-0"), ShardStats("shard-1"), leases={"shard-0", "shard-1"})]
+    pipelines = [fake_pipeline("clicks", busy_stats("shard-0"), ShardStats("shard-1"), leases=2)]
     text = generate_latest(build_registry(StatsCollector(lambda: pipelines), process=False)).decode()
     got = samples(text)
     shard0 = (("pipeline", "clicks"), ("shard", "shard-0"))
@@ -145,7 +155,7 @@ def free_port() -> int:
 
 
 async def test_scrape_after_a_real_pipeline_run(tmp_path: Path) -> None:
-    pytest.importorskip("streamfn.sources.local")
+    pytest.importorskip("streamfn.connectors.local.source")
     from streamfn.config import load_pipeline
     from streamfn.engine.daemon import run_pipelines
     from tests.pipelines import append, write_pipeline
@@ -190,15 +200,11 @@ async def test_scrape_after_a_real_pipeline_run(tmp_path: Path) -> None:
     assert got[("streamfn_pipeline_started", (("pipeline", "clicks"),))] == 1
 
 
-def test_leases_held_come_from_the_assigner_or_the_lease_store() -> None:
+def test_leases_held_come_from_the_assigner() -> None:
     from streamfn.metrics import leases_held
 
     assert leases_held(fake_pipeline("p")) is None, "no leases: no series rather than a zero"
     assert leases_held(fake_pipeline("p", leases=3)) == 3
-    assert leases_held(fake_pipeline("p", leases=lambda: ["a", "b"])) == 2
-    with_store = fake_pipeline("p")
-    with_store.store = SimpleNamespace(held={"shard-1": object()})
-    assert leases_held(with_store) == 1
 
 
 async def test_a_busy_port_is_a_config_error() -> None:

@@ -4,7 +4,7 @@ import json
 
 import orjson
 
-from streamfn.sinks.local import encode_ndjson
+from streamfn.connectors.shared.ndjson import encode_ndjson
 
 
 def test_integers_beyond_64_bits_are_written() -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from streamfn.checkpoints.base import Checkpoint
 from streamfn.errors import ConfigError
 from streamfn.ops.parts import parse_moment
 from streamfn.ops.replay import BoundedSource, ShardPlan
 from streamfn.ops.status import ShardStatus, Tip, lag_of, render_table
 from streamfn.ops.tail import starting_position
+from streamfn.protocols.checkpoint import Checkpoint
+from streamfn.protocols.source import ReadResult, ShardInfo, ShardReader, Source, SourceTraits, StartingPosition
 from streamfn.records import Position, Record
-from streamfn.sources.base import ReadResult, ShardInfo, StartingPosition
 
 
 def test_lag_counts_records_after_the_checkpoint_or_the_oldest_retained() -> None:
@@ -47,7 +47,7 @@ def test_status_table_aligns_and_says_what_is_unknown() -> None:
     assert render_table(rows[2:], daemon_seen=False).splitlines()[1].split()[-1] == "?"
 
 
-class ListReader:
+class ListReader(ShardReader):
     def __init__(self, batches: list[list[Record]]) -> None:
         self.batches = batches
         self.closed = False
@@ -59,9 +59,9 @@ class ListReader:
         self.closed = True
 
 
-class ListSource:
+class ListSource(Source):
+    traits = SourceTraits(kind="test")
     name = "s"
-    kind = "test"
 
     def __init__(self, reader: ListReader) -> None:
         self._reader = reader
@@ -78,7 +78,7 @@ async def test_bounded_reader_ends_the_shard_after_the_last_record_in_range() ->
     # 5 arrived "before" 4 (Kinesis arrival times are approximate): the range is a prefix, with no gap
     inner = ListReader([[record(1, 10.0), record(2, 11.0)], [record(3, 12.0), record(4, 13.0), record(5, 11.5)]])
     source = BoundedSource(ListSource(inner), {"shard-0": ShardPlan(start=StartingPosition())}, until=12.0, lanes=1)
-    assert source.kind == "test", "everything else passes through"
+    assert source.traits.kind == "test", "everything else passes through"
     reader = source.reader(ShardInfo("shard-0"), None, StartingPosition())
     first = await reader.read(10, 0.1)
     assert [r.sequence for r in first.records] == [1, 2] and not first.shard_end

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamfn.connectors.shared.ndjson import encode_ndjson
 from streamfn.errors import SinkError
-from streamfn.sinks.local import encode_ndjson
 
 json_leaves = st.one_of(
     st.none(), st.booleans(), st.text(alphabet=st.characters(blacklist_categories=["Cs"])),

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamfn.connectors.shared.keys import DEFAULT_TEMPLATE, render_key
 from streamfn.engine.lanes import lane_of
 from streamfn.ops.batch_bounds import bounds_of, disjoint, key_pattern, literal_prefix
 from streamfn.ops.replay import BoundedSource, ShardPlan
+from streamfn.protocols.sink import SinkBatch
+from streamfn.protocols.source import ReadResult, ShardInfo, ShardReader, Source, SourceTraits, StartingPosition
 from streamfn.records import Position, Record
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.keys import DEFAULT_TEMPLATE, render_key
-from streamfn.sources.base import ReadResult, ShardInfo, StartingPosition
 
 TEMPLATES = [
     DEFAULT_TEMPLATE,
@@ -53,7 +53,7 @@ def test_overlapping_bounds_keep_the_first_with_one_lane() -> None:
     assert disjoint(bounds) == [(Position(1), Position(10)), (Position(11), Position(20))]
 
 
-class ListReader:
+class ListReader(ShardReader):
     def __init__(self, records: list[Record]) -> None:
         self.records = records
 
@@ -65,7 +65,9 @@ class ListReader:
         return None
 
 
-class ListSource:
+class ListSource(Source):
+    traits = SourceTraits(kind="memory")
+
     name = "s"
 
     def __init__(self, records: list[Record]) -> None:

@@ -11,15 +11,15 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamfn.checkpoints.base import Checkpoint, advance, with_pending
+from streamfn.connectors.dynamodb_streams.source import DynamoDBStreamsSource, DynamoDBStreamsSourceConfig
+from streamfn.connectors.kafka.source import KafkaSource, KafkaSourceConfig
+from streamfn.connectors.kinesis.source import KinesisSource, KinesisSourceConfig
+from streamfn.connectors.local.source import LocalSource
 from streamfn.engine.lanes import Watermark, lane_of
 from streamfn.engine.shard import resume_point
+from streamfn.protocols.checkpoint import Checkpoint, advance, with_pending
+from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position
-from streamfn.sources.base import ShardInfo, StartingPosition
-from streamfn.sources.dynamodb_streams import DynamoDBStreamsSource, DynamoDBStreamsSourceConfig
-from streamfn.sources.kafka import KafkaSource, KafkaSourceConfig
-from streamfn.sources.kinesis import KinesisSource, KinesisSourceConfig
-from streamfn.sources.local import LocalSource
 
 KINESIS = KinesisSource(KinesisSourceConfig(stream="s", endpoint_url="http://127.0.0.1:9", region="us-east-1"))
 STREAMS = DynamoDBStreamsSource(DynamoDBStreamsSourceConfig(

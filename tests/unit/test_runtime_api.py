@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamfn.config import LoadedPipeline, PipelineConfig, load_pipeline
+from streamfn.config import LoadedPipeline, load_pipeline, pipeline_config_type
 from streamfn.engine.invoke import Invoker
 from streamfn.errors import ConfigError, HandlerError
 from streamfn.handler_api import Context, Result
@@ -196,7 +196,7 @@ BASE_CONFIG = {"name": "p", "handler": "app.handler", "source": {"type": "local"
 ])
 def test_invalid_combinations_are_refused_naming_the_field(settings_: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as refused:
-        msgspec.convert({**BASE_CONFIG, **settings_}, PipelineConfig)
+        msgspec.convert({**BASE_CONFIG, **settings_}, pipeline_config_type())
     assert refused.value.field == field
 
 
@@ -206,7 +206,7 @@ def test_invalid_combinations_are_refused_naming_the_field(settings_: dict[str, 
     {"isolation": "process", "interface": "lambda"},
 ])
 def test_valid_process_settings_are_accepted(settings_: dict[str, Any]) -> None:
-    config = msgspec.convert({**BASE_CONFIG, **settings_}, PipelineConfig)
+    config = msgspec.convert({**BASE_CONFIG, **settings_}, pipeline_config_type())
     assert config.memory_limit_mb == settings_.get("memory_limit_mb", 0)
 
 

@@ -18,20 +18,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfn import Batch, Context, Position, Record, Result
-from streamfn.checkpoints.base import Checkpoint, advance, with_pending
-from streamfn.destinations.base import FailedBatch
+from streamfn.connectors.shared.keys import DEFAULT_TEMPLATE, render_key
 from streamfn.engine.batching import BatchLimits
 from streamfn.engine.invoke import Invoker
 from streamfn.engine.policy import FailurePolicy
 from streamfn.engine.shard import ShardEnv, ShardRunner
-from streamfn.sinks.base import SinkBatch
-from streamfn.sinks.keys import DEFAULT_TEMPLATE, render_key
-from streamfn.sources.base import ReadResult, ShardInfo, StartingPosition
+from streamfn.protocols.checkpoint import Checkpoint, CheckpointStore, advance, with_pending
+from streamfn.protocols.destination import FailedBatch
+from streamfn.protocols.sink import SinkBatch
+from streamfn.protocols.source import ReadResult, ShardInfo, ShardReader, Source, SourceTraits, StartingPosition
 
 SHARD = ShardInfo("shard-0")
 
 
-class MemoryReader:
+class MemoryReader(ShardReader):
     def __init__(self, records: list[Record], after: Position | None, start: StartingPosition) -> None:
         at = start.position if start.kind == "at_sequence" else None  # type: ignore[attr-defined]
         if at is not None:
@@ -48,7 +48,9 @@ class MemoryReader:
         return None
 
 
-class MemorySource:
+class MemorySource(Source):
+    traits = SourceTraits(kind="memory")
+
     name = "s"
 
     def __init__(self, records: list[Record]) -> None:
@@ -58,7 +60,7 @@ class MemorySource:
         return MemoryReader(self.records, after, start)
 
 
-class MemoryStore:
+class MemoryStore(CheckpointStore):
     """Every call is durable when it returns: what a crash keeps is exactly what was saved."""
 
     def __init__(self) -> None:

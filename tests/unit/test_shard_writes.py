@@ -18,8 +18,8 @@ from streamfn.engine.invoke import Invoker
 from streamfn.engine.policy import FailurePolicy
 from streamfn.engine.shard import ShardEnv, ShardRunner
 from streamfn.errors import RetryableError, SinkError
-from streamfn.sinks.base import SinkBatch
-from streamfn.sources.base import StartingPosition
+from streamfn.protocols.sink import SinkBatch
+from streamfn.protocols.source import StartingPosition
 from tests.unit.test_shard_exactly_once import SHARD, MemoryDestination, MemorySink, MemorySource, MemoryStore
 
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from streamfn import testing
 from streamfn.errors import HandlerError
+from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position
-from streamfn.sources.base import ShardInfo, StartingPosition
 
 HANDLERS = '''
 import json
@@ -98,7 +98,7 @@ async def test_a_kafka_pipeline_gets_kafkas_event_with_topic_partition_and_offse
                       source='type = "kafka"\nbootstrap_servers = "b:9092"\ntopic = "orders"\ngroup_id = "g"')
     result = await testing.run_records(config, [("k", b'{"n": 1}'), ("k", b'{"n": 2}')])
     [event] = result.items
-    assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == "b:9092"
+    assert event["eventSource"] == "SelfManagedKafka" and event["bootstrapServers"] == "b:9092"
     [(partition, records)] = event["records"].items()
     assert partition.startswith("orders-")
     assert [(r["topic"], r["offset"], r["key"]) for r in records] == [("orders", 0, "aw=="), ("orders", 1, "aw==")]

@@ -246,13 +246,14 @@ def test_the_active_version_is_a_metric(tmp_path: Path) -> None:
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
+    from streamfn.engine.pipeline import AllShardsAssigner
     from streamfn.metrics import StatsCollector, build_registry
 
     store, invoker = _versioned(tmp_path, 2)
     slot = invoker.slot()
     store.set_alias("live", 2)
     asyncio.run(_call(slot, _records(1, 1)))
-    pipelines: Any = [SimpleNamespace(name=invoker.pipeline, runners={}, assigner=SimpleNamespace())]
+    pipelines: Any = [SimpleNamespace(name=invoker.pipeline, runners={}, assigner=AllShardsAssigner(None))]  # type: ignore[arg-type]
     text = generate_latest(build_registry(StatsCollector(lambda: pipelines), process=False)).decode()
     values = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
               for s in family.samples if s.name == "streamfn_handler_version"}
