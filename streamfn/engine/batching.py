@@ -24,6 +24,9 @@ _data = operator.attrgetter("data")
 #: How long one read may wait for a first record when no batching window is set. Short enough
 #: that an idle shard notices a stop request promptly; readers poll cheaply underneath.
 IDLE_WAIT = 0.5
+#: The fewest records asked of a reader at once, whatever the batch size: with small batches one
+#: read (a tip lookup, a block fetch) then serves many of them instead of one each.
+READ_AHEAD = 256
 
 
 class BatchLimits(msgspec.Struct, frozen=True):
@@ -72,6 +75,7 @@ class Batcher:
         self._window_size = tumbling_window
         self._window_closed = False
         self._replayed = False
+        self._read_size = max(limits.max_records, READ_AHEAD)
         self.behind_ms: float | None = None
         #: Records skipped by the filter, and records the source's retention removed before they
         #: were read: counts since the caller last took them (``take_counts``).
@@ -104,7 +108,7 @@ class Batcher:
                     if not self._replaying:
                         return None
                     wait = IDLE_WAIT
-            result = await self._reader.read(self._limits.max_records, wait)
+            result = await self._reader.read(self._read_size, wait)
             self._refill(result.records)
             self._shard_end = self._shard_end or result.shard_end
             if result.behind_ms is not None:
@@ -112,10 +116,11 @@ class Batcher:
             self.trimmed += result.trimmed
             if window <= 0 and not result.records and not have and not self._shard_end and not self._replaying:
                 return None
+        if self._offset >= len(self._buffer) and self._buffer:
+            self._buffer, self._offset = [], 0  # nothing kept alive for an idle shard
         if through is None:
             return Unit([], Position(-1), True) if self._shard_end else None
-        return Unit(records, through, self._shard_end and self._offset >= len(self._buffer), self._window_closed,
-                    self._replayed)
+        return Unit(records, through, self._shard_end and not self._buffer, self._window_closed, self._replayed)
 
     def take_counts(self) -> tuple[int, int]:
         """(filtered, trimmed) since the last call: each lane's batcher adds its own to the shard's."""

@@ -71,23 +71,20 @@ class ShardProgress:
         skipped. A lost lease stops the shard; output a sink refuses as it is (SinkError) goes back
         to the caller, which fails the batch through its failure policy."""
         stats = self.stats
-        backoff = retry_backoff(self._policy)
-        failing = False
+        backoff = None  # made on the first failure: a write that works first time costs no more
         while True:
             token = stats.write_started()
             started = stats.writes_in_flight[token]
             try:
                 await write()
             except Exception as exc:
-                error: Exception | None = exc
+                error = exc
             else:
-                error = None
-            finally:
-                stats.write_finished(token)
-            if error is None:
-                if failing:
+                if backoff is not None:
                     stats.mark_unblocked(target)
                 return
+            finally:
+                stats.write_finished(token)
             failure = classify_write_error(error)
             if failure.action == "stop":
                 raise error
@@ -97,7 +94,8 @@ class ShardProgress:
             stats.retries += 1
             # Blocked since the failed write began: a hung endpoint counts from its first second.
             stats.mark_blocked(target, f"{target} write failed ({failure.kind}): {error!r}", since=started)
-            failing = True
+            if backoff is None:
+                backoff = retry_backoff(self._policy)
             delay = backoff.next_delay()
             log.warning(
                 "write to %s failed (%s); retrying in %.2fs", target, failure.kind, delay,
