@@ -24,6 +24,9 @@ _data = operator.attrgetter("data")
 #: How long one read may wait for a first record when no batching window is set. Short enough
 #: that an idle shard notices a stop request promptly; readers poll cheaply underneath.
 IDLE_WAIT = 0.5
+#: How long later reads wait once a read came back empty (the shard is known idle): a record that
+#: arrives still ends the wait at once, and a stop cancels it; only idle wakeups become rarer.
+IDLE_WAIT_AGAIN = 5.0
 #: The fewest records asked of a reader at once, whatever the batch size: with small batches one
 #: read (a tip lookup, a block fetch) then serves many of them instead of one each.
 READ_AHEAD = 256
@@ -76,6 +79,7 @@ class Batcher:
         self._window_closed = False
         self._replayed = False
         self._read_size = max(limits.max_records, READ_AHEAD)
+        self._idle_wait = IDLE_WAIT
         self.behind_ms: float | None = None
         #: Records skipped by the filter, and records the source's retention removed before they
         #: were read: counts since the caller last took them (``take_counts``).
@@ -99,7 +103,7 @@ class Batcher:
             if window <= 0:
                 if have:
                     break
-                wait = IDLE_WAIT
+                wait = self._idle_wait
             else:
                 wait = deadline - time.monotonic()
                 if wait <= 0:
@@ -115,7 +119,10 @@ class Batcher:
                 self.behind_ms = result.behind_ms
             self.trimmed += result.trimmed
             if window <= 0 and not result.records and not have and not self._shard_end and not self._replaying:
+                if not self._window_size:  # a tumbling window's end needs its periodic check
+                    self._idle_wait = IDLE_WAIT_AGAIN
                 return None
+            self._idle_wait = IDLE_WAIT
         if self._offset >= len(self._buffer) and self._buffer:
             self._buffer, self._offset = [], 0  # nothing kept alive for an idle shard
         if through is None:
