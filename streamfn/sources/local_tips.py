@@ -32,6 +32,9 @@ log = logging.getLogger("streamfn.source.local")
 #: Seconds between two ``data_version`` checks without inotify: the most a record from another
 #: process waits before its shard wakes.
 TIP_INTERVAL = 0.002
+#: Seconds after a write event to look again: the event comes with the write of the WAL frames,
+#: before the commit is visible, so the look at the event itself may see nothing new yet.
+FOLLOW_UPS = (0.0005, 0.002, 0.005, 0.02)
 #: With inotify: seconds between safety checks (a write inotify cannot see, e.g. on a network disk).
 SAFETY_INTERVAL = 1.0
 #: Seconds between attempts while the log cannot be read (disk fault...); readers then look themselves.
@@ -56,6 +59,7 @@ class TipWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._inotify: INotify | None = None
+        self._follow_ups: list[asyncio.TimerHandle] = []
 
     async def start(self) -> None:
         """Read every tip now, then keep them current in a task until :meth:`stop`."""
@@ -91,11 +95,25 @@ class TipWatcher:
         except BlockingIOError:
             return
         if any(event.name.startswith(name) for event in events):
-            with contextlib.suppress(sqlite3.Error):  # the task's next check reports it
-                self._refresh()
+            self._look()
+            if not self._follow_ups and self._loop is not None:
+                *early, last = FOLLOW_UPS
+                self._follow_ups = [self._loop.call_later(delay, self._look) for delay in early]
+                self._follow_ups.append(self._loop.call_later(last, self._last_look))
+
+    def _look(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # the task's next check reports it
+            self._refresh()
+
+    def _last_look(self) -> None:
+        self._follow_ups = []
+        self._look()
 
     async def stop(self) -> None:
         self.log.remove_listener(self._appended)
+        for handle in self._follow_ups:
+            handle.cancel()
+        self._follow_ups = []
         if self._inotify is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._inotify.fileno())
