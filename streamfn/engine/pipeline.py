@@ -23,6 +23,7 @@ from ..sources.base import ShardInfo, StartingPosition
 from .assignment import Assigner, ShardController
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
 from .invoke import Invoker, load_handler
+from .memory import tune_process
 from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
 
@@ -134,6 +135,7 @@ class Pipeline:
             await sink.open()
         if self.destination is not None:
             await self.destination.open()
+        tune_process()  # allocator and GC settings for the per-record path (engine/memory.py)
 
     # -- ShardController -------------------------------------------------------------
     async def start_shard(self, shard: ShardInfo) -> None:
