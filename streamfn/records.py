@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import msgspec
@@ -36,7 +36,7 @@ class Record(msgspec.Struct, frozen=True, gc=False):
     data: bytes
     arrival_time: float
     sub_sequence: int = 0
-    attributes: dict[str, Any] | None = None
+    attributes: Mapping[str, Any] | None = None
 
     def json(self) -> Any:
         """The record's data parsed as JSON (raises ``orjson.JSONDecodeError`` if it is not)."""
