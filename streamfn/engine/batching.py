@@ -11,7 +11,6 @@ import operator
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
 
 import msgspec
 
@@ -38,7 +37,7 @@ class BatchLimits(msgspec.Struct, frozen=True):
     window: float = 0.0
 
 
-class Unit(NamedTuple):
+class Unit(msgspec.Struct, frozen=True, gc=False):
     """What the batcher hands on: records to handle, and how far the checkpoint may then move.
 
     ``through`` is at or past the last record: records the filter skipped after it are done

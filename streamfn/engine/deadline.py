@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import Any
 
 
 class Deadline:
-    """``async with Deadline(seconds):`` cancels the enclosed await after ``seconds``."""
+    """``async with Deadline(seconds):`` cancels the enclosed await after ``seconds``.
+
+    ``task``: the current task, when the caller has it already (looking it up costs ~0.5 µs).
+    """
 
     __slots__ = ("_cancelling", "_delay", "_expired", "_handle", "_task")
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, task: asyncio.Task[Any] | None = None) -> None:
         self._delay = delay
         self._expired = False
         self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[object] | None = None
+        self._task = task
         self._cancelling = 0
 
     def expired(self) -> bool:
@@ -30,7 +34,7 @@ class Deadline:
         return self._expired
 
     async def __aenter__(self) -> Deadline:
-        task = asyncio.current_task()
+        task = self._task or asyncio.current_task()
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task

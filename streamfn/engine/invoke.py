@@ -108,7 +108,7 @@ class Invoker:
         loop; one that swallows the cancellation and answers late has still timed out."""
         payload: Any = self._event(batch, context) if self._interface == "lambda" else batch
         task = asyncio.current_task()
-        deadline = Deadline(self.timeout)  # asyncio.timeout's rules, cheaper (see deadline.py)
+        deadline = Deadline(self.timeout, task)  # asyncio.timeout's rules, cheaper (see deadline.py)
         try:
             async with deadline:
                 answer = await self._handler(payload, context)
