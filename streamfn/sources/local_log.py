@@ -412,8 +412,11 @@ class LocalLog:
     def _read(self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int,
               out: list[Record]) -> list[Record]:
         cached = self._partial.get((stream, shard))
-        if cached is not None and cached.first_seq <= after_seq < cached.last_seq:
-            after_seq = self._take(cached, shard_id, after_seq, max_records, out)
+        if cached is not None:
+            if cached.first_seq <= after_seq < cached.last_seq:
+                after_seq = self._take(cached, shard_id, after_seq, max_records, out)
+            if after_seq >= cached.last_seq or after_seq < cached.first_seq:
+                self._partial.pop((stream, shard), None)  # read past (or moved away): keep no block alive
             if len(out) >= max_records:
                 return out
         rows = self._conn().execute(
