@@ -26,9 +26,6 @@ IDLE_WAIT = 0.5
 #: How long later reads wait once a read came back empty (the shard is known idle): a record that
 #: arrives still ends the wait at once, and a stop cancels it; only idle wakeups become rarer.
 IDLE_WAIT_AGAIN = 5.0
-#: The fewest records asked of a reader at once, whatever the batch size: with small batches one
-#: read (a tip lookup, a block fetch) then serves many of them instead of one each.
-READ_AHEAD = 256
 
 
 class BatchLimits(msgspec.Struct, frozen=True):
@@ -77,7 +74,6 @@ class Batcher:
         self._window_size = tumbling_window
         self._window_closed = False
         self._replayed = False
-        self._read_size = max(limits.max_records, READ_AHEAD)
         self._idle_wait = IDLE_WAIT
         self.behind_ms: float | None = None
         #: Records skipped by the filter, and records the source's retention removed before they
@@ -111,7 +107,7 @@ class Batcher:
                     if not self._replaying:
                         return None
                     wait = IDLE_WAIT
-            result = await self._reader.read(self._read_size, wait)
+            result = await self._reader.read(self._limits.max_records, wait)
             self._refill(result.records)
             self._shard_end = self._shard_end or result.shard_end
             if result.behind_ms is not None:

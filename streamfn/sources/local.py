@@ -13,7 +13,7 @@ import msgspec
 
 from ..errors import StateMismatchError
 from ..lambda_shapes import kinesis_event
-from ..records import Batch, Position
+from ..records import Batch, Position, Record
 from .base import ReadResult, ShardInfo, StartingPosition
 from .local_log import LocalLog, Retention, TrimmedRange, shard_index_of
 from .local_tips import TipWatcher
@@ -32,6 +32,9 @@ LOG_FILE = "log.sqlite3"
 DIRECT_READ_MAX = 1000
 #: Seconds between two retention passes of a running source (and the first runs at open).
 TRIM_INTERVAL = 60.0
+#: The fewest records a reader takes from the log at once, whatever the batch size: with small
+#: batches one log read then serves many of them (the rest wait in the reader).
+READ_AHEAD = 256
 #: Seconds between tip lookups of a reader without a (healthy) tip watcher.
 FALLBACK_POLL = 0.01
 
@@ -212,26 +215,33 @@ class LocalShardReader:
         self._after = after_seq
         self._tips = tips
         self._shard = shard_index_of(shard_id)
+        self._ahead: list[Record] = []  # read from the log, not handed out yet
+        self._ahead_at = 0
 
     @property
     def after_seq(self) -> int:
         return self._after
 
     async def read(self, max_records: int, wait: float) -> ReadResult:
+        if self._ahead:
+            return self._hand_out(max_records, 0)
         deadline = time.monotonic() + wait
         tips = self._tips
         while True:
             # The watcher's tip when it is healthy: an idle shard then costs no lookup at all.
             tip = tips.tips[self._shard] if tips is not None and tips.healthy else self._tip()
             if tip > self._after:
-                records = await self._read(max_records, tip - self._after)
+                records = await self._read(max(max_records, READ_AHEAD), tip - self._after)
                 # Dense sequences: a gap before the first record (or no record at all) is a trim.
                 next_seq = records[0].sequence if records else self._first_retained()
                 trimmed = self._skip_trimmed(next_seq)
                 if records:
                     self._after = records[-1].sequence
-                    behind = max(0.0, (time.time() - records[-1].arrival_time) * 1000.0)
-                    return ReadResult(records, behind_ms=behind, trimmed=trimmed)
+                    if len(records) <= max_records:
+                        behind = max(0.0, (time.time() - records[-1].arrival_time) * 1000.0)
+                        return ReadResult(records, behind_ms=behind, trimmed=trimmed)
+                    self._ahead, self._ahead_at = records, 0
+                    return self._hand_out(max_records, trimmed)
                 if trimmed:
                     return ReadResult([], behind_ms=None, trimmed=trimmed)
             remaining = deadline - time.monotonic()
@@ -241,6 +251,16 @@ class LocalShardReader:
                 await tips.wait(self._shard, self._after, remaining)
             else:
                 await asyncio.sleep(min(FALLBACK_POLL, remaining))
+
+    def _hand_out(self, max_records: int, trimmed: int) -> ReadResult:
+        """The next records read ahead; the list is dropped once all are handed out."""
+        start = self._ahead_at
+        records = self._ahead[start : start + max_records]
+        self._ahead_at = start + len(records)
+        if self._ahead_at >= len(self._ahead):
+            self._ahead, self._ahead_at = [], 0
+        behind = max(0.0, (time.time() - records[-1].arrival_time) * 1000.0)
+        return ReadResult(records, behind_ms=behind, trimmed=trimmed)
 
     def _tip(self) -> int:
         return self._log.last_seq(self._stream, self._shard_id)

@@ -92,3 +92,17 @@ async def test_a_reader_without_a_watcher_looks_up_its_tip_itself(source: LocalS
         assert [r.data for r in result.records] == [b"self-served"]
     finally:
         other.close()
+
+
+async def test_small_reads_are_served_from_one_read_ahead_in_order(source: LocalSource) -> None:
+    source.log.append("s", [("k", b"%d" % i) for i in range(600)])
+    reader = source.reader(shard_of("k"), None, StartingPosition())
+    got = []
+    for size in [1, 3, 1, 300, 7] * 40:
+        records = (await reader.read(size, 0)).records
+        assert len(records) <= size
+        got.extend(r.sequence for r in records)
+        if len(got) == 600:
+            break
+    assert got == list(range(1, 601))
+    assert (await reader.read(5, 0)).records == []  # nothing left over
