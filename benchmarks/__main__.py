@@ -182,7 +182,7 @@ DECODING_COLUMNS = (
 NOOP_COLUMNS = (
     ("batch", "batch", "{}"), ("shards", "shards", "{}"), ("µs/batch", "us_per_batch", "{:.1f}"),
     ("CPU µs/batch", "cpu_us_per_batch", "{:.1f}"), ("faults/M rec", "faults_per_m_records", "{:,.0f}"),
-    ("peak RSS MiB", "peak_rss_mib", "{:.0f}"), ("anon after drain MiB", "drained_anon_mib", "{:.0f}"),
+    ("peak RSS MiB", "peak_rss_mib", "{:.0f}"), ("anon idle MiB", "settled_anon_mib", "{:.0f}"),
     ("p50 ms", "latency_p50_ms", "{:.1f}"), ("p99 ms", "latency_p99_ms", "{:.1f}"),
 )
 
