@@ -233,7 +233,9 @@ class LocalShardReader:
             # The watcher's tip when it is healthy: an idle shard then costs no lookup at all.
             tip = tips.tips[self._shard] if tips is not None and tips.healthy else self._tip()
             if tip > self._after:
-                records = await self._read(max(max_records, READ_AHEAD), tip - self._after)
+                # Whole multiples of the batch size, so what waits here forms the same batches as
+                # reading each batch's records then would have (a batch is cut short only at the tip).
+                records = await self._read(max_records * max(1, READ_AHEAD // max_records), tip - self._after)
                 # Dense sequences: a gap before the first record (or no record at all) is a trim.
                 next_seq = records[0].sequence if records else self._first_retained()
                 trimmed = self._skip_trimmed(next_seq)
