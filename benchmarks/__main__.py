@@ -47,7 +47,7 @@ RESULTS = HERE / "results"
 CONNECTORS = ("kinesis_vs_raw", "kafka_vs_raw")
 #: Handlers whose work is the floor loop's work (the rest do nothing with the records).
 DECODING = {"json", "json-sync"}
-#: Batches this small drain a tenth of ``--records``: one handler call per record is slow.
+#: Batches this small drain a quarter of ``--records``: one handler call per record is slow.
 SMALL_BATCH = 10
 
 
@@ -78,7 +78,7 @@ def ints(text: str) -> list[int]:
 
 
 def records_for(batch: int, records: int) -> int:
-    return max(1, records // 10) if batch <= SMALL_BATCH else records
+    return max(1, records // 4) if batch <= SMALL_BATCH else records
 
 
 class Contender:
