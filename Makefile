@@ -36,6 +36,7 @@ test: setup
 	$(BIN)/pytest
 
 bench: $(BIN)/streamfn
+	$(BIN)/pip install --quiet -e '.[bench]' -c constraints.txt
 	$(BIN)/python -m benchmarks
 
 # The release: sdist and wheel in dist/, built in an isolated env against the declared build floor.

@@ -1,14 +1,18 @@
-"""The Kafka pipeline against a raw aiokafka loop over the same preloaded topic, same broker, same process.
+"""The Kafka pipeline against raw client loops over the same preloaded topic and broker, each in a fresh process.
 
-Raw loop: one consumer (auto-commit off) doing ``getmany(max_records=B)``, ``orjson.loads`` of every
-value, then a commit of each partition's last offset + 1. Pipeline: streamfn with the Kafka source,
-batches of B, the ``json`` benchmark handler (``orjson.loads`` of every record) and no sinks, with
-checkpoints as committed offsets. Each run uses its own consumer group and is timed from its
-first record fetched to its last record handled and committed (the group join is left out: it
-is the broker's, and Tansu holds joins for seconds). CPU seconds are this process's over the same span.
-Runs alternate (raw, pipeline, raw, pipeline, ...) so load on the machine weighs on both alike.
+The topic holds the local benchmarks' click events (~246 B of JSON each, keyed by user). Contenders:
+- raw aiokafka: one consumer (auto-commit off) doing ``getmany(max_records=B)``, ``orjson.loads`` of
+  every value, then a commit of each partition's last offset + 1;
+- raw confluent-kafka (when installed, the ``bench`` extra): ``consume(B)``, ``orjson.loads`` of every
+  value, a synchronous commit of the positions per batch; tuned fetch sizes;
+- streamfn: the Kafka source, batches of B, a handler calling ``batch.json()``, no sinks, checkpoints
+  as committed offsets.
+Each run uses its own consumer group and is timed from its first record fetched to its last record
+handled and committed (the group join is left out: it is the broker's, and Tansu holds joins for
+seconds). CPU seconds and peak RSS (VmHWM) are that process's. Reps alternate the contenders;
+medians are reported.
 
-``python -m benchmarks.kafka_vs_raw [--records 1000000] [--batch 1000] [--partitions 4] [--json]``
+``python -m benchmarks.kafka_vs_raw [--records 1000000] [--batch 1000] [--partitions 4] [--repeats 3] [--json]``
 Uses the broker in STREAMFN_TEST_KAFKA, else starts Tansu (exit 77 when neither is available).
 """
 
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +34,14 @@ from typing import Any
 
 import orjson
 
+from benchmarks.common import SEED, status_kib
 from benchmarks.servers import bench_server
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
 from streamfn.connectors.kafka.source import KafkaSourceConfig, PartitionFeed
+from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.daemon import install_event_loop_policy
+from streamfn.engine.memory import tune_process
 from streamfn.engine.pipeline import Pipeline
 
 SKIPPED = 77
@@ -49,10 +58,8 @@ class Progress:
 
 
 async def json_handler(batch: Batch, context: Context) -> None:
-    """The raw loop's work: decode every value."""
-    loads = orjson.loads
-    for record in batch.records:
-        loads(record.data)
+    """The raw loop's work: decode every value (the way README tells users to)."""
+    batch.json()
     Progress.handled += len(batch.records)
     if Progress.handled >= Progress.target and Progress.done is not None:
         Progress.done.set()
@@ -77,9 +84,8 @@ async def preload(bootstrap: str, records: int, partitions: int) -> str:
     await producer.start()
     try:
         chunk: list[Any] = []
-        for n in range(records):
-            value = orjson.dumps({"user": f"u{n % 1000}", "page": f"/p/{n % 97}", "n": n, "ts": 1_700_000_000 + n})
-            chunk.append(await producer.send(topic, value, key=b"u%d" % (n % 1000), partition=n % partitions))
+        for n, (key, value) in enumerate(synthetic_clicks(records, SEED)):
+            chunk.append(await producer.send(topic, value, key=key.encode(), partition=n % partitions))
             if len(chunk) >= 20_000:
                 await asyncio.gather(*chunk)
                 chunk.clear()
@@ -125,6 +131,7 @@ async def pipeline_run(bootstrap: str, topic: str, records: int, batch: int, fol
                                  session_timeout_ms=10_000, heartbeat_interval_ms=2_000),
         state_dir=str(folder / "state"), batching=BatchingConfig(max_records=batch),
     )
+    tune_process()  # as `streamfn run` does
     pipeline = Pipeline(LoadedPipeline(config=config, path=folder / "bench.toml"))
     put = PartitionFeed.put
 
@@ -149,26 +156,84 @@ async def pipeline_run(bootstrap: str, topic: str, records: int, batch: int, fol
         await pipeline.shutdown()
 
 
-async def measure(args: argparse.Namespace, bootstrap: str) -> list[dict[str, Any]]:
-    topic = await preload(bootstrap, args.records, args.partitions)
-    raw: list[dict[str, float]] = []
-    pipe: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory() as folder:
-        for _ in range(args.repeats):
-            raw.append(await raw_loop(bootstrap, topic, args.records, args.batch))
-            pipe.append(await pipeline_run(bootstrap, topic, args.records, args.batch, Path(folder)))
-    raw_s = statistics.median(r["seconds"] for r in raw)
-    pipe_s = statistics.median(r["seconds"] for r in pipe)
-    raw_cpu = statistics.median(r["cpu"] for r in raw)
-    pipe_cpu = statistics.median(r["cpu"] for r in pipe)
-    return [{
-        "benchmark": "kafka_vs_raw", "records": args.records, "partitions": args.partitions, "batch": args.batch,
-        "repeats": args.repeats,
-        "raw_records_per_s": round(args.records / raw_s), "pipeline_records_per_s": round(args.records / pipe_s),
-        "throughput_ratio": round(raw_s / pipe_s, 3),
-        "raw_cpu_s": round(raw_cpu, 2), "pipeline_cpu_s": round(pipe_cpu, 2),
-        "cpu_ratio": round(pipe_cpu / raw_cpu, 3) if raw_cpu else None,
-    }]
+def confluent_loop(bootstrap: str, topic: str, records: int, batch: int) -> dict[str, float]:
+    """consume(batch) + orjson.loads + a synchronous commit per batch, until every record is done."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"confluent-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+        "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 8 << 20, "queued.min.messages": 100_000,
+        "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+    })
+    consumer.subscribe([topic])
+    loads = orjson.loads
+    done, started, cpu0 = 0, 0.0, 0.0
+    try:
+        while done < records:
+            messages = consumer.consume(num_messages=batch, timeout=0.5)
+            if messages and not started:
+                started, cpu0 = time.perf_counter(), time.process_time()
+            for message in messages:
+                if message.error() is None:
+                    loads(message.value())
+                    done += 1
+            if messages:
+                consumer.commit(asynchronous=False)
+        return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu0}
+    finally:
+        consumer.close()
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """One contender, in this (fresh) process."""
+    if args.run == "raw-aiokafka":
+        result = asyncio.run(raw_loop(args.bootstrap, args.topic, args.records, args.batch))
+    elif args.run == "raw-confluent":
+        result = confluent_loop(args.bootstrap, args.topic, args.records, args.batch)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            result = asyncio.run(pipeline_run(args.bootstrap, args.topic, args.records, args.batch, Path(folder)))
+    return {**result, "peak_rss_mib": status_kib("VmHWM") / 1024}
+
+
+CONTENDERS = ("raw-aiokafka", "streamfn", "raw-confluent")
+
+
+def measure(args: argparse.Namespace, bootstrap: str) -> list[dict[str, Any]]:
+    topic = asyncio.run(preload(bootstrap, args.records, args.partitions))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    skipped: set[str] = set()
+    for _ in range(args.repeats):
+        for name in CONTENDERS:
+            if name in skipped:
+                continue
+            command = [sys.executable, "-m", "benchmarks.kafka_vs_raw", "--run", name, "--bootstrap", bootstrap,
+                       "--topic", topic, "--records", str(args.records), "--batch", str(args.batch)]
+            done = subprocess.run(command, capture_output=True, check=False, timeout=1800,
+                                  cwd=Path(__file__).resolve().parent.parent)
+            if done.returncode == SKIPPED:
+                skipped.add(name)
+                continue
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.decode()[-3000:]}")
+            runs[name].append(orjson.loads(done.stdout.splitlines()[-1]))
+    rows = []
+    for name, found in runs.items():
+        if not found:
+            continue
+        seconds = statistics.median(r["seconds"] for r in found)
+        cpu = statistics.median(r["cpu"] for r in found)
+        rows.append({"benchmark": "kafka_vs_raw", "contender": name, "records": args.records,
+                     "partitions": args.partitions, "batch": args.batch, "reps": len(found),
+                     "records_per_s": round(args.records / seconds), "cpu_us_per_record": cpu / args.records * 1e6,
+                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in found)})
+    ours = next((row for row in rows if row["contender"] == "streamfn"), None)
+    for row in rows:
+        if ours is not None and row is not ours:
+            ours[f"x_{row['contender']}"] = ours["records_per_s"] / row["records_per_s"]
+            ours[f"x_{row['contender']}_cpu"] = row["cpu_us_per_record"] / ours["cpu_us_per_record"]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,22 +242,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1_000, help="getmany max_records and pipeline batch size")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each; medians are reported")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON line (the harness's contract)")
+    parser.add_argument("--run", choices=CONTENDERS, help=argparse.SUPPRESS)  # one contender, in a child
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     install_event_loop_policy()
+    if args.run:
+        if args.run == "raw-confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            print("confluent-kafka is not installed (pip install -e '.[bench]')", file=sys.stderr)
+            return SKIPPED
+        print(orjson.dumps(run_one(args)).decode())
+        return 0
     with broker() as bootstrap:
         if bootstrap is None:
             return SKIPPED
-        rows = asyncio.run(measure(args, bootstrap))
+        rows = measure(args, bootstrap)
     if args.json:
         print(orjson.dumps(rows).decode())
         return 0
-    row = rows[0]
-    print(f"{row['records']:,} records, {row['partitions']} partitions, batch {row['batch']}")
-    print(f"  raw aiokafka loop : {row['raw_records_per_s']:>10,} records/s  {row['raw_cpu_s']:>6.2f} CPU s")
-    print(f"  streamfn pipeline : {row['pipeline_records_per_s']:>10,} records/s  {row['pipeline_cpu_s']:>6.2f} CPU s")
-    print(f"  pipeline / raw    : {row['throughput_ratio']:.2f}x throughput, {row['cpu_ratio']:.2f}x CPU")
+    print(f"{args.records:,} records of ~246 B, {args.partitions} partitions, batch {args.batch}, "
+          f"medians of {args.repeats}")
+    for row in rows:
+        print(f"  {row['contender']:>14}: {row['records_per_s']:>10,} records/s  {row['cpu_us_per_record']:>6.2f}"
+              f" CPU µs/record  {row['peak_rss_mib']:>5.0f} MiB peak RSS")
     return 0
 
 

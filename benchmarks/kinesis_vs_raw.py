@@ -35,6 +35,7 @@ from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
 from streamfn.connectors.kinesis.source import KinesisSourceConfig
 from streamfn.engine.daemon import install_event_loop_policy
+from streamfn.engine.memory import tune_process
 from streamfn.engine.pipeline import Pipeline
 
 SKIPPED = 77
@@ -127,6 +128,7 @@ async def pipeline_run(endpoint: str, stream: str, records: int, batch: int, fol
         source=KinesisSourceConfig(stream=stream, endpoint_url=endpoint),
         state_dir=str(state), batching=BatchingConfig(max_records=batch),
     )
+    tune_process()  # as `streamfn run` does
     pipeline = Pipeline(LoadedPipeline(config=config, path=folder / "bench.toml"))
     await pipeline.open()
     stop = asyncio.Event()

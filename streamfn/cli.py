@@ -70,6 +70,7 @@ def _without_sinks(loaded: LoadedPipeline) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.daemon import install_event_loop_policy, run_pipelines
+    from .engine.memory import tune_process
     from .engine.reload import pipeline_files
     from .ops.watchdog import BlockedWatch
 
@@ -88,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_event_loop_policy()
     _start_traces(args)
     try:
+        tune_process()  # the daemon owns its process: allocator and GC settings (engine/memory.py)
         asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
                                   stop=None if watch is None else watch.stop,
                                   watch=None if watch is None else watch.run, reloader=_reloader(args.configs)))

@@ -11,7 +11,6 @@ import operator
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
 
 import msgspec
 
@@ -24,6 +23,9 @@ _data = operator.attrgetter("data")
 #: How long one read may wait for a first record when no batching window is set. Short enough
 #: that an idle shard notices a stop request promptly; readers poll cheaply underneath.
 IDLE_WAIT = 0.5
+#: How long later reads wait once a read came back empty (the shard is known idle): a record that
+#: arrives still ends the wait at once, and a stop cancels it; only idle wakeups become rarer.
+IDLE_WAIT_AGAIN = 5.0
 
 
 class BatchLimits(msgspec.Struct, frozen=True):
@@ -32,7 +34,7 @@ class BatchLimits(msgspec.Struct, frozen=True):
     window: float = 0.0
 
 
-class Unit(NamedTuple):
+class Unit(msgspec.Struct, frozen=True, gc=False):
     """What the batcher hands on: records to handle, and how far the checkpoint may then move.
 
     ``through`` is at or past the last record: records the filter skipped after it are done
@@ -72,6 +74,7 @@ class Batcher:
         self._window_size = tumbling_window
         self._window_closed = False
         self._replayed = False
+        self._idle_wait = IDLE_WAIT
         self.behind_ms: float | None = None
         #: Records skipped by the filter, and records the source's retention removed before they
         #: were read: counts since the caller last took them (``take_counts``).
@@ -95,7 +98,7 @@ class Batcher:
             if window <= 0:
                 if have:
                     break
-                wait = IDLE_WAIT
+                wait = self._idle_wait
             else:
                 wait = deadline - time.monotonic()
                 if wait <= 0:
@@ -111,11 +114,15 @@ class Batcher:
                 self.behind_ms = result.behind_ms
             self.trimmed += result.trimmed
             if window <= 0 and not result.records and not have and not self._shard_end and not self._replaying:
+                if not self._window_size:  # a tumbling window's end needs its periodic check
+                    self._idle_wait = IDLE_WAIT_AGAIN
                 return None
+            self._idle_wait = IDLE_WAIT
+        if self._offset >= len(self._buffer) and self._buffer:
+            self._buffer, self._offset = [], 0  # nothing kept alive for an idle shard
         if through is None:
             return Unit([], Position(-1), True) if self._shard_end else None
-        return Unit(records, through, self._shard_end and self._offset >= len(self._buffer), self._window_closed,
-                    self._replayed)
+        return Unit(records, through, self._shard_end and not self._buffer, self._window_closed, self._replayed)
 
     def take_counts(self) -> tuple[int, int]:
         """(filtered, trimmed) since the last call: each lane's batcher adds its own to the shard's."""

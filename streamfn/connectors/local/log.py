@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
@@ -49,6 +49,9 @@ import msgspec
 from ...errors import SourceError
 from ...records import Record
 from ...storage_errors import is_transient, storage_error, storage_faults
+
+#: Told ``(stream, {shard index: new tip})`` after each append through a LocalLog commits.
+AppendListener = Callable[[str, dict[int, int]], None]
 
 BLOCK_RECORDS = 1000
 BLOCK_BYTES = 1 << 20
@@ -155,6 +158,7 @@ class LocalLog:
         # Per shard, the last block a read stopped inside of: a reader taking 100 records at a
         # time then decodes each 1000-record block once, not ten times. Blocks never change.
         self._partial: dict[tuple[str, int], _Block] = {}
+        self._listeners: list[AppendListener] = []
         try:
             with storage_faults(self.path, "opening the local log"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,12 +284,24 @@ class LocalLog:
         if not total:
             return 0
         conn = self._conn()
+        tips: dict[int, int] = {}
         with storage_faults(self.path, f"appending to stream {stream!r}"), self._transaction(conn):
             now = time.time() if arrival_time is None else arrival_time
             for shard in range(shard_count):
                 if keys[shard]:
-                    self._append_shard(conn, stream, shard, keys[shard], datas[shard], now)
+                    tips[shard] = self._append_shard(conn, stream, shard, keys[shard], datas[shard], now)
+        for listener in self._listeners:
+            listener(stream, tips)
         return total
+
+    def add_listener(self, listener: AppendListener) -> None:
+        """Call ``listener(stream, {shard: new tip})`` after each commit of ``append`` through this
+        object (in the appending thread): in-process readers then wake without polling."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: AppendListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def _append_shard(
         self,
@@ -295,7 +311,7 @@ class LocalLog:
         keys: list[str],
         datas: list[bytes],
         now: float,
-    ) -> None:
+    ) -> int:
         last_seq, last_arrival = conn.execute(
             "SELECT last_seq, last_arrival FROM shards WHERE stream = ? AND shard = ?", (stream, shard)
         ).fetchone()
@@ -311,6 +327,7 @@ class LocalLog:
             "UPDATE shards SET last_seq = ?, last_arrival = ? WHERE stream = ? AND shard = ?",
             (seq, arrival, stream, shard),
         )
+        return int(seq)
 
     def trim(self, stream: str, retention: Retention, now: float | None = None) -> list[TrimmedRange]:
         """Drop the whole blocks that ``retention`` no longer keeps; what each shard lost.
@@ -395,8 +412,11 @@ class LocalLog:
     def _read(self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int,
               out: list[Record]) -> list[Record]:
         cached = self._partial.get((stream, shard))
-        if cached is not None and cached.first_seq <= after_seq < cached.last_seq:
-            after_seq = self._take(cached, shard_id, after_seq, max_records, out)
+        if cached is not None:
+            if cached.first_seq <= after_seq < cached.last_seq:
+                after_seq = self._take(cached, shard_id, after_seq, max_records, out)
+            if after_seq >= cached.last_seq or after_seq < cached.first_seq:
+                self._partial.pop((stream, shard), None)  # read past (or moved away): keep no block alive
             if len(out) >= max_records:
                 return out
         rows = self._conn().execute(

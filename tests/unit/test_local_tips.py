@@ -1,0 +1,108 @@
+"""The local log's tip watcher: idle readers wait on it and wake when a record arrives, from
+this LocalLog, another connection, or another process; without inotify it polls."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from streamfn.connectors.local import tips as local_tips
+from streamfn.connectors.local.log import LocalLog, shard_for_key, shard_id_of
+from streamfn.connectors.local.source import LocalShardReader, LocalSource
+from streamfn.protocols.source import ShardInfo, StartingPosition
+
+#: Longer than any test may take: a reader that returns records before it was woken.
+LONG = 60.0
+
+
+@pytest.fixture
+async def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalSource]:
+    # No safety net: only a wake (listener, inotify) can end a reader's wait within the test.
+    monkeypatch.setattr(local_tips, "SAFETY_INTERVAL", LONG)
+    src = LocalSource(tmp_path, "s", 4, retention=None)
+    await src.open()
+    yield src
+    await src.close()
+
+
+def shard_of(key: str) -> ShardInfo:
+    return ShardInfo(shard_id_of(shard_for_key(key, 4)))
+
+
+async def test_an_append_through_the_same_log_wakes_the_waiting_reader(source: LocalSource) -> None:
+    reader = source.reader(shard_of("k"), None, StartingPosition())
+    waiting = asyncio.create_task(reader.read(10, LONG))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # nothing there: it waits, without polling its tip
+    source.log.append("s", [("k", b"1")])
+    result = await asyncio.wait_for(waiting, LONG / 2)
+    assert [r.data for r in result.records] == [b"1"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux only")
+async def test_an_append_from_another_process_wakes_the_reader_through_inotify(source: LocalSource) -> None:
+    reader = source.reader(shard_of("k"), None, StartingPosition())
+    waiting = asyncio.create_task(reader.read(10, LONG))
+    await asyncio.sleep(0.05)
+    code = ("import sys; from streamfn.connectors.local.log import LocalLog;"
+            "LocalLog(sys.argv[1]).append('s', [('k', b'from-child')])")
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code, str(source.path)], check=True)
+    result = await asyncio.wait_for(waiting, LONG / 2)
+    assert [r.data for r in result.records] == [b"from-child"]
+
+
+async def test_without_inotify_the_watcher_polls_and_still_wakes_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_tips, "INotify", None)
+    src = LocalSource(tmp_path, "s", 4, retention=None)
+    await src.open()
+    other = LocalLog(src.path)  # another connection: no listener tells the watcher
+    try:
+        reader = src.reader(shard_of("k"), None, StartingPosition())
+        waiting = asyncio.create_task(reader.read(10, LONG))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(other.append, "s", [("k", b"polled")])
+        result = await asyncio.wait_for(waiting, LONG / 2)
+        assert [r.data for r in result.records] == [b"polled"]
+    finally:
+        other.close()
+        await src.close()
+
+
+async def test_a_wait_that_nothing_ends_comes_back_empty_after_its_time(source: LocalSource) -> None:
+    reader = source.reader(shard_of("k"), None, StartingPosition())
+    result = await reader.read(10, 0.05)
+    assert result.records == [] and result.behind_ms == 0.0
+
+
+async def test_a_reader_without_a_watcher_looks_up_its_tip_itself(source: LocalSource) -> None:
+    other = LocalLog(source.path)
+    try:
+        reader = LocalShardReader(source.log, "s", shard_of("k").shard_id, 0, tips=None)
+        waiting = asyncio.create_task(reader.read(10, LONG))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(other.append, "s", [("k", b"self-served")])
+        result = await asyncio.wait_for(waiting, LONG / 2)
+        assert [r.data for r in result.records] == [b"self-served"]
+    finally:
+        other.close()
+
+
+async def test_small_reads_are_served_from_one_read_ahead_in_order(source: LocalSource) -> None:
+    source.log.append("s", [("k", b"%d" % i) for i in range(600)])
+    reader = source.reader(shard_of("k"), None, StartingPosition())
+    got = []
+    for size in [1, 3, 1, 300, 7] * 40:
+        records = (await reader.read(size, 0)).records
+        assert len(records) <= size
+        got.extend(r.sequence for r in records)
+        if len(got) == 600:
+            break
+    assert got == list(range(1, 601))
+    assert (await reader.read(5, 0)).records == []  # nothing left over
