@@ -1,8 +1,9 @@
-"""AWS clients for the connectors: one place for region, endpoint, timeouts and error classes.
+"""AWS clients for the connectors: one place for region, endpoint, profile, timeouts and error classes.
 
-Every connector takes an ``endpoint_url`` and ``region``; when they are unset, the standard
-chain applies (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_REGION``,
-``AWS_DEFAULT_REGION``, profiles). Botocore's own retries are off: connectors retry with
+Every AWS part takes an ``endpoint_url`` and ``region``; a part's own value wins, then the
+pipeline's ``[aws]`` section (:class:`AwsSettings`, which also names the credentials ``profile``),
+then the standard chain (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_REGION``,
+``AWS_DEFAULT_REGION``, the profile's region). Botocore's own retries are off: connectors retry with
 :class:`streamfn.backoff.Backoff` so that throttling never breaks the per-shard read discipline.
 A client's timeout bounds each call as a whole (pool wait, connect, send, answer), and every
 failure leaves :meth:`AwsClient.call` classified by its error code or exception type.
@@ -14,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
+from typing import Annotated, Any
 
-from .errors import RetryableError, StreamfnError
+import msgspec
+
+from .errors import ConfigError, RetryableError, StreamfnError
 
 DEFAULT_REGION = "us-east-1"
 
@@ -51,17 +54,65 @@ RETRYABLE_CODES: dict[str, str] = {
 }
 
 
-def resolve_region(region: str | None) -> str:
-    """The configured region, else the environment's, else us-east-1 (emulators accept any)."""
+class AwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The pipeline's ``[aws]`` section: what every AWS part uses where it sets nothing of its own.
+
+    Declared once so that a pipeline reading Kinesis and writing S3 names its region, its
+    endpoint (an emulator, a VPC endpoint) and its credentials profile in one place.
+    """
+
+    region: Annotated[str | None, msgspec.Meta(description=(
+        "AWS region of every AWS part that sets none; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the "
+        "profile's region."))] = None
+    endpoint_url: Annotated[str | None, msgspec.Meta(description=(
+        "Endpoint of every AWS part that sets none (an emulator such as moto or LocalStack, a VPC endpoint); "
+        "default `AWS_ENDPOINT_URL_<SERVICE>` / `AWS_ENDPOINT_URL` / AWS."))] = None
+    profile: Annotated[str | None, msgspec.Meta(description=(
+        "Named profile of the shared AWS config and credentials files every AWS part signs with; default "
+        "`AWS_PROFILE`, else the standard chain (environment keys, `default` profile, instance role)."))] = None
+
+    def under(self, *, region: str | None, endpoint_url: str | None) -> AwsSettings:
+        """A part's settings: its own region and endpoint where it sets them, these where not."""
+        return AwsSettings(region=region or self.region, endpoint_url=endpoint_url or self.endpoint_url,
+                           profile=self.profile)
+
+    def client(self, service: str, *, timeout: float = 30.0, max_pool_connections: int = 64) -> AwsClient:
+        """A client for ``service`` with these settings (not opened yet)."""
+        return AwsClient(service, endpoint_url=self.endpoint_url, region=self.region, profile=self.profile,
+                         timeout=timeout, max_pool_connections=max_pool_connections)
+
+
+#: No ``[aws]`` section: every part's unset value comes from the environment, as before it existed.
+AWS_DEFAULTS = AwsSettings()
+
+
+def _session(profile: str | None) -> Any:
+    """An aiobotocore session; a named profile missing from the AWS files is a ConfigError."""
+    from aiobotocore.session import AioSession
+    from botocore.exceptions import ProfileNotFound
+
+    session = AioSession(profile=profile)
+    if profile is not None:
+        try:
+            session.get_scoped_config()
+        except ProfileNotFound:
+            raise ConfigError(f"AWS profile {profile!r} is not in the AWS config or credentials files: add it "
+                              "(`aws configure --profile " + profile + "`) or name another one",
+                              field="aws.profile") from None
+    return session
+
+
+def resolve_region(region: str | None, profile: str | None = None) -> str:
+    """The configured region, else the environment's, else the profile's, else us-east-1 (emulators
+    accept any)."""
     if region:
         return region
     env = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if env:
         return env
+    session = _session(profile)  # outside the guard: a profile named but missing must be said
     try:
-        from aiobotocore.session import get_session
-
-        configured = get_session().get_config_variable("region")
+        configured = session.get_config_variable("region")
     except Exception:  # a broken profile file must not stop a pipeline that names its region
         configured = None
     return str(configured) if configured else DEFAULT_REGION
@@ -133,10 +184,11 @@ class AwsClient:
     """One aiobotocore client, opened and closed with the connector that owns it."""
 
     def __init__(self, service: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 timeout: float = 30.0, max_pool_connections: int = 64) -> None:
+                 profile: str | None = None, timeout: float = 30.0, max_pool_connections: int = 64) -> None:
         self.service = service
         self.endpoint_url = endpoint_url or None
-        self.region = resolve_region(region)
+        self.profile = profile or None
+        self.region = resolve_region(region, self.profile)
         self.timeout = timeout
         self._max_pool = max_pool_connections
         self._stack: contextlib.AsyncExitStack | None = None
@@ -152,7 +204,6 @@ class AwsClient:
         if self._client is not None:
             return self._client
         from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
 
         config = AioConfig(
             connect_timeout=min(self.timeout, 10.0),
@@ -163,7 +214,7 @@ class AwsClient:
         )
         stack = contextlib.AsyncExitStack()
         self._client = await stack.enter_async_context(
-            get_session().create_client(self.service, endpoint_url=self.endpoint_url, region_name=self.region,
+            _session(self.profile).create_client(self.service, endpoint_url=self.endpoint_url, region_name=self.region,
                                         config=config)
         )
         if self.service == "s3":

@@ -547,13 +547,13 @@ def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.
     from .ops.checkpoints.edits import Change, Target
     from .protocols.source import StartingPosition
 
-    name = loaded.config.name
+    name, aws = loaded.config.name, loaded.config.aws
     if args.action == "show":
-        print(admin.render(asyncio.run(admin.show_checkpoints(store, name))))
+        print(admin.render(asyncio.run(admin.show_checkpoints(store, name, aws))))
         return EXIT_OK
     target = target or Target(kind="trim_horizon")
     if args.dry_run:
-        rows = asyncio.run(admin.show_checkpoints(store, name))
+        rows = asyncio.run(admin.show_checkpoints(store, name, aws))
         chosen = [row for row in rows if not args.shard or row.shard_id in args.shard]
         missing = sorted(set(args.shard or ()) - {row.shard_id for row in rows})
         if missing:
@@ -561,11 +561,12 @@ def _lease_table_checkpoints(loaded: LoadedPipeline, store: Any, args: argparse.
         changes = [Change(shard_id=row.shard_id, before=row.checkpoint, after=target.describe()) for row in chosen]
     elif target.kind == "sequence":
         asyncio.run(admin.set_checkpoint(store, name, args.shard[0], target.sequence, args.sub_sequence,
-                                         force=args.force))
+                                         force=args.force, aws=aws))
         changes = [Change(shard_id=args.shard[0], before="", after=str(target.sequence))]
     else:
         start = StartingPosition(target.kind, target.timestamp)
-        done = asyncio.run(admin.reset_checkpoints(store, name, start, shards=args.shard, force=args.force))
+        done = asyncio.run(admin.reset_checkpoints(store, name, start, shards=args.shard, force=args.force,
+                                                   aws=aws))
         changes = [Change(shard_id=shard, before="", after=target.describe()) for shard in done]
     _print_edit(loaded, args, changes, target)
     return EXIT_OK

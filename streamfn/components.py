@@ -6,13 +6,17 @@ from pathlib import Path
 
 import msgspec
 
+from .aws import AwsSettings
+
 
 class BuildContext(msgspec.Struct, frozen=True):
-    """The pipeline a component is built for: its name, the config's folder, its state folder."""
+    """The pipeline a component is built for: its name, the config's folder, its state folder and
+    its ``[aws]`` section (what AWS parts use where they set nothing of their own)."""
 
     pipeline: str
     config_dir: Path
     state_dir: Path
+    aws: AwsSettings = AwsSettings()
 
     def resolve(self, path: str) -> Path:
         """A path from a config file, relative to the config's folder unless absolute."""

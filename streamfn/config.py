@@ -18,6 +18,7 @@ import msgspec
 import yaml
 
 from . import registry
+from .aws import AwsSettings
 from .components import BuildContext
 from .config_doc import accept_lambda_spellings, document_schema, explain_choices
 from .engine.batching import BatchLimits
@@ -164,6 +165,9 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: Annotated[MetricsConfig | None, msgspec.Meta(description=(
         "Prometheus /metrics, /healthz and /readyz (off unless `enabled`; `--metrics-port` turns it on and keeps "
         "the other settings)."))] = None
+    aws: Annotated[AwsSettings, msgspec.Meta(description=(
+        "Region, endpoint and credentials profile every AWS part (source, sink, checkpoints, on_failure) uses "
+        "unless it sets its own; unset: the environment's, as the AWS SDKs read it."))] = AwsSettings()
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -285,6 +289,7 @@ class LoadedPipeline(msgspec.Struct, frozen=True):
             pipeline=self.config.name,
             config_dir=config_dir,
             state_dir=state if state.is_absolute() else config_dir / state,
+            aws=self.config.aws,
         )
 
 

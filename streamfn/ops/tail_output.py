@@ -18,6 +18,7 @@ from typing import Any, Protocol, TextIO
 
 import orjson
 
+from ..aws import AWS_DEFAULTS, AwsSettings
 from ..config import LoadedPipeline
 from ..connectors.local.sink import LocalSinkConfig
 from ..connectors.s3.sink import S3SinkConfig
@@ -84,14 +85,12 @@ class LocalFolder:
 class S3Folder:
     """An S3 sink's objects under its key template's fixed prefix."""
 
-    def __init__(self, config: S3SinkConfig) -> None:
-        from ..aws import AwsClient
-
+    def __init__(self, config: S3SinkConfig, aws: AwsSettings = AWS_DEFAULTS) -> None:
         self.config = config
         self.prefix = config.key.split("{", 1)[0]
         self.name = f"s3://{config.bucket}/{self.prefix}"
-        self.aws = AwsClient("s3", endpoint_url=config.endpoint_url, region=config.region,
-                             timeout=config.request_timeout)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
+            "s3", timeout=config.request_timeout)
 
     async def open(self) -> None:
         await self.aws.open()
@@ -133,7 +132,7 @@ def folders(loaded: LoadedPipeline) -> list[ObjectFolder]:
         if isinstance(sink, LocalSinkConfig):
             found.append(LocalFolder(loaded.context.resolve(sink.path)))
         elif isinstance(sink, S3SinkConfig):
-            found.append(S3Folder(sink))
+            found.append(S3Folder(sink, loaded.config.aws))
     if not found:
         raise ConfigError("tail --output reads the objects local and S3 sinks write, and this pipeline has neither",
                           file=str(loaded.path), field="sinks")

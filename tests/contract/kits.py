@@ -133,7 +133,7 @@ class KinesisKit(SourceKit):
 
         config = KinesisSourceConfig(stream=self.stream, endpoint_url=endpoint or self.endpoint, backoff_initial=0.01,
                                      backoff_max=0.05, idle_interval=0.02, max_reads_per_second=100.0)
-        return config.build(None)  # type: ignore[arg-type]
+        return config.build(CONTEXT)
 
 
 class DynamoDBStreamsKit(SourceKit):
@@ -164,7 +164,7 @@ class DynamoDBStreamsKit(SourceKit):
         config = DynamoDBStreamsSourceConfig(table=self.table, endpoint_url=endpoint or self.endpoint,
                                              idle_interval=0.02,
                                              max_reads_per_second=100.0, backoff_initial=0.01)
-        return config.build(None)  # type: ignore[arg-type]
+        return config.build(CONTEXT)
 
     def number(self, record: Record) -> int:
         return int(record.json()["NewImage"]["n"]["N"])

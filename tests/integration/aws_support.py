@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from streamfn.components import BuildContext
 from streamfn.config import LoadedPipeline, load_pipeline
 from streamfn.protocols.source import ShardReader
 from streamfn.records import Record
 
 MAX_HASH = 2**128 - 1
+#: What a part is built for outside a pipeline file (no [aws] section).
+CTX = BuildContext(pipeline="p", config_dir=Path("."), state_dir=Path("."))
 
 
 def unique(prefix: str) -> str:

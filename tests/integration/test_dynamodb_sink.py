@@ -12,7 +12,7 @@ from streamfn.connectors.dynamodb.sink import DynamoDBSink, DynamoDBSinkConfig
 from streamfn.errors import SinkError
 from streamfn.protocols.sink import SinkBatch
 from streamfn.records import Position
-from tests.integration.aws_support import client, unique
+from tests.integration.aws_support import CTX, client, unique
 
 
 def batch(items: list[Any]) -> SinkBatch:
@@ -38,7 +38,7 @@ async def scan(endpoint: str, table: str) -> dict[str, dict[str, Any]]:
 
 
 async def open_sink(endpoint: str, table: str, **options: Any) -> DynamoDBSink:
-    sink = DynamoDBSinkConfig(table=table, endpoint_url=endpoint, **options).build(None)  # type: ignore[arg-type]
+    sink = DynamoDBSinkConfig(table=table, endpoint_url=endpoint, **options).build(CTX)
     await sink.open()
     return sink
 

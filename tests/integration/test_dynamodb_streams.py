@@ -12,7 +12,7 @@ from streamfn.connectors.dynamodb_streams.source import DynamoDBStreamsSource, D
 from streamfn.errors import ConfigError, SourceError
 from streamfn.protocols.source import StartingPosition
 from streamfn.records import Batch
-from tests.integration.aws_support import client, drain, unique
+from tests.integration.aws_support import CTX, client, drain, unique
 
 TRIM = StartingPosition()
 
@@ -41,7 +41,7 @@ def source(endpoint: str, **options: Any) -> DynamoDBStreamsSource:
     options.setdefault("idle_interval", 0.05)
     options.setdefault("max_reads_per_second", 50.0)
     options.setdefault("backoff_initial", 0.01)
-    return DynamoDBStreamsSourceConfig(endpoint_url=endpoint, **options).build(None)  # type: ignore[arg-type]
+    return DynamoDBStreamsSourceConfig(endpoint_url=endpoint, **options).build(CTX)
 
 
 async def test_insert_modify_remove_in_lambda_shape(moto_endpoint: str, aws_env: dict[str, str]) -> None:

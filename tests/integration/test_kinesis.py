@@ -12,7 +12,7 @@ from streamfn.connectors.kinesis.source import KinesisSource, KinesisSourceConfi
 from streamfn.errors import SourceError
 from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Batch, Position
-from tests.integration.aws_support import client, create_stream, drain, put, shard_hash_starts, unique, wait_active
+from tests.integration.aws_support import CTX, client, create_stream, drain, put, shard_hash_starts, unique, wait_active
 from tests.throttle_proxy import ThrottleProxy
 
 GET_RECORDS = "Kinesis_20131202.GetRecords"
@@ -24,7 +24,7 @@ def source(endpoint: str, stream: str, **options: Any) -> KinesisSource:
     options.setdefault("backoff_max", 0.05)
     options.setdefault("idle_interval", 0.05)
     options.setdefault("max_reads_per_second", 50.0)
-    return KinesisSourceConfig(stream=stream, endpoint_url=endpoint, **options).build(None)  # type: ignore[arg-type]
+    return KinesisSourceConfig(stream=stream, endpoint_url=endpoint, **options).build(CTX)
 
 
 async def test_four_shards_read_in_order_per_shard(kinesis_endpoint: str, aws_env: dict[str, str]) -> None:
@@ -267,7 +267,7 @@ async def test_endpoint_from_environment_and_stream_by_arn(
         arn = (await kinesis.describe_stream_summary(StreamName=name))["StreamDescriptionSummary"]["StreamARN"]
     monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesis_endpoint)
     for stream in (name, arn):
-        src = KinesisSourceConfig(stream=stream, idle_interval=0.05).build(None)  # type: ignore[arg-type]
+        src = KinesisSourceConfig(stream=stream, idle_interval=0.05).build(CTX)
         await src.open()
         try:
             assert src.stream_arn == arn and src.name == name

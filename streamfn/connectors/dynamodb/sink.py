@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ...aws import AwsClient, error_code
+from ...aws import AWS_DEFAULTS, AwsSettings, error_code
 from ...backoff import Backoff
 from ...errors import SinkError
 from ...protocols.sink import SinkBatch, SinkConfig
@@ -35,9 +35,10 @@ class DynamoDBSinkConfig(SinkConfig, kw_only=True, tag="dynamodb"):
     table: Annotated[str, msgspec.Meta(description=(
         "The table items are put into; every item holds the table's key attributes."))]
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "A DynamoDB-compatible endpoint; default `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL` / AWS."))] = None
+        "A DynamoDB-compatible endpoint; default "
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+        "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
     version_attribute: Annotated[str | None, msgspec.Meta(description=(
         "Keep the highest version: put only when the stored item's attribute is missing or not higher."))] = None
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description=(
@@ -50,7 +51,7 @@ class DynamoDBSinkConfig(SinkConfig, kw_only=True, tag="dynamodb"):
         "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> DynamoDBSink:
-        return DynamoDBSink(self)
+        return DynamoDBSink(self, ctx.aws)
 
 
 class DynamoDBSink:
@@ -58,10 +59,10 @@ class DynamoDBSink:
 
     keyed_by_batch: ClassVar[bool] = False
 
-    def __init__(self, config: DynamoDBSinkConfig) -> None:
+    def __init__(self, config: DynamoDBSinkConfig, aws: AwsSettings = AWS_DEFAULTS) -> None:
         self.config = config
-        self.aws = AwsClient("dynamodb", endpoint_url=config.endpoint_url, region=config.region,
-                             timeout=config.request_timeout)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
+            "dynamodb", timeout=config.request_timeout)
         self.key_names: tuple[str, ...] = ()
         self.unprocessed_retries = 0
         self.stale_skipped = 0

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ...aws import AwsClient
+from ...aws import AWS_DEFAULTS, AwsSettings
 from ...backoff import Backoff
 from ...errors import ConfigError, RetryableError, SourceError
 from ...lambda_shapes import dynamodb_streams_event
@@ -41,9 +41,10 @@ class DynamoDBStreamsSourceConfig(SourceConfig, kw_only=True, tag="dynamodb_stre
     stream_arn: Annotated[str | None, msgspec.Meta(description="The stream's ARN; or set table.")] = None
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
         "Endpoint for both DynamoDB and DynamoDB Streams (emulators serve both on one port); default "
-        "`AWS_ENDPOINT_URL_DYNAMODB_STREAMS` / `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL` / AWS."))] = None
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_DYNAMODB_STREAMS` / "
+        "`AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+        "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
     max_reads_per_second: Annotated[float, msgspec.Meta(gt=0, description=(
         "GetRecords calls per second per shard at most (Lambda polls 4 times a second)."))] = 4.0
     idle_interval: Annotated[float, msgspec.Meta(ge=0, description=(
@@ -68,7 +69,7 @@ class DynamoDBStreamsSourceConfig(SourceConfig, kw_only=True, tag="dynamodb_stre
         "at_timestamp": "DynamoDB Streams has no AT_TIMESTAMP iterator"}
 
     def build(self, ctx: BuildContext) -> DynamoDBStreamsSource:
-        return DynamoDBStreamsSource(self)
+        return DynamoDBStreamsSource(self, ctx.aws)
 
     def stream_name(self) -> str:
         return self.table or (self.stream_arn or "").split("/table/", 1)[-1].split("/", 1)[0]
@@ -79,12 +80,13 @@ class DynamoDBStreamsSource(Source):
 
     traits = SourceTraits(kind="dynamodb_streams", filter_data_key="dynamodb", batch_info_key="DDBStreamBatchInfo")
 
-    def __init__(self, config: DynamoDBStreamsSourceConfig) -> None:
+    def __init__(self, config: DynamoDBStreamsSourceConfig, aws: AwsSettings = AWS_DEFAULTS) -> None:
         self.config = config
         self.stream_arn = config.stream_arn or ""
         self.name = config.table or self.stream_arn.split("/table/", 1)[-1].split("/", 1)[0]
-        self.aws = AwsClient("dynamodbstreams", endpoint_url=config.endpoint_url, region=config.region,
-                             timeout=config.request_timeout, max_pool_connections=128)
+        self.aws_settings = aws.under(region=config.region, endpoint_url=config.endpoint_url)
+        self.aws = self.aws_settings.client("dynamodbstreams", timeout=config.request_timeout,
+                                            max_pool_connections=128)
         self.read_settings = ReadSettings.of(config)
 
     @property
@@ -98,8 +100,7 @@ class DynamoDBStreamsSource(Source):
         install_raw_get_records(client)
 
     async def _latest_stream_arn(self) -> str:
-        table = AwsClient("dynamodb", endpoint_url=self.config.endpoint_url, region=self.config.region,
-                          timeout=self.config.request_timeout)
+        table = self.aws_settings.client("dynamodb", timeout=self.config.request_timeout)
         await table.open()
         try:
             described = await table.call("describe_table", SourceError, TableName=self.config.table)

@@ -23,23 +23,23 @@ class KinesisDestinationConfig(DestinationConfig, kw_only=True, tag="kinesis"):
     stream: Annotated[str, msgspec.Meta(description=(
         "The Kinesis stream failure records are put to, partitioned by the failed shard's id."))]
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "A Kinesis-compatible endpoint; default `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+        "A Kinesis-compatible endpoint; default "
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+        "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
     request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
         "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> KinesisDestination:
-        from ...aws import AwsClient
-
-        client = AwsClient("kinesis", endpoint_url=self.endpoint_url, region=self.region,
-                           timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region, endpoint_url=self.endpoint_url)
+        client = aws.client("kinesis", timeout=self.request_timeout)
         return KinesisDestination(client, self.stream)
 
     def feeds(self, source: SourceConfig, ctx: BuildContext) -> str | None:
         same = (isinstance(source, KinesisSourceConfig)
                 and source.stream.rsplit("/", 1)[-1] == self.stream.rsplit("/", 1)[-1]
-                and source.endpoint_url == self.endpoint_url and source.region == self.region)
+                and ctx.aws.under(region=source.region, endpoint_url=source.endpoint_url)
+                == ctx.aws.under(region=self.region, endpoint_url=self.endpoint_url))
         return "stream" if same else None
 
 

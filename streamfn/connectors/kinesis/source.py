@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from ...aws import AwsClient, error_code
+from ...aws import AWS_DEFAULTS, AwsSettings, error_code
 from ...backoff import Backoff
 from ...errors import RetryableError, SourceError
 from ...lambda_shapes import DEFAULT_INVOKE_IDENTITY_ARN, kinesis_event
@@ -40,9 +40,10 @@ class KinesisSourceConfig(SourceConfig, kw_only=True, tag="kinesis"):
 
     stream: Annotated[str, msgspec.Meta(description="The stream's name, or its ARN.")]
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "A Kinesis-compatible endpoint; default: `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+        "A Kinesis-compatible endpoint; default "
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "Default: `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+        "Default: `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
     max_reads_per_second: Annotated[float, msgspec.Meta(gt=0, description=(
         "GetRecords calls per second per shard at most (Kinesis allows 5, shared by all consumers)."))] = 5.0
     idle_interval: Annotated[float, msgspec.Meta(ge=0, description=(
@@ -65,7 +66,7 @@ class KinesisSourceConfig(SourceConfig, kw_only=True, tag="kinesis"):
         "`invokeIdentityArn` in Lambda-shaped events."))] = DEFAULT_INVOKE_IDENTITY_ARN
 
     def build(self, ctx: BuildContext) -> KinesisSource:
-        return KinesisSource(self)
+        return KinesisSource(self, ctx.aws)
 
     def stream_name(self) -> str:
         return self.stream.rsplit("/", 1)[-1]
@@ -76,14 +77,14 @@ class KinesisSource(Source):
 
     traits = SourceTraits(kind="kinesis")
 
-    def __init__(self, config: KinesisSourceConfig) -> None:
+    def __init__(self, config: KinesisSourceConfig, aws: AwsSettings = AWS_DEFAULTS) -> None:
         self.config = config
         is_arn = config.stream.startswith("arn:")
         self.name = config.stream.rsplit("/", 1)[-1] if is_arn else config.stream
         self.stream_arn = config.stream if is_arn else ""
         self._by_arn = is_arn
-        self.aws = AwsClient("kinesis", endpoint_url=config.endpoint_url, region=config.region,
-                             timeout=config.request_timeout, max_pool_connections=256)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
+            "kinesis", timeout=config.request_timeout, max_pool_connections=256)
         self.hash_ranges: dict[str, tuple[int, int]] = {}
         self.read_settings = ReadSettings.of(config)
 

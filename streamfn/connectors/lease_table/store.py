@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Protocol
 
 import msgspec
 
+from ...aws import AWS_DEFAULTS, AwsSettings
 from ...errors import CheckpointError, LeaseLostError
 from ...protocols.checkpoint import Checkpoint, CheckpointConfig, CheckpointStore, advance, with_pending
 from ...protocols.source import ShardInfo, StartingPosition
@@ -72,16 +73,18 @@ class DynamoDBCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="dynamod
         "Seconds one request to the table may take in all (connect, send, answer) before it is retried; default "
         "failover_time / 2. It must stay below failover_time, or a slow renewal loses the lease."))] = None
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL, then AWS)."))] = None
+        "DynamoDB endpoint (default: `[aws]`'s, else AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL, then AWS)."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+        "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
 
     def __post_init__(self) -> None:
         if self.request_timeout is not None and not 0 < self.request_timeout < self.failover_time:
             raise ValueError("request_timeout must be positive and below failover_time")
 
-    def settings(self, pipeline: str) -> LeaseSettings:
+    def settings(self, pipeline: str, aws: AwsSettings = AWS_DEFAULTS) -> LeaseSettings:
+        """Every default filled in; ``aws`` is the pipeline's ``[aws]`` section."""
         failover = self.failover_time
+        shared = aws.under(region=self.region, endpoint_url=self.endpoint_url)
         take = self.take_interval if self.take_interval is not None else 2 * failover
         return LeaseSettings(
             table=self.table, create_table=self.create_table,
@@ -96,11 +99,11 @@ class DynamoDBCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="dynamod
             shard_sync_interval=self.shard_sync_interval,
             checkpoint_interval=self.checkpoint_interval,
             request_timeout=self.request_timeout,
-            endpoint_url=self.endpoint_url, region=self.region,
+            endpoint_url=shared.endpoint_url, region=shared.region, profile=shared.profile,
         )
 
     def build(self, ctx: BuildContext) -> DynamoDBCheckpointStore:
-        return DynamoDBCheckpointStore(self.settings(ctx.pipeline))
+        return DynamoDBCheckpointStore(self.settings(ctx.pipeline, ctx.aws))
 
 
 class LeaseSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +125,7 @@ class LeaseSettings(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout: float | None = None
     endpoint_url: str | None = None
     region: str | None = None
+    profile: str | None = None
 
 
 def default_worker_id() -> str:
@@ -164,6 +168,7 @@ class DynamoDBCheckpointStore(CheckpointStore):
         self.worker_id = settings.worker_id
         self.table = table or LeaseTable(settings.table, prefix=settings.prefix,
                                          endpoint_url=settings.endpoint_url, region=settings.region,
+                                         profile=settings.profile,
                                          request_timeout=settings.request_timeout
                                          or max(1.0, settings.failover_time / 2))
         self.held: dict[str, HeldLease] = {}

@@ -163,10 +163,11 @@ class LeaseTable:
     """The lease operations, each one conditional request (no retries inside, callers decide)."""
 
     def __init__(self, table: str, *, prefix: str, endpoint_url: str | None = None, region: str | None = None,
-                 request_timeout: float = 10.0) -> None:
+                 profile: str | None = None, request_timeout: float = 10.0) -> None:
         self.table = table
         self.prefix = prefix
-        self.aws = AwsClient("dynamodb", endpoint_url=endpoint_url, region=region, timeout=request_timeout)
+        self.aws = AwsClient("dynamodb", endpoint_url=endpoint_url, region=region, profile=profile,
+                             timeout=request_timeout)
 
     async def open(self) -> None:
         await self.aws.open()

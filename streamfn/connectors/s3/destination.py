@@ -24,16 +24,16 @@ class S3DestinationConfig(DestinationConfig, kw_only=True, tag="s3"):
     prefix: Annotated[str, msgspec.Meta(description=(
         "Put before every key: `<prefix>aws/lambda/<pipeline>/<shard>/YYYY/MM/DD/<first>-<last>.json`."))] = ""
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "An S3-compatible endpoint (path-style addressing); default `AWS_ENDPOINT_URL_S3` / AWS."))] = None
+        "An S3-compatible endpoint (path-style addressing); default "
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_S3` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+        "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
     request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
         "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> S3Destination:
-        from ...aws import AwsClient
-
-        client = AwsClient("s3", endpoint_url=self.endpoint_url, region=self.region, timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region, endpoint_url=self.endpoint_url)
+        client = aws.client("s3", timeout=self.request_timeout)
         return S3Destination(client, self.bucket, self.prefix)
 
     def problems(self) -> list[tuple[str, str | None]]:

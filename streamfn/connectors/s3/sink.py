@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ...aws import AwsClient, error_code
+from ...aws import AWS_DEFAULTS, AwsSettings, error_code
 from ...errors import RetryableError, SinkError
 from ...protocols.sink import SinkBatch, SinkConfig
 from ..shared.keys import DEFAULT_TEMPLATE, check_template, render_key
@@ -41,9 +41,10 @@ class S3SinkConfig(SinkConfig, kw_only=True, tag="s3"):
     gzip: Annotated[bool, msgspec.Meta(description=(
         "Compress bodies (`.gz` is appended to the key, `Content-Encoding: gzip` set)."))] = False
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "An S3-compatible endpoint (path-style addressing); default `AWS_ENDPOINT_URL_S3` / AWS."))] = None
+        "An S3-compatible endpoint (path-style addressing); default "
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_S3` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "AWS region; default `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
+        "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
     multipart_threshold: Annotated[int, msgspec.Meta(ge=MIN_PART, description=(
         "Bodies this size or larger are sent as a multipart upload."))] = 16 * MIB
     part_size: Annotated[int, msgspec.Meta(ge=MIN_PART, description=(
@@ -57,7 +58,7 @@ class S3SinkConfig(SinkConfig, kw_only=True, tag="s3"):
 
     def build(self, ctx: BuildContext) -> S3Sink:
         check_template(self.key, "sinks.key")
-        return S3Sink(self, ctx.pipeline)
+        return S3Sink(self, ctx.pipeline, ctx.aws)
 
     def check(self, pipeline: str, stream: str) -> None:
         check_template(self.key, "sinks.key", pipeline=pipeline, stream=stream)
@@ -72,11 +73,11 @@ class S3Sink:
 
     keyed_by_batch: ClassVar[bool] = True
 
-    def __init__(self, config: S3SinkConfig, pipeline: str = "") -> None:
+    def __init__(self, config: S3SinkConfig, pipeline: str = "", aws: AwsSettings = AWS_DEFAULTS) -> None:
         self.config = config
         self._template = config.key + (".gz" if config.gzip and not config.key.endswith(".gz") else "")
-        self.aws = AwsClient("s3", endpoint_url=config.endpoint_url, region=config.region,
-                             timeout=config.request_timeout)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
+            "s3", timeout=config.request_timeout)
 
     async def open(self) -> None:
         await self.aws.open()

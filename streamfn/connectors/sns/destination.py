@@ -28,9 +28,10 @@ class SnsDestinationConfig(DestinationConfig, kw_only=True, tag="sns"):
         "Add the failed records (base64 `data`), split over several messages when large; false sends exactly "
         "Lambda's metadata-only record."))] = True
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "An SNS-compatible endpoint; default `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+        "An SNS-compatible endpoint; default "
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "Default: the region in the topic's ARN, else the environment's."))] = None
+        "Default: the region in the topic's ARN, else `[aws]`'s, else the environment's."))] = None
     request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
         "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
@@ -39,11 +40,9 @@ class SnsDestinationConfig(DestinationConfig, kw_only=True, tag="sns"):
             raise ValueError(f"topic_arn {self.topic_arn!r} is not an ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)")
 
     def build(self, ctx: BuildContext) -> SnsDestination:
-        from ...aws import AwsClient
-
         parsed = arn_parts(self.topic_arn)
-        region = self.region or (parsed[0] if parsed else None)
-        client = AwsClient("sns", endpoint_url=self.endpoint_url, region=region, timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region or (parsed[0] if parsed else None), endpoint_url=self.endpoint_url)
+        client = aws.client("sns", timeout=self.request_timeout)
         return SnsDestination(client, self.topic_arn, self.include_records)
 
 

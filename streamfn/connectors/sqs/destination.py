@@ -63,18 +63,17 @@ class SqsDestinationConfig(DestinationConfig, kw_only=True, tag="sqs"):
         "Add the failed records (base64 `data`), split over several messages when large; false sends exactly "
         "Lambda's metadata-only record (read the records from the stream before they expire)."))] = True
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
-        "An SQS-compatible endpoint; default `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL` / AWS."))] = None
+        "An SQS-compatible endpoint; default "
+        "`[aws]`'s, else `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
-        "Default: the region in the queue's ARN, else the environment's."))] = None
+        "Default: the region in the queue's ARN, else `[aws]`'s, else the environment's."))] = None
     request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
         "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
 
     def build(self, ctx: BuildContext) -> SqsDestination:
-        from ...aws import AwsClient
-
         parsed = arn_parts(self.queue)
-        region = self.region or (parsed[0] if parsed else None)
-        client = AwsClient("sqs", endpoint_url=self.endpoint_url, region=region, timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region or (parsed[0] if parsed else None), endpoint_url=self.endpoint_url)
+        client = aws.client("sqs", timeout=self.request_timeout)
         return SqsDestination(client, self.queue, self.include_records)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from ...aws import AWS_DEFAULTS, AwsSettings
 from ...connectors.lease_table.store import DynamoDBCheckpointStoreConfig
 from ...connectors.lease_table.table import SHARD_END, Lease, LeaseTable
 from ...errors import CheckpointError
@@ -62,15 +63,16 @@ def _status(lease: Lease) -> LeaseStatus:
     )
 
 
-def _table(config: DynamoDBCheckpointStoreConfig, pipeline: str) -> LeaseTable:
-    settings = config.settings(pipeline)
+def _table(config: DynamoDBCheckpointStoreConfig, pipeline: str, aws: AwsSettings) -> LeaseTable:
+    settings = config.settings(pipeline, aws)
     return LeaseTable(settings.table, prefix=settings.prefix, endpoint_url=settings.endpoint_url,
-                      region=settings.region)
+                      region=settings.region, profile=settings.profile)
 
 
-async def show_checkpoints(config: DynamoDBCheckpointStoreConfig, pipeline: str) -> list[LeaseStatus]:
-    """Every lease of the pipeline, ordered by shard id."""
-    table = _table(config, pipeline)
+async def show_checkpoints(config: DynamoDBCheckpointStoreConfig, pipeline: str,
+                           aws: AwsSettings = AWS_DEFAULTS) -> list[LeaseStatus]:
+    """Every lease of the pipeline, ordered by shard id; ``aws`` is the pipeline's ``[aws]`` section."""
+    table = _table(config, pipeline, aws)
     await table.open()
     try:
         leases = await table.scan()
@@ -97,6 +99,7 @@ def render(rows: Sequence[LeaseStatus]) -> str:
 async def reset_checkpoints(
     config: DynamoDBCheckpointStoreConfig, pipeline: str, to: StartingPosition, *,
     shards: Sequence[str] | None = None, force: bool = False, watch: float | None = None,
+    aws: AwsSettings = AWS_DEFAULTS,
 ) -> list[str]:
     """Forget the checkpoints of ``shards`` (all by default): they restart at ``to`` on the next run.
 
@@ -113,25 +116,26 @@ async def reset_checkpoints(
         values[":at"] = {"N": repr(to.timestamp)}
     else:
         removes.append("streamfnStartTimestamp")
-    return await _edit(config, pipeline, shards, sets, removes, values, force=force, watch=watch)
+    return await _edit(config, pipeline, shards, sets, removes, values, force=force, watch=watch, aws=aws)
 
 
 async def set_checkpoint(
     config: DynamoDBCheckpointStoreConfig, pipeline: str, shard_id: str, sequence: int, sub_sequence: int = 0, *,
-    force: bool = False, watch: float | None = None,
+    force: bool = False, watch: float | None = None, aws: AwsSettings = AWS_DEFAULTS,
 ) -> None:
     """Set one shard's checkpoint: processing resumes strictly after ``sequence``/``sub_sequence``."""
     values: dict[str, Any] = {":cp": {"S": str(sequence)}, ":sub": {"N": str(sub_sequence)}, ":zero": {"N": "0"}}
     sets = ["checkpoint = :cp", "checkpointSubSequenceNumber = :sub", "ownerSwitchesSinceCheckpoint = :zero"]
     removes = ["leaseOwner", "streamfnPending", "streamfnWindowState", "streamfnStart", "streamfnStartTimestamp"]
-    await _edit(config, pipeline, [shard_id], sets, removes, values, force=force, watch=watch)
+    await _edit(config, pipeline, [shard_id], sets, removes, values, force=force, watch=watch, aws=aws)
 
 
 async def _edit(
     config: DynamoDBCheckpointStoreConfig, pipeline: str, shards: Sequence[str] | None,
     sets: list[str], removes: list[str], values: dict[str, Any], *, force: bool, watch: float | None,
+    aws: AwsSettings,
 ) -> list[str]:
-    table = _table(config, pipeline)
+    table = _table(config, pipeline, aws)
     await table.open()
     try:
         leases = _select(await table.scan(), shards)
