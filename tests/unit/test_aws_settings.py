@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamfn.aws import AwsClient, AwsSettings
+from streamfn.cli import main
 from streamfn.components import BuildContext
 from streamfn.config import load_pipeline
 from streamfn.connectors.dynamodb.sink import DynamoDBSinkConfig
@@ -209,3 +211,21 @@ def test_an_unknown_aws_setting_is_refused_with_its_path(tmp_path: Path) -> None
     path = pipeline_file(tmp_path, '[aws]\nregoin = "eu-west-1"\n[source]\ntype = "local"\nstream = "s"\n')
     with pytest.raises(ConfigError, match="regoin"):
         load_pipeline(path)
+
+
+def test_validate_accepts_an_aws_section_in_a_pipeline_without_aws_parts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(tmp_path, '[aws]\nregion = "eu-west-1"\n[source]\ntype = "local"\nstream = "s"\n'
+                                   '[[sinks]]\ntype = "stdout"\n')
+    assert main(["validate", str(path)]) == 0
+    assert "warn" not in capsys.readouterr().err.lower()
+
+
+def test_schema_describes_the_aws_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = orjson.loads(capsys.readouterr().out)
+    section = schema["$defs"]["AwsSettings"]
+    assert sorted(section["properties"]) == ["endpoint_url", "profile", "region"]
+    assert all(field["description"] for field in section["properties"].values())
+    assert "$ref" in str(schema["$defs"]["PipelineConfig"]["properties"]["aws"])
