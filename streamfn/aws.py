@@ -1,10 +1,11 @@
 """AWS clients for the connectors: one place for region, endpoint, profile, timeouts and error classes.
 
-Every AWS part takes an ``endpoint_url`` and ``region``; a part's own value wins, then the
-pipeline's ``[aws]`` section (:class:`AwsSettings`, which also names the credentials ``profile``),
+Every AWS part takes an ``endpoint_url``, ``region`` and ``request_timeout``; a part's own value wins,
+then the pipeline's ``[aws]`` section (:class:`AwsSettings`, which also names the credentials ``profile``),
 then the standard chain (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_REGION``,
-``AWS_DEFAULT_REGION``, the profile's region). Botocore's own retries are off: connectors retry with
-:class:`streamfn.backoff.Backoff` so that throttling never breaks the per-shard read discipline.
+``AWS_DEFAULT_REGION``, the profile's region) or the part's default timeout. Botocore's own retries
+are off: connectors retry with :class:`streamfn.backoff.Backoff` so that throttling never breaks the
+per-shard read discipline.
 A client's timeout bounds each call as a whole (pool wait, connect, send, answer), and every
 failure leaves :meth:`AwsClient.call` classified by its error code or exception type.
 Credentials are resolved by botocore and never pass through this module's logging.
@@ -22,6 +23,9 @@ import msgspec
 from .errors import ConfigError, RetryableError, StreamfnError
 
 DEFAULT_REGION = "us-east-1"
+
+#: Seconds, more than zero: the type of every ``request_timeout`` setting.
+Timeout = Annotated[float, msgspec.Meta(gt=0)]
 
 #: Error codes that mean "try again", with the kind metrics and logs count them under. Anything
 #: else with a 5xx status is a "server" failure too; every other code is final.
@@ -70,16 +74,22 @@ class AwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     profile: Annotated[str | None, msgspec.Meta(description=(
         "Named profile of the shared AWS config and credentials files every AWS part signs with; default "
         "`AWS_PROFILE`, else the standard chain (environment keys, `default` profile, instance role)."))] = None
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request of every AWS part that sets none may take in all (connect, send, answer) before "
+        "it is retried; default each part's own (30 s, 60 s for the S3 sink; the lease table's at most "
+        "failover_time / 2)."))] = None
 
-    def under(self, *, region: str | None, endpoint_url: str | None) -> AwsSettings:
-        """A part's settings: its own region and endpoint where it sets them, these where not."""
+    def under(self, *, region: str | None, endpoint_url: str | None,
+              request_timeout: float | None = None) -> AwsSettings:
+        """A part's settings: its own values where it sets them, these where not."""
         return AwsSettings(region=region or self.region, endpoint_url=endpoint_url or self.endpoint_url,
-                           profile=self.profile)
+                           profile=self.profile, request_timeout=request_timeout or self.request_timeout)
 
-    def client(self, service: str, *, timeout: float = 30.0, max_pool_connections: int = 64) -> AwsClient:
-        """A client for ``service`` with these settings (not opened yet)."""
+    def client(self, service: str, *, default_timeout: float = 30.0, max_pool_connections: int = 64) -> AwsClient:
+        """A client for ``service`` with these settings (not opened yet); ``default_timeout`` applies when no
+        request_timeout is set."""
         return AwsClient(service, endpoint_url=self.endpoint_url, region=self.region, profile=self.profile,
-                         timeout=timeout, max_pool_connections=max_pool_connections)
+                         timeout=self.request_timeout or default_timeout, max_pool_connections=max_pool_connections)
 
 
 #: No ``[aws]`` section: every part's unset value comes from the environment, as before it existed.

@@ -21,7 +21,7 @@ import orjson
 from ..aws import AWS_DEFAULTS, AwsSettings
 from ..config import LoadedPipeline
 from ..connectors.local.sink import LocalSinkConfig
-from ..connectors.s3.sink import S3SinkConfig
+from ..connectors.s3.sink import S3_SINK_TIMEOUT, S3SinkConfig
 from ..errors import ConfigError, SinkError
 from ..protocols.source import StartingPosition
 
@@ -89,8 +89,8 @@ class S3Folder:
         self.config = config
         self.prefix = config.key.split("{", 1)[0]
         self.name = f"s3://{config.bucket}/{self.prefix}"
-        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
-            "s3", timeout=config.request_timeout)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url,
+                             request_timeout=config.request_timeout).client("s3", default_timeout=S3_SINK_TIMEOUT)
 
     async def open(self) -> None:
         await self.aws.open()

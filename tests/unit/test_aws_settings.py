@@ -31,22 +31,27 @@ from streamfn.connectors.sns.destination import SnsDestinationConfig
 from streamfn.connectors.sqs.destination import SqsDestinationConfig
 from streamfn.errors import ConfigError, SinkError
 
-Build = Callable[[str | None, str | None, BuildContext], AwsClient]
+Build = Callable[[str | None, str | None, float | None, BuildContext], AwsClient]
 
-#: Every AWS part: its config with (region, endpoint_url) built for a context, and the client it talks through.
-PARTS: dict[str, Build] = {
-    "kinesis source": lambda r, e, ctx: KinesisSourceConfig(stream="s", region=r, endpoint_url=e).build(ctx).aws,
-    "dynamodb_streams source": lambda r, e, ctx: DynamoDBStreamsSourceConfig(
-        table="t", region=r, endpoint_url=e).build(ctx).aws,
-    "s3 sink": lambda r, e, ctx: S3SinkConfig(bucket="b", region=r, endpoint_url=e).build(ctx).aws,
-    "dynamodb sink": lambda r, e, ctx: DynamoDBSinkConfig(table="t", region=r, endpoint_url=e).build(ctx).aws,
-    "lease table": lambda r, e, ctx: DynamoDBCheckpointStoreConfig(region=r, endpoint_url=e).build(ctx).table.aws,
-    "s3 destination": lambda r, e, ctx: S3DestinationConfig(
-        bucket="b", region=r, endpoint_url=e).build(ctx)._client,
-    "kinesis destination": lambda r, e, ctx: KinesisDestinationConfig(
-        stream="s", region=r, endpoint_url=e).build(ctx)._client,
-    "sqs destination": lambda r, e, ctx: SqsDestinationConfig(
-        queue="q", region=r, endpoint_url=e).build(ctx)._client,
+#: Every AWS part: its config with (region, endpoint_url, request_timeout) built for a context, the client it
+#: talks through, and its request timeout when neither it nor the section sets one.
+PARTS: dict[str, tuple[Build, float]] = {
+    "kinesis source": (lambda r, e, t, ctx: KinesisSourceConfig(
+        stream="s", region=r, endpoint_url=e, request_timeout=t).build(ctx).aws, 30.0),
+    "dynamodb_streams source": (lambda r, e, t, ctx: DynamoDBStreamsSourceConfig(
+        table="t", region=r, endpoint_url=e, request_timeout=t).build(ctx).aws, 30.0),
+    "s3 sink": (lambda r, e, t, ctx: S3SinkConfig(
+        bucket="b", region=r, endpoint_url=e, request_timeout=t).build(ctx).aws, 60.0),
+    "dynamodb sink": (lambda r, e, t, ctx: DynamoDBSinkConfig(
+        table="t", region=r, endpoint_url=e, request_timeout=t).build(ctx).aws, 30.0),
+    "lease table": (lambda r, e, t, ctx: DynamoDBCheckpointStoreConfig(
+        region=r, endpoint_url=e, request_timeout=t).build(ctx).table.aws, 5.0),  # failover_time / 2
+    "s3 destination": (lambda r, e, t, ctx: S3DestinationConfig(
+        bucket="b", region=r, endpoint_url=e, request_timeout=t).build(ctx)._client, 30.0),
+    "kinesis destination": (lambda r, e, t, ctx: KinesisDestinationConfig(
+        stream="s", region=r, endpoint_url=e, request_timeout=t).build(ctx)._client, 30.0),
+    "sqs destination": (lambda r, e, t, ctx: SqsDestinationConfig(
+        queue="q", region=r, endpoint_url=e, request_timeout=t).build(ctx)._client, 30.0),
 }
 
 
@@ -70,24 +75,31 @@ def context(aws: AwsSettings) -> BuildContext:
 def test_the_part_wins_then_the_section_then_the_environment(part: str, own: bool, section: bool,
                                                              env: bool) -> None:
     aws = AwsSettings(region="eu-west-2" if section else None,
-                      endpoint_url="http://section:2" if section else None)
+                      endpoint_url="http://section:2" if section else None, request_timeout=7.0 if section else None)
+    build, default_timeout = PARTS[part]
     with environment(**({"AWS_REGION": "eu-west-3"} if env else {})):
-        client = PARTS[part]("eu-west-1" if own else None, "http://own:1" if own else None, context(aws))
+        client = build("eu-west-1" if own else None, "http://own:1" if own else None, 4.0 if own else None,
+                       context(aws))
     assert client.region == ("eu-west-1" if own else "eu-west-2" if section else "eu-west-3" if env else "us-east-1")
     # None: botocore reads AWS_ENDPOINT_URL_<SERVICE> / AWS_ENDPOINT_URL, as without a section.
     assert client.endpoint_url == ("http://own:1" if own else "http://section:2" if section else None)
+    # The lease table takes the section's timeout only below failover_time / 2: a slow renewal loses leases.
+    assert client.timeout == (4.0 if own else min(7.0, default_timeout) if section and part == "lease table"
+                              else 7.0 if section else default_timeout)
 
 
 @settings(max_examples=30, deadline=None)
 @given(region=st.sampled_from([None, "eu-west-1"]), endpoint=st.sampled_from([None, "http://own:1"]),
+       timeout=st.sampled_from([None, 1.5]),
        section=st.builds(AwsSettings, region=st.sampled_from([None, "eu-west-2"]),
                          endpoint_url=st.sampled_from([None, "http://section:2"]),
-                         profile=st.sampled_from([None, "p"])))
+                         profile=st.sampled_from([None, "p"]), request_timeout=st.sampled_from([None, 9.0])))
 def test_under_keeps_each_set_value_and_the_section_profile(region: str | None, endpoint: str | None,
-                                                            section: AwsSettings) -> None:
-    merged = section.under(region=region, endpoint_url=endpoint)
+                                                            timeout: float | None, section: AwsSettings) -> None:
+    merged = section.under(region=region, endpoint_url=endpoint, request_timeout=timeout)
     assert merged.region == (region or section.region)
     assert merged.endpoint_url == (endpoint or section.endpoint_url)
+    assert merged.request_timeout == (timeout or section.request_timeout)
     assert merged.profile == section.profile
     assert section.under(region=None, endpoint_url=None) == section
 
@@ -173,9 +185,9 @@ async def test_a_missing_profile_is_a_config_error_naming_the_field(profile_file
 
 
 def pipeline_file(folder: Path, body: str) -> Path:
-    (folder / "app.py").write_text("def handle(batch, context):\n    return []\n")
+    (folder / "aws_section_app.py").write_text("def handle(batch, context):\n    return []\n")
     path = folder / "pipeline.toml"
-    path.write_text('name = "p"\nhandler = "app:handle"\n' + textwrap.dedent(body))
+    path.write_text('name = "p"\nhandler = "aws_section_app:handle"\n' + textwrap.dedent(body))
     return path
 
 
@@ -207,9 +219,11 @@ def test_without_a_section_nothing_changes(tmp_path: Path) -> None:
     assert loaded.config.aws == AwsSettings() == loaded.context.aws
 
 
-def test_an_unknown_aws_setting_is_refused_with_its_path(tmp_path: Path) -> None:
-    path = pipeline_file(tmp_path, '[aws]\nregoin = "eu-west-1"\n[source]\ntype = "local"\nstream = "s"\n')
-    with pytest.raises(ConfigError, match="regoin"):
+@pytest.mark.parametrize(("section", "expected"), [('regoin = "eu-west-1"', "regoin"),
+                                                    ("request_timeout = 0", "aws.request_timeout")])
+def test_a_wrong_aws_setting_is_refused_with_its_path(tmp_path: Path, section: str, expected: str) -> None:
+    path = pipeline_file(tmp_path, f'[aws]\n{section}\n[source]\ntype = "local"\nstream = "s"\n')
+    with pytest.raises(ConfigError, match=expected):
         load_pipeline(path)
 
 
@@ -226,6 +240,6 @@ def test_schema_describes_the_aws_section(capsys: pytest.CaptureFixture[str]) ->
     assert main(["schema"]) == 0
     schema = orjson.loads(capsys.readouterr().out)
     section = schema["$defs"]["AwsSettings"]
-    assert sorted(section["properties"]) == ["endpoint_url", "profile", "region"]
+    assert sorted(section["properties"]) == ["endpoint_url", "profile", "region", "request_timeout"]
     assert all(field["description"] for field in section["properties"].values())
     assert "$ref" in str(schema["$defs"]["PipelineConfig"]["properties"]["aws"])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ...aws import AWS_DEFAULTS, AwsSettings, error_code
+from ...aws import AWS_DEFAULTS, AwsSettings, Timeout, error_code
 from ...backoff import Backoff
 from ...errors import SinkError
 from ...protocols.sink import SinkBatch, SinkConfig
@@ -47,8 +47,9 @@ class DynamoDBSinkConfig(SinkConfig, kw_only=True, tag="dynamodb"):
         "Seconds before the first retry of unprocessed items; doubled up to backoff_max (with jitter)."))] = 0.05
     backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
         "Most seconds between two retries of unprocessed items."))] = 5.0
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
 
     def build(self, ctx: BuildContext) -> DynamoDBSink:
         return DynamoDBSink(self, ctx.aws)
@@ -61,8 +62,8 @@ class DynamoDBSink:
 
     def __init__(self, config: DynamoDBSinkConfig, aws: AwsSettings = AWS_DEFAULTS) -> None:
         self.config = config
-        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
-            "dynamodb", timeout=config.request_timeout)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url,
+                             request_timeout=config.request_timeout).client("dynamodb")
         self.key_names: tuple[str, ...] = ()
         self.unprocessed_retries = 0
         self.stale_skipped = 0

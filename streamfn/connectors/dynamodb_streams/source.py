@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ...aws import AWS_DEFAULTS, AwsSettings
+from ...aws import AWS_DEFAULTS, AwsSettings, Timeout
 from ...backoff import Backoff
 from ...errors import ConfigError, RetryableError, SourceError
 from ...lambda_shapes import dynamodb_streams_event
@@ -58,8 +58,9 @@ class DynamoDBStreamsSourceConfig(SourceConfig, kw_only=True, tag="dynamodb_stre
         "jitter)."))] = 0.2
     backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
         "Most seconds between two retries of a throttled or failed request."))] = 10.0
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
 
     def __post_init__(self) -> None:
         if (self.table is None) == (self.stream_arn is None):
@@ -84,9 +85,9 @@ class DynamoDBStreamsSource(Source):
         self.config = config
         self.stream_arn = config.stream_arn or ""
         self.name = config.table or self.stream_arn.split("/table/", 1)[-1].split("/", 1)[0]
-        self.aws_settings = aws.under(region=config.region, endpoint_url=config.endpoint_url)
-        self.aws = self.aws_settings.client("dynamodbstreams", timeout=config.request_timeout,
-                                            max_pool_connections=128)
+        self.aws_settings = aws.under(region=config.region, endpoint_url=config.endpoint_url,
+                                      request_timeout=config.request_timeout)
+        self.aws = self.aws_settings.client("dynamodbstreams", max_pool_connections=128)
         self.read_settings = ReadSettings.of(config)
 
     @property
@@ -100,7 +101,7 @@ class DynamoDBStreamsSource(Source):
         install_raw_get_records(client)
 
     async def _latest_stream_arn(self) -> str:
-        table = self.aws_settings.client("dynamodb", timeout=self.config.request_timeout)
+        table = self.aws_settings.client("dynamodb")
         await table.open()
         try:
             described = await table.call("describe_table", SourceError, TableName=self.config.table)

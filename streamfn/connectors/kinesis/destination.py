@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
+from ...aws import AwsClient, Timeout
 from ...errors import SinkError
 from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_documents import failure_documents
 from .source import KinesisSourceConfig
 
 if TYPE_CHECKING:
-    from ...aws import AwsClient
     from ...components import BuildContext
     from ...protocols.source import SourceConfig
 
@@ -27,12 +27,14 @@ class KinesisDestinationConfig(DestinationConfig, kw_only=True, tag="kinesis"):
         "`[aws]`'s, else `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
         "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
 
     def build(self, ctx: BuildContext) -> KinesisDestination:
-        aws = ctx.aws.under(region=self.region, endpoint_url=self.endpoint_url)
-        client = aws.client("kinesis", timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region, endpoint_url=self.endpoint_url,
+                            request_timeout=self.request_timeout)
+        client = aws.client("kinesis")
         return KinesisDestination(client, self.stream)
 
     def feeds(self, source: SourceConfig, ctx: BuildContext) -> str | None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from ...aws import AWS_DEFAULTS, AwsSettings, error_code
+from ...aws import AWS_DEFAULTS, AwsSettings, Timeout, error_code
 from ...backoff import Backoff
 from ...errors import RetryableError, SourceError
 from ...lambda_shapes import DEFAULT_INVOKE_IDENTITY_ARN, kinesis_event
@@ -60,8 +60,9 @@ class KinesisSourceConfig(SourceConfig, kw_only=True, tag="kinesis"):
         "jitter)."))] = 0.2
     backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
         "Most seconds between two retries of a throttled or failed request."))] = 10.0
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
     invoke_identity_arn: Annotated[str, msgspec.Meta(description=(
         "`invokeIdentityArn` in Lambda-shaped events."))] = DEFAULT_INVOKE_IDENTITY_ARN
 
@@ -83,8 +84,9 @@ class KinesisSource(Source):
         self.name = config.stream.rsplit("/", 1)[-1] if is_arn else config.stream
         self.stream_arn = config.stream if is_arn else ""
         self._by_arn = is_arn
-        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
-            "kinesis", timeout=config.request_timeout, max_pool_connections=256)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url,
+                             request_timeout=config.request_timeout).client(
+            "kinesis", max_pool_connections=256)
         self.hash_ranges: dict[str, tuple[int, int]] = {}
         self.read_settings = ReadSettings.of(config)
 

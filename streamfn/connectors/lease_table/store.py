@@ -71,7 +71,8 @@ class DynamoDBCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="dynamod
         "Minimum seconds between two checkpoint writes of one shard (0: after every batch)."))] = 0.0
     request_timeout: Annotated[float | None, msgspec.Meta(description=(
         "Seconds one request to the table may take in all (connect, send, answer) before it is retried; default "
-        "failover_time / 2. It must stay below failover_time, or a slow renewal loses the lease."))] = None
+        "`[aws]`'s if below failover_time / 2, else failover_time / 2. It must stay below failover_time, or a "
+        "slow renewal loses the lease."))] = None
     endpoint_url: Annotated[str | None, msgspec.Meta(description=(
         "DynamoDB endpoint (default: `[aws]`'s, else AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL, then AWS)."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
@@ -98,7 +99,8 @@ class DynamoDBCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="dynamod
             max_leases_per_worker=self.max_leases_per_worker,
             shard_sync_interval=self.shard_sync_interval,
             checkpoint_interval=self.checkpoint_interval,
-            request_timeout=self.request_timeout,
+            request_timeout=self.request_timeout if self.request_timeout is not None
+            else min(aws.request_timeout, failover / 2) if aws.request_timeout is not None else None,
             endpoint_url=shared.endpoint_url, region=shared.region, profile=shared.profile,
         )
 

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 import orjson
 
+from ...aws import AwsClient, Timeout
 from ...errors import SinkError
 from ...paths import key_problem
 from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_record import failure_key, failure_record
 
 if TYPE_CHECKING:
-    from ...aws import AwsClient
     from ...components import BuildContext
 
 
@@ -28,12 +28,14 @@ class S3DestinationConfig(DestinationConfig, kw_only=True, tag="s3"):
         "`[aws]`'s, else `AWS_ENDPOINT_URL_S3` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
         "AWS region; default `[aws]`'s, else `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's region."))] = None
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
 
     def build(self, ctx: BuildContext) -> S3Destination:
-        aws = ctx.aws.under(region=self.region, endpoint_url=self.endpoint_url)
-        client = aws.client("s3", timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region, endpoint_url=self.endpoint_url,
+                            request_timeout=self.request_timeout)
+        client = aws.client("s3")
         return S3Destination(client, self.bucket, self.prefix)
 
     def problems(self) -> list[tuple[str, str | None]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ...aws import AWS_DEFAULTS, AwsSettings, error_code
+from ...aws import AWS_DEFAULTS, AwsSettings, Timeout, error_code
 from ...errors import RetryableError, SinkError
 from ...protocols.sink import SinkBatch, SinkConfig
 from ..shared.keys import DEFAULT_TEMPLATE, check_template, render_key
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB  # S3's smallest part (except the last)
+#: Seconds per request without a request_timeout: room for a whole part of a large upload.
+S3_SINK_TIMEOUT = 60.0
 
 
 class S3SinkConfig(SinkConfig, kw_only=True, tag="s3"):
@@ -51,8 +53,9 @@ class S3SinkConfig(SinkConfig, kw_only=True, tag="s3"):
         "Bytes per part of a multipart upload (at least 5 MiB)."))] = 8 * MIB
     content_type: Annotated[str, msgspec.Meta(description=(
         "The Content-Type of each object."))] = "application/x-ndjson"
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 60.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 60."))] = None
     create_bucket: Annotated[bool, msgspec.Meta(description=(
         "Create the bucket at start when missing (handy with emulators)."))] = False
 
@@ -76,8 +79,9 @@ class S3Sink:
     def __init__(self, config: S3SinkConfig, pipeline: str = "", aws: AwsSettings = AWS_DEFAULTS) -> None:
         self.config = config
         self._template = config.key + (".gz" if config.gzip and not config.key.endswith(".gz") else "")
-        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url).client(
-            "s3", timeout=config.request_timeout)
+        self.aws = aws.under(region=config.region, endpoint_url=config.endpoint_url,
+                             request_timeout=config.request_timeout).client(
+            "s3", default_timeout=S3_SINK_TIMEOUT)
 
     async def open(self) -> None:
         await self.aws.open()

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
+from ...aws import AwsClient, Timeout
 from ...errors import SinkError
 from ...protocols.destination import DestinationConfig, FailedBatch
 from ..sqs.destination import arn_parts, deduplication_id, message_bodies
 
 if TYPE_CHECKING:
-    from ...aws import AwsClient
     from ...components import BuildContext
 
 
@@ -32,8 +32,9 @@ class SnsDestinationConfig(DestinationConfig, kw_only=True, tag="sns"):
         "`[aws]`'s, else `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
         "Default: the region in the topic's ARN, else `[aws]`'s, else the environment's."))] = None
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
 
     def __post_init__(self) -> None:
         if arn_parts(self.topic_arn) is None:
@@ -41,8 +42,9 @@ class SnsDestinationConfig(DestinationConfig, kw_only=True, tag="sns"):
 
     def build(self, ctx: BuildContext) -> SnsDestination:
         parsed = arn_parts(self.topic_arn)
-        aws = ctx.aws.under(region=self.region or (parsed[0] if parsed else None), endpoint_url=self.endpoint_url)
-        client = aws.client("sns", timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region or (parsed[0] if parsed else None), endpoint_url=self.endpoint_url,
+                            request_timeout=self.request_timeout)
+        client = aws.client("sns")
         return SnsDestination(client, self.topic_arn, self.include_records)
 
 

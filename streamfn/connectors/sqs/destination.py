@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 import orjson
 
+from ...aws import AwsClient, Timeout
 from ...errors import SinkError
 from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_documents import failure_documents
 from ..shared.failure_record import failure_record
 
 if TYPE_CHECKING:
-    from ...aws import AwsClient
     from ...components import BuildContext
 
 #: SQS and SNS take 256 KiB per message; the rest is room for the JSON around the records.
@@ -67,13 +67,15 @@ class SqsDestinationConfig(DestinationConfig, kw_only=True, tag="sqs"):
         "`[aws]`'s, else `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL` / AWS."))] = None
     region: Annotated[str | None, msgspec.Meta(description=(
         "Default: the region in the queue's ARN, else `[aws]`'s, else the environment's."))] = None
-    request_timeout: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried."))] = 30.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
 
     def build(self, ctx: BuildContext) -> SqsDestination:
         parsed = arn_parts(self.queue)
-        aws = ctx.aws.under(region=self.region or (parsed[0] if parsed else None), endpoint_url=self.endpoint_url)
-        client = aws.client("sqs", timeout=self.request_timeout)
+        aws = ctx.aws.under(region=self.region or (parsed[0] if parsed else None), endpoint_url=self.endpoint_url,
+                            request_timeout=self.request_timeout)
+        client = aws.client("sqs")
         return SqsDestination(client, self.queue, self.include_records)
 
 
