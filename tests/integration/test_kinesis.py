@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import pytest
@@ -165,7 +166,7 @@ async def test_throttling_and_5xx_are_retried_with_backoff(kinesis_endpoint: str
 
 
 async def test_non_retryable_failures_are_errors(kinesis_endpoint: str, aws_env: dict[str, str]) -> None:
-    with pytest.raises(SourceError, match="does not exist"):
+    with pytest.raises(SourceError, match=rf"does not exist in us-east-1 at {re.escape(kinesis_endpoint)}: .*\[aws\]"):
         await source(kinesis_endpoint, unique("missing")).open()
     name = unique("denied")
     async with client("kinesis", kinesis_endpoint) as kinesis:

@@ -108,8 +108,9 @@ class KinesisSource(Source):
             except SourceError as exc:
                 await self.aws.close()
                 if error_code(exc.__cause__ or exc) == "ResourceNotFoundException":
-                    raise SourceError(f"Kinesis stream {self.name!r} does not exist: create it, or fix "
-                                      "`source.stream` / `source.endpoint_url`") from exc
+                    raise SourceError(f"Kinesis stream {self.name!r} does not exist in {self.region} at "
+                                      f"{client.meta.endpoint_url}: create it, or fix `source.stream` / "
+                                      "`source.endpoint_url` / `source.region` (or `[aws]`'s)") from exc
                 raise
 
     async def list_shards(self) -> list[ShardInfo]:
