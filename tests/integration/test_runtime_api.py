@@ -176,7 +176,7 @@ async def test_a_kafka_event_reaches_a_runtime_as_lambda_sends_it(kafka_bootstra
         loaded.config, interface="runtime-api", command=[sys.executable, "-m", "awslambdaric", "kafka_app.handler"]))
     await drain(loaded)
     (event,) = [orjson.loads(line) for line in (tmp_path / "events.ndjson").read_bytes().splitlines()]
-    assert event["eventSource"] == "aws:kafka" and event["bootstrapServers"] == kafka_bootstrap
+    assert event["eventSource"] == "SelfManagedKafka" and event["bootstrapServers"] == kafka_bootstrap
     assert [r["offset"] for r in event["records"][f"{topic}-0"]] == [0, 1]
     assert sink_lines(tmp_path / "out") == [{"offset": 0, "value": 1}, {"offset": 1, "value": 2}]
 
