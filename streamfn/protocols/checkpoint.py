@@ -108,6 +108,11 @@ class CheckpointConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     #: The only source ``type`` this store works with (Kafka's offsets), if any.
     source_type: ClassVar[str | None] = None
 
+    def window_state_problem(self) -> str | None:
+        """Why this store, as configured, cannot keep a tumbling window's state with the checkpoint
+        (a pipeline with ``tumbling_window`` is then refused); None: it can."""
+        return None
+
     def build(self, ctx: BuildContext) -> CheckpointStore:
         raise NotImplementedError
 

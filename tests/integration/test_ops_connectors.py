@@ -74,7 +74,7 @@ async def test_status_tail_replay_on_kafka(kafka_bootstrap: str, tmp_path: Path)
     group = kafka_util.unique("ops-group")
     config = write_config(tmp_path, f'type = "kafka"\nbootstrap_servers = "{kafka_bootstrap}"\ntopic = "{topic}"\n'
                                     f'group_id = "{group}"\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n'
-                                    "fetch_max_wait_ms = 50\n")
+                                    "fetch_max_wait_ms = 50\n", kafka_util.ACCEPT_LOST_METADATA_TOML)
     before = table_rows(await in_thread("status", str(config), cwd=tmp_path))
     assert sorted(before) == [f"{topic}-0", f"{topic}-1"], before
     # the tip comes from end_offsets, which Tansu under-reports for batched produces: only its presence is checked
