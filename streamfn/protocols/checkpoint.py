@@ -101,6 +101,11 @@ class CheckpointStore(Protocol):
         """Which worker holds each shard's lease, for a store that keeps leases (status)."""
         return None
 
+    def at_least_once(self) -> str | None:
+        """Why output after a crash is only at-least-once with this store (a loss its config
+        accepted, exported as a metric); None: a restart overwrites a batch's output exactly."""
+        return None
+
 
 class CheckpointConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
     """A checkpoint store's config: its subclass sets ``tag`` (the ``type`` in pipeline files)."""

@@ -40,6 +40,7 @@ async def test_refused_by_default_without_touching_the_group(kafka_bootstrap: st
         assert "duplicates instead of overwrites" in message
         assert 'without_commit_metadata = "accept"' in message
         assert store.metadata_kept is False
+        assert store.at_least_once() is None  # it never ran
         await store.close()
     finally:
         await source.close()
@@ -63,6 +64,8 @@ async def test_accepted_it_runs_warns_once_and_commits(kafka_bootstrap: str, cap
         warnings = [r for r in caplog.records if "drops offset commit metadata" in r.getMessage()]
         assert len(warnings) == 1
         assert store.without_metadata is True
+        reason = store.at_least_once()
+        assert reason is not None and "drops offset commit metadata" in reason and "without_commit_metadata" in reason
         await store.record_pending(shard, Position(0), Position(4))
         await store.save(shard, Checkpoint(position=Position(4)))
         await store.flush()

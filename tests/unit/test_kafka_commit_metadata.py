@@ -6,6 +6,8 @@ runs on this machine (Tansu drops it; tests/integration/test_kafka_commit_metada
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka.structs import OffsetAndMetadata
@@ -15,7 +17,10 @@ from hypothesis import strategies as st
 from streamfn.config import load_pipeline
 from streamfn.connectors.kafka.metadata_probe import CommitMetadataLost, decide, kept, probe_group
 from streamfn.connectors.kafka.offsets import KafkaCheckpointStoreConfig
+from streamfn.engine.pipeline import AllShardsAssigner
 from streamfn.errors import ConfigError
+from streamfn.metrics import StatsCollector, build_registry
+from streamfn.testing.memory import MemoryCheckpointStore
 
 PIPELINE = ('name = "p"\nhandler = "h:f"\ntumbling_window = 60\n'
             '[source]\ntype = "kafka"\nbootstrap_servers = "b:9092"\ntopic = "t"\ngroup_id = "g"\n')
@@ -65,3 +70,21 @@ def test_tumbling_windows_are_refused_when_lost_metadata_is_accepted(tmp_path: P
     # refused at start on a broker that drops metadata instead (the store probes it)
     assert load(tmp_path, PIPELINE) is not None
     assert load(tmp_path, PIPELINE + '[checkpoints]\ntype = "kafka"\n') is not None
+
+
+class AcceptedLoss(MemoryCheckpointStore):
+    def at_least_once(self) -> str | None:
+        return "the broker drops offset commit metadata"
+
+
+def test_an_accepted_loss_is_a_metric() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pipelines: Any = [SimpleNamespace(name=name, runners={}, assigner=AllShardsAssigner(None),  # type: ignore[arg-type]
+                                      store=store) for name, store in (("lossy", AcceptedLoss()),
+                                                                       ("exact", MemoryCheckpointStore()))]
+    text = generate_latest(build_registry(StatsCollector(lambda: pipelines), process=False)).decode()
+    values = {s.labels["pipeline"]: s.value for family in text_string_to_metric_families(text)
+              for s in family.samples if s.name == "streamfn_output_at_least_once"}
+    assert values == {"lossy": 1.0, "exact": 0.0}

@@ -128,6 +128,7 @@ class KafkaCheckpointStore(CheckpointStore):
         self._without_metadata: WithoutCommitMetadata = without_commit_metadata
         #: Whether the broker keeps commit metadata; None until ``open`` probed it (or the probe failed).
         self.metadata_kept: bool | None = None
+        self._probed = False
         self._current: dict[str, Checkpoint] = {}
         self._dirty: set[str] = set()
         self._lock = asyncio.Lock()  # one commit at a time, so a later save never loses to an earlier one
@@ -137,11 +138,18 @@ class KafkaCheckpointStore(CheckpointStore):
 
     @property
     def without_metadata(self) -> bool:
-        """True when this store runs on a broker that drops commit metadata (accepted by the config)."""
-        return self.metadata_kept is not True and self._without_metadata == "accept"
+        """True when this store runs on a broker that drops commit metadata (accepted by the config;
+        also when the probe failed under ``accept``), once ``open`` probed."""
+        return self._probed and self.metadata_kept is not True and self._without_metadata == "accept"
+
+    def at_least_once(self) -> str | None:
+        if not self.without_metadata:
+            return None
+        return ("the broker drops offset commit metadata" if self.metadata_kept is False
+                else "the broker could not be probed for offset commit metadata") + f" (accepted by {SETTING})"
 
     async def open(self) -> None:
-        if self.metadata_kept is None:
+        if not self._probed:
             await self._probe()
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"kafka-commits:{self._source.name}")
@@ -193,6 +201,7 @@ class KafkaCheckpointStore(CheckpointStore):
     async def _probe(self) -> None:
         """Find out once whether the broker keeps commit metadata; refuse or warn (see the module doc)."""
         config = self._source.config
+        self._probed = True
         try:
             self.metadata_kept = await broker_keeps_commit_metadata(self._source.consumer_options(), config.topic)
         except CheckpointError as exc:
