@@ -33,8 +33,10 @@ async def test_refused_by_default_without_touching_the_group(kafka_bootstrap: st
     await source.open()
     try:
         store = source.checkpoint_store()
+        await store.open()  # a reader of checkpoints (status) opens without probing
+        assert store.metadata_kept is None
         with pytest.raises(CommitMetadataLost) as refused:
-            await store.open()
+            await store.bind(source)
         message = str(refused.value)
         assert "drops the metadata of offset commits" in message
         assert "duplicates instead of overwrites" in message
@@ -60,7 +62,8 @@ async def test_accepted_it_runs_warns_once_and_commits(kafka_bootstrap: str, cap
         store = source.checkpoint_store(KafkaCheckpointStoreConfig(without_commit_metadata="accept"))
         with caplog.at_level(logging.WARNING, logger="streamfn.kafka"):
             await store.open()
-            await store.open()  # probed once
+            await store.bind(source)
+            await store.bind(source)  # probed once
         warnings = [r for r in caplog.records if "drops offset commit metadata" in r.getMessage()]
         assert len(warnings) == 1
         assert store.without_metadata is True
@@ -86,4 +89,5 @@ async def test_a_pipeline_refuses_to_open_by_default(kafka_bootstrap: str, tmp_p
         with pytest.raises(CommitMetadataLost, match="without_commit_metadata"):
             await pipeline.open()
     finally:
+        await pipeline.store.close()
         await pipeline.source.close()

@@ -4,8 +4,9 @@ brokers (Tansu) answer every fetch with empty metadata.
 The Kafka checkpoint store keeps in that string what exact output after a crash needs besides the
 offset: the bounds of a batch recorded before its sink write (so a restart forms it again and
 overwrites its output) and a tumbling window's state. Lost silently, a restart forms other batches
-and writes other output keys, and a window starts over. So the store asks once, at open, and
-refuses to start on such a broker unless ``without_commit_metadata = "accept"``.
+and writes other output keys, and a window starts over. So the store asks once, at start, and
+refuses to start on such a broker unless ``without_commit_metadata = "accept"``. Only a pipeline
+about to run asks (the store's ``bind``): ``status`` and other readers of checkpoints do not.
 
 The probe commits in a group of its own, ``<group_id>.streamfn-metadata-probe``, never in the
 pipeline's group: a commit there would need this worker's generation (it may not have joined

@@ -6,7 +6,7 @@ position, so an offset moves only past records whose output the sinks acknowledg
 metadata string carries what a restart needs besides the offset (pending batch bounds, a
 tumbling window's state), so a batch whose output may exist is formed again exactly. Brokers
 cap metadata (``offset.metadata.max.bytes``, 4096 by default): a larger window state is refused.
-Some brokers drop the metadata string altogether: ``open`` probes for it
+Some brokers drop the metadata string altogether: ``bind`` probes for it
 (``streamfn.connectors.kafka.metadata_probe``) and refuses to start on such a broker unless the
 config accepts the loss (``without_commit_metadata = "accept"``).
 A commit refused because the group moved on means another member owns the partition now: it
@@ -30,6 +30,7 @@ from .metadata_probe import SETTING, WithoutCommitMetadata, broker_keeps_commit_
 
 if TYPE_CHECKING:
     from ...components import BuildContext
+    from ...protocols.source import Source
     from .source import KafkaSource
 
 log = logging.getLogger("streamfn.kafka")
@@ -126,7 +127,7 @@ class KafkaCheckpointStore(CheckpointStore):
         self._source = source
         self._interval = commit_interval
         self._without_metadata: WithoutCommitMetadata = without_commit_metadata
-        #: Whether the broker keeps commit metadata; None until ``open`` probed it (or the probe failed).
+        #: Whether the broker keeps commit metadata; None until ``bind`` probed it (or the probe failed).
         self.metadata_kept: bool | None = None
         self._probed = False
         self._current: dict[str, Checkpoint] = {}
@@ -139,7 +140,7 @@ class KafkaCheckpointStore(CheckpointStore):
     @property
     def without_metadata(self) -> bool:
         """True when this store runs on a broker that drops commit metadata (accepted by the config;
-        also when the probe failed under ``accept``), once ``open`` probed."""
+        also when the probe failed under ``accept``), once ``bind`` probed."""
         return self._probed and self.metadata_kept is not True and self._without_metadata == "accept"
 
     def at_least_once(self) -> str | None:
@@ -149,10 +150,15 @@ class KafkaCheckpointStore(CheckpointStore):
                 else "the broker could not be probed for offset commit metadata") + f" (accepted by {SETTING})"
 
     async def open(self) -> None:
-        if not self._probed:
-            await self._probe()
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"kafka-commits:{self._source.name}")
+
+    async def bind(self, source: Source) -> None:
+        """The pipeline is about to run on these checkpoints: probe the broker once for commit
+        metadata, refuse or warn. Readers of checkpoints (``status``, ``replay``'s look at the live
+        ones) open the store without binding it, so they neither probe nor refuse."""
+        if not self._probed:
+            await self._probe()
 
     async def load(self, shard_id: str) -> Checkpoint | None:
         if shard_id in self._current:
