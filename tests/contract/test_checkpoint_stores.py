@@ -22,7 +22,7 @@ from streamfn.connectors.local.store import LocalCheckpointStore
 from streamfn.errors import LeaseLostError
 from streamfn.protocols.checkpoint import Checkpoint, CheckpointStore
 from streamfn.testing import MemoryCheckpointStore
-from tests.integration.kafka_util import ACCEPT_LOST_METADATA, create_topic
+from tests.integration.kafka_util import create_topic
 from tests.integration.test_kafka_checkpoints import broker_keeps_commit_metadata
 
 StoreFactory = Callable[[], Awaitable[CheckpointStore]]
@@ -90,7 +90,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             closers.append(source.close)
             if not opened:  # partitions assigned by hand: commits need no group join
                 source.consumer.assign([source.topic_partition(shard) for shard in shards])
-            store = source.checkpoint_store(ACCEPT_LOST_METADATA)
+            store = source.checkpoint_store()
             await store.open()
         opened.append(store)
         return store

@@ -20,7 +20,6 @@ from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position, Record
 from tests.integration.kafka_util import (
-    ACCEPT_LOST_METADATA,
     GROUP_SETTINGS,
     create_topic,
     numbered,
@@ -40,7 +39,7 @@ class Member:
         config = KafkaSourceConfig(bootstrap_servers=bootstrap, topic=topic, group_id=group,
                                    **{**GROUP_SETTINGS, **settings})
         self.source = KafkaSource(config, pipeline="test")
-        self.store: KafkaCheckpointStore = self.source.checkpoint_store(ACCEPT_LOST_METADATA)
+        self.store: KafkaCheckpointStore = self.source.checkpoint_store()
         self.assigner: KafkaGroupAssigner = self.source.assigner()
         self.stop_delay = stop_delay
         self.records: dict[str, list[Record]] = {}
