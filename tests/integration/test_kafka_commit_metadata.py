@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from streamfn.connectors.kafka.metadata_probe import CommitMetadataLost, broker_keeps_commit_metadata, probe_group
-from streamfn.connectors.kafka.offsets import KafkaCheckpointStoreConfig
+from streamfn.connectors.kafka.offsets import KafkaCheckpointStore, KafkaCheckpointStoreConfig
 from streamfn.connectors.kafka.source import KafkaSource, KafkaSourceConfig
 from streamfn.engine.pipeline import Pipeline
 from streamfn.protocols.checkpoint import Checkpoint
@@ -91,3 +91,27 @@ async def test_a_pipeline_refuses_to_open_by_default(kafka_bootstrap: str, tmp_p
     finally:
         await pipeline.store.close()
         await pipeline.source.close()
+
+
+async def test_a_broker_that_keeps_metadata_runs_by_default_and_keeps_pending_bounds(
+        kafka_keeping_metadata: str) -> None:
+    topic = await create_topic(kafka_keeping_metadata, 1)
+    group = unique("g")
+    source = KafkaSource(KafkaSourceConfig(bootstrap_servers=kafka_keeping_metadata, topic=topic, group_id=group))
+    await source.open()
+    shard = f"{topic}-0"
+    try:
+        source.consumer.assign([source.topic_partition(shard)])  # by hand: no group join on this broker
+        store = source.checkpoint_store()
+        await store.open()
+        await store.bind(source)  # the default, "refuse", lets it run
+        assert store.metadata_kept is True and store.at_least_once() is None
+        await store.save(shard, Checkpoint(position=Position(9), window_state=b"\x01\x02"))
+        await store.record_pending(shard, Position(10), Position(19))  # durable on return
+        other = KafkaCheckpointStore(source)
+        assert await other.load(shard) == Checkpoint(position=Position(9), window_state=b"\x01\x02",
+                                                     pending=((Position(10), Position(19)),))
+        await store.close()
+    finally:
+        await source.close()
+    assert await committed_offsets(kafka_keeping_metadata, group, topic, 1) == {0: 10}
