@@ -90,10 +90,14 @@ async def show(loaded: LoadedPipeline) -> list[Row]:
         committed = await _committed(admin, config.group_id, tps)
         members = await _members(admin, config.group_id)
         first, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-        kept = await broker_keeps_commit_metadata(
-            config.consumer_options(lambda p: str(loaded.context.resolve(p))), config.topic)
+        try:
+            kept: bool | None = await broker_keeps_commit_metadata(
+                config.consumer_options(lambda p: str(loaded.context.resolve(p))), config.topic)
+        except CheckpointError:
+            kept = None  # the probe group is not ours to commit in: say so, show the rest
     held = f"group {config.group_id}: {len(members)} member(s)" if members else "-"
-    lost = "" if kept else f"; broker drops commit metadata (no pending bounds kept, {SETTING})"
+    lost = {True: "", False: f"; broker drops commit metadata (no pending bounds kept, {SETTING})",
+            None: "; commit metadata not probed (commit refused in the probe group)"}[kept]
     return [Row(shard_id=shard_id_of(tp.topic, tp.partition), checkpoint=describe(committed.get(tp)), held_by=held,
                 detail=f"offsets {first[tp]}..{end[tp] - 1}{lost}") for tp in tps]
 
