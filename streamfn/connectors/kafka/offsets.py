@@ -49,7 +49,8 @@ class KafkaCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="kafka"):
     without_commit_metadata: Annotated[WithoutCommitMetadata, msgspec.Meta(description=(
         "On a broker that drops offset commit metadata (found at start; Tansu does): `refuse` to start, or "
         "`accept` and run with at-least-once output after a crash (a batch recorded before its sink write "
-        "may be formed again differently; a warning is logged and `streamfn checkpoints show` says so). "
+        "may be formed again differently; a warning is logged, `streamfn_output_at_least_once` is 1 and "
+        "`streamfn checkpoints show` says so). "
         "`accept` refuses tumbling windows, whose state is kept in that metadata."))] = "refuse"
 
     source_type: ClassVar[str | None] = "kafka"
