@@ -473,6 +473,7 @@ def start_noida_kafka(*, port: int | None = None, log_dir: Path | None = None) -
     binary = noida_binary()
     port = port or free_port()
     data = Path(tempfile.mkdtemp(prefix="streamfn-noida-"))
+    atexit.register(shutil.rmtree, data, ignore_errors=True)  # its data is a test's only
     return _launch(
         "noida-db",
         [str(binary), "start", "--data-dir", str(data), "--host", HOST, "--only", "kafka", "--kafka-port", str(port)],
