@@ -205,6 +205,8 @@ class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [
             ("tumbling_window", "tumbling_window works per shard: it cannot be combined with "
              "parallelization_factor > 1" if self.tumbling_window and self.parallelization_factor > 1 else None),
+            ("tumbling_window", self.checkpoints.window_state_problem()
+             if self.tumbling_window and self.checkpoints is not None else None),
             ("starting_timestamp", "starting_position 'at_timestamp' needs starting_timestamp"
              if at_timestamp and self.starting_timestamp is None else None),
             ("starting_timestamp", "is used only with starting_position = 'at_timestamp': set both or neither"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from .protocols.assignment import Assigner
+    from .protocols.checkpoint import CheckpointStore
 
 log = logging.getLogger("streamfn.metrics")
 
@@ -75,6 +76,7 @@ class Metric(StrEnum):
     PIPELINE_STARTED = "streamfn_pipeline_started"
     HANDLER_VERSION = "streamfn_handler_version"
     APPEND_TO_DONE = "streamfn_append_to_done_seconds"
+    OUTPUT_AT_LEAST_ONCE = "streamfn_output_at_least_once"
 
 
 HELP: dict[Metric, str] = {
@@ -107,6 +109,9 @@ HELP: dict[Metric, str] = {
     Metric.APPEND_TO_DONE: "Seconds from a record's arrival in the source to the checkpoint covering it (with "
                            "lanes: to its lane's), per handled record, each counted with its batch's first "
                            "record's age (an upper bound).",
+    Metric.OUTPUT_AT_LEAST_ONCE: "1 when output after a crash is only at-least-once because the config accepted "
+                                 "a checkpoint store's loss (e.g. a Kafka broker that drops commit metadata); "
+                                 "the warning logged at start says why.",
 }
 
 
@@ -124,6 +129,8 @@ class ObservedPipeline(Protocol):
     def runners(self) -> Mapping[str, ObservedRunner]: ...
     @property
     def assigner(self) -> Assigner: ...
+    @property
+    def store(self) -> CheckpointStore: ...
 
 
 def leases_held(pipeline: ObservedPipeline) -> int | None:
@@ -236,6 +243,7 @@ class StatsCollector:
                                           labels=shard_labels)
         owned = gauge(Metric.SHARDS_OWNED, ["pipeline"])
         leases = gauge(Metric.LEASES_HELD, ["pipeline"])
+        at_least_once = gauge(Metric.OUTPUT_AT_LEAST_ONCE, ["pipeline"])
         started = gauge(Metric.PIPELINE_STARTED, ["pipeline"])
         versions = gauge(Metric.HANDLER_VERSION, ["pipeline"])
         append_to_done = HistogramMetricFamily(Metric.APPEND_TO_DONE.value, HELP[Metric.APPEND_TO_DONE],
@@ -246,6 +254,7 @@ class StatsCollector:
             owned.add_metric([pipeline.name], len(runners))
             if pipeline.name in ACTIVE_VERSIONS:
                 versions.add_metric([pipeline.name], ACTIVE_VERSIONS[pipeline.name])
+            at_least_once.add_metric([pipeline.name], 0.0 if pipeline.store.at_least_once() is None else 1.0)
             held = leases_held(pipeline)
             if held is not None:
                 leases.add_metric([pipeline.name], held)
@@ -265,6 +274,7 @@ class StatsCollector:
         yield from gauges.values()
         yield owned
         yield leases
+        yield at_least_once
         yield versions
         if self._readiness is not None:
             yield started

@@ -98,3 +98,9 @@ def kinesalite_endpoint() -> Iterator[str]:
 def kafka_bootstrap() -> Iterator[str]:
     """host:port of a Kafka-protocol broker (Tansu, in memory) or of the cluster STREAMFN_TEST_KAFKA names."""
     yield from _server_endpoint("tansu", servers.start_tansu)
+
+
+@pytest.fixture(scope="session")
+def kafka_keeping_metadata() -> Iterator[str]:
+    """host:port of a Kafka-protocol broker that keeps offset commit metadata (noida-db; Tansu drops it)."""
+    yield from _server_endpoint("noida-db", servers.start_noida_kafka)

@@ -46,6 +46,7 @@ ENV_VARS = {
     "kinesis-mock": "STREAMFN_TEST_KINESIS",
     "kinesalite": "STREAMFN_TEST_KINESALITE",
     "tansu": "STREAMFN_TEST_KAFKA",
+    "noida-db": "STREAMFN_TEST_KAFKA_KEEPING_METADATA",
 }
 
 # Short durations so kinesis-mock streams, reshards and consumers become ACTIVE at once.
@@ -450,6 +451,36 @@ def start_kinesalite(*, port: int | None = None, log_dir: Path | None = None, de
         cwd=TESTS_DIR,
         log_dir=log_dir,
         detached=detached,
+    )
+
+
+def noida_binary() -> Path:
+    """The noida-db server shipped inside its PyPI wheel (a Kafka-protocol broker among others)."""
+    spec = importlib.util.find_spec("noida_db")
+    if spec is None or spec.origin is None:
+        raise ServerNotInstalledError(f"PyPI package noida-db is not installed; {INSTALL_HINT}")
+    binary = Path(spec.origin).parent / "noida-db"
+    if not binary.is_file():
+        raise ServerNotInstalledError(f"{binary} is missing; reinstall noida-db ({INSTALL_HINT})")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
+def start_noida_kafka(*, port: int | None = None, log_dir: Path | None = None) -> ServerHandle:
+    """noida-db's Kafka service alone: unlike Tansu it keeps offset commit metadata. Used only where
+    that matters (it hung in group rebalances here: no group joins against it)."""
+    binary = noida_binary()
+    port = port or free_port()
+    data = Path(tempfile.mkdtemp(prefix="streamfn-noida-"))
+    atexit.register(shutil.rmtree, data, ignore_errors=True)  # its data is a test's only
+    return _launch(
+        "noida-db",
+        [str(binary), "start", "--data-dir", str(data), "--host", HOST, "--only", "kafka", "--kafka-port", str(port)],
+        port=port,
+        endpoint=f"{HOST}:{port}",
+        ready=lambda: _kafka_answers(port),
+        log_dir=log_dir,
     )
 
 

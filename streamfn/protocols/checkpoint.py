@@ -101,12 +101,22 @@ class CheckpointStore(Protocol):
         """Which worker holds each shard's lease, for a store that keeps leases (status)."""
         return None
 
+    def at_least_once(self) -> str | None:
+        """Why output after a crash is only at-least-once with this store (a loss its config
+        accepted, exported as a metric); None: a restart overwrites a batch's output exactly."""
+        return None
+
 
 class CheckpointConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
     """A checkpoint store's config: its subclass sets ``tag`` (the ``type`` in pipeline files)."""
 
     #: The only source ``type`` this store works with (Kafka's offsets), if any.
     source_type: ClassVar[str | None] = None
+
+    def window_state_problem(self) -> str | None:
+        """Why this store, as configured, cannot keep a tumbling window's state with the checkpoint
+        (a pipeline with ``tumbling_window`` is then refused); None: it can."""
+        return None
 
     def build(self, ctx: BuildContext) -> CheckpointStore:
         raise NotImplementedError

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import orjson
 
-from tests.integration.kafka_util import GROUP_SETTINGS, committed_offsets, create_topic, unique
+from tests.integration.kafka_util import (
+    ACCEPT_LOST_METADATA_TOML,
+    GROUP_SETTINGS,
+    committed_offsets,
+    create_topic,
+    unique,
+)
+from tests.integration.test_kafka_checkpoints import broker_keeps_commit_metadata
 
 HANDLER = """
 from pathlib import Path
@@ -41,7 +48,7 @@ def pipeline(folder: Path, bootstrap: str, topic: str, group: str) -> Path:
     settings = "".join(f"{key} = {value}\n" for key, value in GROUP_SETTINGS.items())
     config.write_text(f'name = "kcp"\nhandler = "kafka_cp_handler:handle"\nstate_dir = "state"\n'
                       f'[source]\ntype = "kafka"\nbootstrap_servers = "{bootstrap}"\ntopic = "{topic}"\n'
-                      f'group_id = "{group}"\n{settings}')
+                      f'group_id = "{group}"\n{settings}{ACCEPT_LOST_METADATA_TOML}')
     return config
 
 
@@ -64,6 +71,8 @@ def test_show_set_and_reset_a_groups_offsets(tmp_path: Path, kafka_bootstrap: st
     shown = cli(config, "checkpoints", "show")
     assert shown.returncode == 0, shown.stderr
     assert f"{topic}-0" in shown.stdout and f"{topic}-1" in shown.stdout and "offsets 0..9" in shown.stdout
+    dropped = not asyncio.run(broker_keeps_commit_metadata(kafka_bootstrap, topic))  # Tansu drops it
+    assert ("broker drops commit metadata" in shown.stdout) == dropped, shown.stdout
 
     done = cli(config, "checkpoints", "set", "--shard", f"{topic}-0", "--sequence", "4")
     assert done.returncode == 0, done.stderr

@@ -12,13 +12,21 @@ from typing import Any
 
 import pytest
 
+from streamfn.connectors.kafka import metadata_probe
 from streamfn.connectors.kafka.group import KafkaGroupAssigner
 from streamfn.connectors.kafka.offsets import KafkaCheckpointStore
 from streamfn.connectors.kafka.source import KafkaSource, KafkaSourceConfig
 from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.protocols.source import ShardInfo, StartingPosition
 from streamfn.records import Position, Record
-from tests.integration.kafka_util import GROUP_SETTINGS, create_topic, numbered, produce, unique, wait_for
+from tests.integration.kafka_util import (
+    GROUP_SETTINGS,
+    create_topic,
+    numbered,
+    produce,
+    unique,
+    wait_for,
+)
 
 PARTITIONS = 4
 
@@ -190,20 +198,9 @@ async def test_checkpoints_are_committed_offsets_and_survive_the_member(
 
 
 async def broker_keeps_commit_metadata(bootstrap: str, topic: str) -> bool:
-    """Some Kafka-protocol brokers (Tansu) drop the metadata string of a commit."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.structs import OffsetAndMetadata
-
-    tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=unique("probe"), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.commit({tp: OffsetAndMetadata(1, "probe")})
-        found: Any = (await consumer._coordinator.fetch_committed_offsets([tp])).get(tp)
-        return found is not None and found.metadata == "probe"
-    finally:
-        await consumer.stop()
+    """Some Kafka-protocol brokers (Tansu) drop the metadata string of a commit (the store's own probe)."""
+    options = KafkaSourceConfig(bootstrap_servers=bootstrap, topic=topic, group_id=unique("g")).consumer_options()
+    return await metadata_probe.broker_keeps_commit_metadata(options, topic)
 
 
 async def test_pending_batches_ride_with_the_committed_offset(kafka_bootstrap: str, members: list[Member]) -> None:

@@ -35,6 +35,7 @@ group_id = "{group}"
 
 [checkpoints]
 type = "kafka"
+without_commit_metadata = "accept"
 
 [batching]
 max_records = 10

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamfn.engine.stats import ShardStats
 from streamfn.metrics import Metric, MetricsConfig, OpsServer, StatsCollector, build_registry
 from streamfn.protocols.assignment import Assigner, ShardController
+from streamfn.testing.memory import MemoryCheckpointStore
 
 
 class FakeAssigner(Assigner):
@@ -33,7 +34,7 @@ class FakeAssigner(Assigner):
 def fake_pipeline(name: str, *stats: ShardStats, settled: bool = True, leases: int | None = None) -> Any:
     assigner = FakeAssigner(settled, leases)
     return SimpleNamespace(name=name, runners={s.shard_id: SimpleNamespace(stats=s) for s in stats},
-                           assigner=assigner)
+                           assigner=assigner, store=MemoryCheckpointStore())
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -90,6 +91,7 @@ def test_collector_turns_shard_stats_into_series() -> None:
     assert ("streamfn_iterator_age_seconds", idle) not in got  # unknown is absent, not zero
     assert got[("streamfn_shards_owned", (("pipeline", "clicks"),))] == 2
     assert got[("streamfn_leases_held", (("pipeline", "clicks"),))] == 2
+    assert got[("streamfn_output_at_least_once", (("pipeline", "clicks"),))] == 0
 
 
 def test_metric_names_are_prometheus_names() -> None:

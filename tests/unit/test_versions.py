@@ -17,6 +17,7 @@ from streamfn.engine.versioned import VersionedInvoker, VersionPicker
 from streamfn.errors import ConfigError, HandlerLoadError, RetryableError
 from streamfn.handler_api import Context
 from streamfn.records import Batch
+from streamfn.testing.memory import MemoryCheckpointStore
 from streamfn.versions import VersionStore, content_hash, load_version
 
 HANDLER = '''
@@ -253,7 +254,8 @@ def test_the_active_version_is_a_metric(tmp_path: Path) -> None:
     slot = invoker.slot()
     store.set_alias("live", 2)
     asyncio.run(_call(slot, _records(1, 1)))
-    pipelines: Any = [SimpleNamespace(name=invoker.pipeline, runners={}, assigner=AllShardsAssigner(None))]  # type: ignore[arg-type]
+    pipelines: Any = [SimpleNamespace(name=invoker.pipeline, runners={}, assigner=AllShardsAssigner(None),  # type: ignore[arg-type]
+                                      store=MemoryCheckpointStore())]
     text = generate_latest(build_registry(StatsCollector(lambda: pipelines), process=False)).decode()
     values = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
               for s in family.samples if s.name == "streamfn_handler_version"}

@@ -6,6 +6,9 @@ position, so an offset moves only past records whose output the sinks acknowledg
 metadata string carries what a restart needs besides the offset (pending batch bounds, a
 tumbling window's state), so a batch whose output may exist is formed again exactly. Brokers
 cap metadata (``offset.metadata.max.bytes``, 4096 by default): a larger window state is refused.
+Some brokers drop the metadata string altogether: ``bind`` probes for it
+(``streamfn.connectors.kafka.metadata_probe``) and refuses to start on such a broker unless the
+config accepts the loss (``without_commit_metadata = "accept"``).
 A commit refused because the group moved on means another member owns the partition now: it
 surfaces as ``LeaseLostError``.
 """
@@ -23,9 +26,11 @@ import msgspec
 from ...errors import CheckpointError, ConfigError, LeaseLostError
 from ...protocols.checkpoint import Checkpoint, CheckpointConfig, CheckpointStore, advance, with_pending
 from ...records import Position
+from .metadata_probe import SETTING, WithoutCommitMetadata, broker_keeps_commit_metadata, decide
 
 if TYPE_CHECKING:
     from ...components import BuildContext
+    from ...protocols.source import Source
     from .source import KafkaSource
 
 log = logging.getLogger("streamfn.kafka")
@@ -41,14 +46,27 @@ class KafkaCheckpointStoreConfig(CheckpointConfig, kw_only=True, tag="kafka"):
     commit_interval: Annotated[float, msgspec.Meta(ge=0, description=(
         "Seconds between coalesced commits; 0 commits as soon as the previous commit returned."))] = 0.0
 
+    without_commit_metadata: Annotated[WithoutCommitMetadata, msgspec.Meta(description=(
+        "On a broker that drops offset commit metadata (found at start; Tansu does): `refuse` to start, or "
+        "`accept` and run with at-least-once output after a crash (a batch recorded before its sink write "
+        "may be formed again differently; a warning is logged, `streamfn_output_at_least_once` is 1 and "
+        "`streamfn checkpoints show` says so). "
+        "`accept` refuses tumbling windows, whose state is kept in that metadata."))] = "refuse"
+
     source_type: ClassVar[str | None] = "kafka"
+
+    def window_state_problem(self) -> str | None:
+        if self.without_commit_metadata == "accept":
+            return ('checkpoints.without_commit_metadata = "accept" runs where offset commit metadata, which holds '
+                    'the window state, may be lost: remove it (default "refuse") and use a broker that keeps it')
+        return None
 
     def build(self, ctx: BuildContext) -> Any:
         raise ConfigError("checkpoints of type 'kafka' come with a source of type 'kafka': use the source's "
                           "checkpoint_store()", field="checkpoints.type")
 
     def store_options(self) -> dict[str, Any]:
-        return {"commit_interval": self.commit_interval}
+        return {"commit_interval": self.commit_interval, "without_commit_metadata": self.without_commit_metadata}
 
 
 class _Metadata(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
@@ -105,9 +123,14 @@ def decode_checkpoint(offset: int, metadata: str | None) -> Checkpoint:
 class KafkaCheckpointStore(CheckpointStore):
     """CheckpointStore over the source's consumer group (see the module docstring)."""
 
-    def __init__(self, source: KafkaSource, *, commit_interval: float = 0.0) -> None:
+    def __init__(self, source: KafkaSource, *, commit_interval: float = 0.0,
+                 without_commit_metadata: WithoutCommitMetadata = "refuse") -> None:
         self._source = source
         self._interval = commit_interval
+        self._without_metadata: WithoutCommitMetadata = without_commit_metadata
+        #: Whether the broker keeps commit metadata; None until ``bind`` probed it (or the probe failed).
+        self.metadata_kept: bool | None = None
+        self._probed = False
         self._current: dict[str, Checkpoint] = {}
         self._dirty: set[str] = set()
         self._lock = asyncio.Lock()  # one commit at a time, so a later save never loses to an earlier one
@@ -115,9 +138,28 @@ class KafkaCheckpointStore(CheckpointStore):
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0
 
+    @property
+    def without_metadata(self) -> bool:
+        """True when this store runs on a broker that drops commit metadata (accepted by the config;
+        also when the probe failed under ``accept``), once ``bind`` probed."""
+        return self._probed and self.metadata_kept is not True and self._without_metadata == "accept"
+
+    def at_least_once(self) -> str | None:
+        if not self.without_metadata:
+            return None
+        return ("the broker drops offset commit metadata" if self.metadata_kept is False
+                else "the broker could not be probed for offset commit metadata") + f" (accepted by {SETTING})"
+
     async def open(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"kafka-commits:{self._source.name}")
+
+    async def bind(self, source: Source) -> None:
+        """The pipeline is about to run on these checkpoints: probe the broker once for commit
+        metadata, refuse or warn. Readers of checkpoints (``status``, ``replay``'s look at the live
+        ones) open the store without binding it, so they neither probe nor refuse."""
+        if not self._probed:
+            await self._probe()
 
     async def load(self, shard_id: str) -> Checkpoint | None:
         if shard_id in self._current:
@@ -163,6 +205,23 @@ class KafkaCheckpointStore(CheckpointStore):
                 await self.flush()
 
     # ---------------------------------------------------------------------------------------
+    async def _probe(self) -> None:
+        """Find out once whether the broker keeps commit metadata; refuse or warn (see the module doc)."""
+        config = self._source.config
+        self._probed = True
+        try:
+            self.metadata_kept = await broker_keeps_commit_metadata(self._source.consumer_options(), config.topic)
+        except CheckpointError as exc:
+            if self._without_metadata == "refuse":
+                raise
+            log.warning("could not probe the broker for offset commit metadata; running as accepted by %s",
+                        SETTING, extra={"error": str(exc), "group": config.group_id})
+            return
+        if decide(self.metadata_kept, self._without_metadata, config.group_id):
+            log.warning("the broker drops offset commit metadata: pending batch bounds are not kept, so output "
+                        "after a crash is at-least-once (accepted by %s)", SETTING,
+                        extra={"group": config.group_id, "topic": config.topic})
+
     async def _fetch_committed(self, tp: Any) -> tuple[int, str] | None:
         """``(offset, metadata)`` the group committed for ``tp``, or None."""
         # The public ``committed()`` drops the metadata string; the group coordinator's call keeps

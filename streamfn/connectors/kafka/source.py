@@ -356,9 +356,13 @@ class KafkaSource(Source):
             return
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(**self.config.consumer_options(self._resolve))
+        consumer = AIOKafkaConsumer(**self.consumer_options())
         await consumer.start()
         self._consumer = consumer
+
+    def consumer_options(self) -> dict[str, Any]:
+        """This source's ``AIOKafkaConsumer`` arguments (also for other clients of the same brokers)."""
+        return self.config.consumer_options(self._resolve)
 
     async def close(self) -> None:
         consumer = self._consumer

@@ -3,6 +3,8 @@ group's committed offsets (the next offset to read, so "after sequence N" commit
 
 An edit is refused while the group has members (a running worker would commit over it, and brokers
 refuse commits from outside an active group); ``force`` tries anyway, and the broker has the last word.
+``show`` also says when the broker drops offset commit metadata (the store's probe, which commits
+only in the probe group): the pending batch bounds a checkpoint lists are then not kept.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ...config import LoadedPipeline
+from ...connectors.kafka.metadata_probe import SETTING, broker_keeps_commit_metadata
 from ...connectors.kafka.offsets import decode_checkpoint
 from ...connectors.kafka.partitions import partition_of, shard_id_of
 from ...connectors.kafka.source import KafkaSourceConfig
@@ -87,9 +90,16 @@ async def show(loaded: LoadedPipeline) -> list[Row]:
         committed = await _committed(admin, config.group_id, tps)
         members = await _members(admin, config.group_id)
         first, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        try:
+            kept: bool | None = await broker_keeps_commit_metadata(
+                config.consumer_options(lambda p: str(loaded.context.resolve(p))), config.topic)
+        except CheckpointError:
+            kept = None  # the probe group is not ours to commit in: say so, show the rest
     held = f"group {config.group_id}: {len(members)} member(s)" if members else "-"
+    lost = {True: "", False: f"; broker drops commit metadata (no pending bounds kept, {SETTING})",
+            None: "; commit metadata not probed (commit refused in the probe group)"}[kept]
     return [Row(shard_id=shard_id_of(tp.topic, tp.partition), checkpoint=describe(committed.get(tp)), held_by=held,
-                detail=f"offsets {first[tp]}..{end[tp] - 1}") for tp in tps]
+                detail=f"offsets {first[tp]}..{end[tp] - 1}{lost}") for tp in tps]
 
 
 async def edit(loaded: LoadedPipeline, target: Target, shards: Sequence[str] | None, *, force: bool,
