@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from streamfn.config import LoadedPipeline, PipelineConfig
+from streamfn.config import LoadedPipeline, pipeline_config_type
 from streamfn.connectors.local.log import LocalLog
 from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.memory import tune_process
@@ -93,7 +93,7 @@ def pipeline_for(scenario: Scenario, folder: Path, log: Path | None = None) -> L
         "name": "bench", "handler": HANDLERS[scenario.handler], "state_dir": str(folder / "state"),
         "source": source,
         "batching": {"max_records": scenario.batch, "window": 0.0},
-    }, PipelineConfig)
+    }, pipeline_config_type())
     return LoadedPipeline(config=config, path=folder / "pipeline.toml")
 
 
