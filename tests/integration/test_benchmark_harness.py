@@ -37,3 +37,16 @@ def test_harness_writes_results_and_chart(tmp_path: Path) -> None:
     assert "no-op handler" in done.stdout and "x floor" in done.stdout
     if (tmp_path / "local_log.png").exists():
         assert (tmp_path / "local_log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_local_log_scenario_runs_against_this_code(tmp_path: Path) -> None:
+    """Always on, and seconds long: the benchmark builds its pipeline through the same code as
+    ``streamfn run``, so a change there that breaks it is caught here, not at the next benchmark."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.local_log", "--handler", "noop", "--batch", "100", "--records", "2000",
+         "--live-seconds", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = orjson.loads(done.stdout)
+    assert (result["records"], result["batches"], result["mean_batch"]) == (2000, 20, 100.0)
