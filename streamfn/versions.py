@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from .engine.invoke import handler_in
 from .errors import ConfigError, HandlerLoadError
 from .paths import write_atomically
 from .timefmt import iso_time
@@ -259,17 +260,10 @@ def load_version(store: VersionStore, number: int, pipeline: str) -> Callable[..
     _ensure_package(package, [str(store.code_dir(number))])
     module_name, _, attr_path = version.handler.partition(":")
     try:
-        target: Any = importlib.import_module(f"{package}.{module_name}")
+        module = importlib.import_module(f"{package}.{module_name}")
     except Exception as exc:
         raise HandlerLoadError(f"handler version {number} ({version.handler}): cannot import: {exc!r}") from exc
-    for attr in attr_path.split("."):
-        try:
-            target = getattr(target, attr)
-        except AttributeError:
-            raise HandlerLoadError(f"handler version {number}: module {module_name!r} has no {attr_path!r}") from None
-    if not callable(target):
-        raise HandlerLoadError(f"handler version {number} ({version.handler}) is not callable")
-    return target  # type: ignore[no-any-return]
+    return handler_in(module, attr_path, f"handler version {number} ({version.handler})")
 
 
 def _ensure_package(name: str, path: list[str]) -> None:

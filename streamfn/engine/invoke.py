@@ -74,16 +74,22 @@ def load_handler(ref: str, search_dirs: Sequence[Path]) -> Callable[..., Any]:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     try:
-        target: Any = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except Exception as exc:
         raise HandlerLoadError(f"handler {ref!r}: cannot import module {module_name!r}: {exc!r}") from exc
+    return handler_in(module, attr_path, f"handler {ref!r}")
+
+
+def handler_in(module: Any, attr_path: str, named: str) -> Callable[..., Any]:
+    """The callable at ``attr_path`` (dotted) in an imported ``module``; ``named`` starts each error."""
+    target = module
     for attr in attr_path.split("."):
         try:
-            target = getattr(target, attr)
+            target = getattr(target, attr)  # the user's handler path, as written in the config
         except AttributeError:
-            raise HandlerLoadError(f"handler {ref!r}: module {module_name!r} has no {attr_path!r}") from None
+            raise HandlerLoadError(f"{named}: module {module.__name__!r} has no {attr_path!r}") from None
     if not callable(target):
-        raise HandlerLoadError(f"handler {ref!r} is not callable")
+        raise HandlerLoadError(f"{named} is not callable")
     return target  # type: ignore[no-any-return]
 
 

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from ...aws import AWS_DEFAULTS, AwsSettings, Timeout
+from ...aws import AWS_DEFAULTS, AwsSettings
 from ...backoff import Backoff
 from ...errors import ConfigError, RetryableError, SourceError
 from ...lambda_shapes import dynamodb_streams_event
-from ...protocols.source import ShardInfo, Source, SourceConfig, SourceTraits, StartingPosition
+from ...protocols.source import ShardInfo, Source, SourceTraits, StartingPosition
 from ...records import Batch, Position, Record
 from ..kinesis.decode import decode_dynamodb_streams, install_raw_get_records
 from ..kinesis.source import parents_first
-from ..shared.polling import Page, PollingShardReader, ReadSettings
+from ..shared.polling import Page, PolledSourceConfig, PollingShardReader
 
 if TYPE_CHECKING:
     from ...components import BuildContext
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 DEFAULT_ITERATOR_LIFETIME = 840.0
 
 
-class DynamoDBStreamsSourceConfig(SourceConfig, kw_only=True, tag="dynamodb_streams"):
+class DynamoDBStreamsSourceConfig(PolledSourceConfig, kw_only=True, tag="dynamodb_streams"):
     """A DynamoDB table's stream. Name the table (its latest stream is used) or the stream's ARN."""
 
     table: Annotated[str | None, msgspec.Meta(description=(
@@ -53,14 +53,6 @@ class DynamoDBStreamsSourceConfig(SourceConfig, kw_only=True, tag="dynamodb_stre
     iterator_lifetime: Annotated[float, msgspec.Meta(ge=0, description=(
         "Seconds an iterator is assumed valid; an older one is re-acquired after the last delivered record."
     ))] = DEFAULT_ITERATOR_LIFETIME
-    backoff_initial: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds before the first retry of a throttled or failed request; doubled up to backoff_max (with "
-        "jitter)."))] = 0.2
-    backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Most seconds between two retries of a throttled or failed request."))] = 10.0
-    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
-        "`[aws]`'s, else 30."))] = None
 
     def __post_init__(self) -> None:
         if (self.table is None) == (self.stream_arn is None):
@@ -88,7 +80,7 @@ class DynamoDBStreamsSource(Source):
         self.aws_settings = aws.under(region=config.region, endpoint_url=config.endpoint_url,
                                       request_timeout=config.request_timeout)
         self.aws = self.aws_settings.client("dynamodbstreams", max_pool_connections=128)
-        self.read_settings = ReadSettings.of(config)
+        self.read_settings = config.read_settings()
 
     @property
     def region(self) -> str:

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from ...aws import AWS_DEFAULTS, AwsSettings, Timeout, error_code
+from ...aws import AWS_DEFAULTS, AwsSettings, error_code
 from ...backoff import Backoff
 from ...errors import RetryableError, SourceError
 from ...lambda_shapes import DEFAULT_INVOKE_IDENTITY_ARN, kinesis_event
-from ...protocols.source import ShardInfo, Source, SourceConfig, SourceTraits, StartingPosition
+from ...protocols.source import ShardInfo, Source, SourceTraits, StartingPosition
 from ...records import Batch, Position, Record
-from ..shared.polling import Page, PollingShardReader, ReadSettings
+from ..shared.polling import Page, PolledSourceConfig, PollingShardReader
 from .decode import decode_kinesis, install_raw_get_records
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ DEFAULT_ITERATOR_LIFETIME = 280.0
 MAX_LIMIT = 10_000
 
 
-class KinesisSourceConfig(SourceConfig, kw_only=True, tag="kinesis"):
+class KinesisSourceConfig(PolledSourceConfig, kw_only=True, tag="kinesis"):
     """A Kinesis data stream, read by polling (shared throughput, like Lambda's standard iterator)."""
 
     stream: Annotated[str, msgspec.Meta(description="The stream's name, or its ARN.")]
@@ -55,14 +55,6 @@ class KinesisSourceConfig(SourceConfig, kw_only=True, tag="kinesis"):
     ))] = DEFAULT_ITERATOR_LIFETIME
     deaggregate: Annotated[bool, msgspec.Meta(description=(
         "Expand KPL-aggregated records into their user records (with sub-sequence numbers)."))] = True
-    backoff_initial: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Seconds before the first retry of a throttled or failed request; doubled up to backoff_max (with "
-        "jitter)."))] = 0.2
-    backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
-        "Most seconds between two retries of a throttled or failed request."))] = 10.0
-    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
-        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
-        "`[aws]`'s, else 30."))] = None
     invoke_identity_arn: Annotated[str, msgspec.Meta(description=(
         "`invokeIdentityArn` in Lambda-shaped events."))] = DEFAULT_INVOKE_IDENTITY_ARN
 
@@ -88,7 +80,7 @@ class KinesisSource(Source):
                              request_timeout=config.request_timeout).client(
             "kinesis", max_pool_connections=256)
         self.hash_ranges: dict[str, tuple[int, int]] = {}
-        self.read_settings = ReadSettings.of(config)
+        self.read_settings = config.read_settings()
 
     @property
     def region(self) -> str:

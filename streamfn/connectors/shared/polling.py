@@ -20,14 +20,14 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from ...aws import AwsClient, error_code
+from ...aws import AwsClient, Timeout, error_code
 from ...backoff import Backoff
 from ...errors import RetryableError, SourceError
-from ...protocols.source import ReadResult, ShardReader, StartingPosition
+from ...protocols.source import ReadResult, ShardReader, SourceConfig, StartingPosition
 from ...records import Position, Record
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,29 @@ class ReadSettings(msgspec.Struct, frozen=True):
     backoff_initial: float
     backoff_max: float
 
-    @classmethod
-    def of(cls, config: Any) -> ReadSettings:
-        """The settings of a source config that has fields of the same names (Kinesis, DynamoDB Streams)."""
-        return cls(**{name: getattr(config, name) for name in cls.__struct_fields__})
+
+
+class PolledSourceConfig(SourceConfig, kw_only=True):
+    """What the polled AWS sources (Kinesis, DynamoDB Streams) share. Each declares the defaults of
+    its own read limits (the services differ); the retry and timeout settings are the same."""
+
+    max_reads_per_second: float
+    idle_interval: float
+    read_limit: int
+    iterator_lifetime: float
+    backoff_initial: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Seconds before the first retry of a throttled or failed request; doubled up to backoff_max (with "
+        "jitter)."))] = 0.2
+    backoff_max: Annotated[float, msgspec.Meta(gt=0, description=(
+        "Most seconds between two retries of a throttled or failed request."))] = 10.0
+    request_timeout: Annotated[Timeout | None, msgspec.Meta(description=(
+        "Seconds one request may take in all (connect, send, answer) before it is retried; default "
+        "`[aws]`'s, else 30."))] = None
+
+    def read_settings(self) -> ReadSettings:
+        """The knobs its readers run with."""
+        return ReadSettings(self.max_reads_per_second, self.idle_interval, self.read_limit, self.iterator_lifetime,
+                            self.backoff_initial, self.backoff_max)
 
 
 class Page(msgspec.Struct):
