@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -133,3 +134,27 @@ def append_at(config: Path, groups: Iterable[tuple[float | None, list[tuple[str,
         return sum(log.append(source.stream, records, arrival_time=arrival) for arrival, records in groups)
     finally:
         log.close()
+
+
+def stderr_on_a_terminal(cwd: Path, *args: str) -> str:
+    """Run ``python -m streamfn ARGS`` with its stderr on a pseudo-terminal (as an operator's shell
+    has it); what the terminal showed. The command must exit 0."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "streamfn", *args], cwd=cwd, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=terminal)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    return shown.decode()

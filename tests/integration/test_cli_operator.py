@@ -4,7 +4,6 @@ pipes, validate's errors and warnings, init's next steps, log formats, --fail-if
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import orjson
 import pytest
 
 from tests.logfmt import parse_logfmt
-from tests.pipelines import REPO, append, write_pipeline
+from tests.pipelines import REPO, append, stderr_on_a_terminal, write_pipeline
 
 BLOCKER = '''
 import sys
@@ -241,26 +240,7 @@ def test_log_level_has_choices(tmp_path: Path) -> None:
 
 
 def _produce_on_a_terminal(config: Path, *flags: str) -> str:
-    """``produce`` with stderr on a pseudo-terminal; what the terminal showed."""
-    controller, terminal = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        process = subprocess.Popen([sys.executable, "-m", "streamfn", *flags, "produce", str(config), "--count",
-                                    "20000"], cwd=config.parent, env=env, stdout=subprocess.DEVNULL, stderr=terminal)
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
-        assert process.wait(timeout=60) == 0
-    finally:
-        os.close(controller)
-    return shown.decode()
+    return stderr_on_a_terminal(config.parent, *flags, "produce", str(config), "--count", "20000")
 
 
 def test_produce_draws_its_bar_on_a_terminal_in_text_mode_only(tmp_path: Path) -> None:

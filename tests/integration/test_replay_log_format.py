@@ -3,16 +3,12 @@ only on a terminal (a real pseudo-terminal here), as ``produce`` does."""
 
 from __future__ import annotations
 
-import os
-import pty
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 
 from tests.integration.test_ops_cli import ok, streamfn
-from tests.pipelines import REPO, append, write_pipeline
+from tests.pipelines import append, stderr_on_a_terminal, write_pipeline
 
 ECHO = "def handle(batch, context):\n    print('handled', len(batch))\n    return [r.json() for r in batch]\n"
 
@@ -25,26 +21,7 @@ def live_run(tmp_path: Path) -> Path:
 
 
 def replay_on_a_terminal(config: Path, *flags: str) -> str:
-    controller, terminal = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        process = subprocess.Popen([sys.executable, "-m", "streamfn", *flags, "replay", str(config), "--from",
-                                    "trim_horizon"], cwd=config.parent, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=terminal)
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
-        assert process.wait(timeout=60) == 0
-    finally:
-        os.close(controller)
-    return shown.decode()
+    return stderr_on_a_terminal(config.parent, *flags, "replay", str(config), "--from", "trim_horizon")
 
 
 def test_replay_in_json_mode_writes_json_lines_only(tmp_path: Path) -> None:
