@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import chain, pairwise, repeat
 from typing import Any, overload
 
 import msgspec
@@ -77,45 +78,175 @@ class Record(msgspec.Struct, frozen=True, gc=False):
 
 
 class Batch(Sequence[Record]):
-    """Consecutive records of one shard (or one lane of it), handed to a handler in one call."""
+    """Consecutive records of one shard (or one lane of it), handed to a handler in one call.
 
-    __slots__ = ("records", "shard_id")
+    Columnar: a source that reads records in bulk (the local log's blocks, a Kafka fetch) gives
+    their columns (data, sequences, keys, arrival times) and ``Record`` objects are built only when
+    the batch is indexed or iterated, once, then kept. ``json()``, ``data``, ``nbytes``, slicing
+    and ``Batch.join`` read or cut the columns, so a handler that decodes the batch as a whole
+    never makes a ``Record``, and the engine forms batches without touching records one by one.
+    A batch made from a list of records keeps that list and derives the columns from it.
+    """
 
-    def __init__(self, shard_id: str, records: list[Record]) -> None:
+    __slots__ = ("_arrivals", "_attributes", "_datas", "_keys", "_records", "_sequences", "_subs", "shard_id")
+
+    shard_id: str
+    _records: list[Record] | None  # None until built from the columns
+    _datas: list[bytes] | None  # None: no columns, the records are the batch
+    _sequences: Sequence[int]
+    _keys: Sequence[str]
+    _arrivals: Sequence[float]
+    _subs: Sequence[int] | None  # None: every sub-sequence is 0
+    _attributes: Sequence[Mapping[str, Any] | None] | None  # None: no record has attributes
+
+    def __init__(self, shard_id: str, records: Sequence[Record] = ()) -> None:
         self.shard_id = shard_id
-        self.records = records
+        if isinstance(records, Batch):
+            self._records = records._records
+            self._datas, self._sequences, self._keys = records._datas, records._sequences, records._keys
+            self._arrivals, self._subs, self._attributes = records._arrivals, records._subs, records._attributes
+            return
+        self._records = records if isinstance(records, list) else list(records)
+        self._datas = None
+        self._sequences = self._keys = self._arrivals = ()
+        self._subs = self._attributes = None
+
+    @classmethod
+    def from_columns(
+        cls,
+        shard_id: str,
+        datas: list[bytes],
+        sequences: Sequence[int],
+        keys: Sequence[str],
+        arrivals: Sequence[float],
+        sub_sequences: Sequence[int] | None = None,
+        attributes: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> Batch:
+        """A batch over columns of equal length (``sequences`` may be a ``range`` for dense ones;
+        ``sub_sequences`` and ``attributes`` None when every record has none). Nothing is copied."""
+        batch = cls.__new__(cls)
+        batch.shard_id = shard_id
+        batch._records = None
+        batch._datas, batch._sequences, batch._keys, batch._arrivals = datas, sequences, keys, arrivals
+        batch._subs, batch._attributes = sub_sequences, attributes
+        return batch
+
+    @classmethod
+    def join(cls, shard_id: str, parts: Sequence[Batch]) -> Batch:
+        """One batch of ``parts`` in order: columns joined when every part has them, else records."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls(shard_id, [])
+        if any(part._datas is None for part in parts):
+            return cls(shard_id, [record for part in parts for record in part.records])
+        columns = [part._columns() for part in parts]
+        counts = [len(part[0]) for part in columns]
+        return cls.from_columns(
+            shard_id,
+            list(chain.from_iterable(part[0] for part in columns)),
+            _join_sequences([part[1] for part in columns]),
+            _join_column([part[2] for part in columns]),
+            list(chain.from_iterable(part[3] for part in columns)),
+            _join_optional([part[4] for part in columns], counts, 0),
+            _join_optional([part[5] for part in columns], counts, None),
+        )
+
+    def _columns(self) -> tuple[list[bytes], Sequence[int], Sequence[str], Sequence[float],
+                                Sequence[int] | None, Sequence[Mapping[str, Any] | None] | None]:
+        assert self._datas is not None
+        return self._datas, self._sequences, self._keys, self._arrivals, self._subs, self._attributes
+
+    @property
+    def records(self) -> list[Record]:
+        """The records as ``Record`` objects (built from the columns on first use, then kept)."""
+        records = self._records
+        if records is None:
+            datas = self._datas
+            assert datas is not None
+            count = len(datas)
+            records = self._records = list(map(
+                Record, repeat(self.shard_id, count), self._sequences, self._keys, datas, self._arrivals,
+                repeat(0, count) if self._subs is None else self._subs,
+                repeat(None, count) if self._attributes is None else self._attributes,
+            ))
+        return records
 
     @overload
     def __getitem__(self, index: int) -> Record: ...
     @overload
     def __getitem__(self, index: slice) -> Batch: ...
     def __getitem__(self, index: int | slice) -> Record | Batch:
+        datas = self._datas
         if isinstance(index, slice):
-            return Batch(self.shard_id, self.records[index])
-        return self.records[index]
+            if datas is None:
+                assert self._records is not None
+                return Batch(self.shard_id, self._records[index])
+            part = Batch.from_columns(
+                self.shard_id, datas[index], self._sequences[index], self._keys[index], self._arrivals[index],
+                None if self._subs is None else self._subs[index],
+                None if self._attributes is None else self._attributes[index],
+            )
+            if self._records is not None:
+                part._records = self._records[index]
+            return part
+        if self._records is not None or datas is None:
+            return self.records[index]
+        data = datas[index]  # raises IndexError as a list would
+        return Record(
+            self.shard_id, self._sequences[index], self._keys[index], data, self._arrivals[index],
+            0 if self._subs is None else self._subs[index],
+            None if self._attributes is None else self._attributes[index],
+        )
 
     def __len__(self) -> int:
-        return len(self.records)
+        datas = self._datas
+        if datas is not None:
+            return len(datas)
+        assert self._records is not None
+        return len(self._records)
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to a batch or list holding equal records in the same order."""
+        if isinstance(other, Batch):
+            return self.shard_id == other.shard_id and self.records == other.records
+        if isinstance(other, list):
+            return self.records == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
-        if not self.records:
+        if not len(self):
             return f"Batch({self.shard_id!r}, empty)"
         return f"Batch({self.shard_id!r}, {self.first.identifier}..{self.last.identifier}, n={len(self)})"
 
     @property
     def first(self) -> Record:
-        return self.records[0]
+        return self[0]
 
     @property
     def last(self) -> Record:
-        return self.records[-1]
+        return self[-1]
+
+    def position_at(self, index: int) -> Position:
+        """The position of the record at ``index``, without building the record."""
+        if self._datas is None:
+            return self.records[index].position
+        return Position(self._sequences[index], 0 if self._subs is None else self._subs[index])
+
+    def arrival_at(self, index: int) -> float:
+        """The arrival time of the record at ``index``, without building the record."""
+        if self._datas is None:
+            return self.records[index].arrival_time
+        return self._arrivals[index]
 
     @property
     def nbytes(self) -> int:
-        return sum(len(r.data) for r in self.records)
+        return sum(map(len, self.data))
 
     def json(self) -> list[Any]:
         """Every record's data parsed as JSON, in order: the fast path for JSON streams.
@@ -128,7 +259,7 @@ class Batch(Sequence[Record]):
         one, giving ``record.json()``'s values and error (``orjson.JSONDecodeError``). One
         difference: an integer beyond 64 bits stays an ``int`` (orjson makes it a float).
         """
-        datas = [r.data for r in self.records]
+        datas = self.data
         if len(datas) > 1:
             joined = b"\n".join(datas)
             if joined.count(b"\n") == len(datas) - 1 and all(map(bytes.strip, datas)):
@@ -143,4 +274,71 @@ class Batch(Sequence[Record]):
 
     @property
     def data(self) -> list[bytes]:
-        return [r.data for r in self.records]
+        """Every record's data, in order (the column itself when the batch has columns: do not change it)."""
+        datas = self._datas
+        if datas is None:
+            assert self._records is not None
+            return [r.data for r in self._records]
+        return datas
+
+
+class LazyColumn(Sequence[Any]):
+    """A column made only when first read: a source gives one for a field most handlers never
+    look at (the local log's partition keys cost more to decode than the data), and slices and
+    joins of it stay lazy too."""
+
+    __slots__ = ("_length", "_make", "_values")
+
+    def __init__(self, make: Callable[[], Sequence[Any]], length: int) -> None:
+        self._make: Callable[[], Sequence[Any]] | None = make
+        self._values: Sequence[Any] | None = None
+        self._length = length
+
+    def values(self) -> Sequence[Any]:
+        values = self._values
+        if values is None:
+            assert self._make is not None
+            values = self._values = self._make()
+            self._make = None  # what it closed over (a stored block's bytes) is released
+        return values
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> LazyColumn: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            if self._values is not None:
+                part = self._values[index]
+                return LazyColumn(lambda: part, len(part))
+            return LazyColumn(lambda: self.values()[index], len(range(self._length)[index]))
+        return self.values()[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.values())
+
+
+def _join_column(parts: list[Sequence[Any]]) -> Sequence[Any]:
+    """Columns joined; lazy when any part is (it is then made when first read)."""
+    if any(isinstance(part, LazyColumn) for part in parts):
+        return LazyColumn(lambda: list(chain.from_iterable(parts)), sum(map(len, parts)))
+    return list(chain.from_iterable(parts))
+
+
+def _join_sequences(parts: list[Sequence[int]]) -> Sequence[int]:
+    """Consecutive ranges stay one range; anything else becomes a list."""
+    ranges = [part for part in parts if isinstance(part, range) and part.step == 1]
+    if len(ranges) == len(parts) and all(a.stop == b.start for a, b in pairwise(ranges)):
+        return range(ranges[0].start, ranges[-1].stop)
+    return list(chain.from_iterable(parts))
+
+
+def _join_optional(parts: list[Sequence[Any] | None], counts: list[int], default: Any) -> list[Any] | None:
+    """Optional columns joined; a part without the column contributes ``default`` per record."""
+    if all(part is None for part in parts):
+        return None
+    return list(chain.from_iterable(
+        repeat(default, count) if part is None else part for part, count in zip(parts, counts, strict=True)))

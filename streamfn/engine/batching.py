@@ -7,18 +7,16 @@ are replayed first, so a batch whose output may already exist is formed again ex
 
 from __future__ import annotations
 
-import operator
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from ..protocols.source import ShardReader
-from ..records import Position, Record
+from ..records import Batch, Position, Record
 
 RecordFilter = Callable[[Record], bool]
-_data = operator.attrgetter("data")
 
 #: How long one read may wait for a first record when no batching window is set. Short enough
 #: that an idle shard notices a stop request promptly; readers poll cheaply underneath.
@@ -41,7 +39,7 @@ class Unit(msgspec.Struct, frozen=True, gc=False):
     too. ``records`` may be empty when everything read was filtered out.
     """
 
-    records: list[Record]
+    records: Batch
     through: Position
     shard_end: bool
     #: The next record belongs to a later tumbling window: this batch closes its window.
@@ -51,8 +49,55 @@ class Unit(msgspec.Struct, frozen=True, gc=False):
     replayed: bool = False
 
 
+class _Forming:
+    """The batch being formed: whole slices of the buffer (columns, no ``Record`` built), or
+    records taken one by one where a filter, a window or a recorded batch needs each record."""
+
+    __slots__ = ("count", "loose", "nbytes", "parts", "shard_id", "through")
+
+    def __init__(self, shard_id: str) -> None:
+        self.shard_id = shard_id
+        self.parts: list[Batch] = []
+        self.loose: list[Record] = []  # taken one by one since the last slice: always after ``parts``
+        self.count = 0
+        self.nbytes = 0
+        #: The last position taken or filtered out: how far the checkpoint may move.
+        self.through: Position | None = None
+
+    def add_slice(self, part: Batch, nbytes: int) -> None:
+        if self.loose:
+            self.parts.append(Batch(self.shard_id, self.loose))
+            self.loose = []
+        self.parts.append(part)
+        self.count += len(part)
+        self.nbytes += nbytes
+        self.through = part.position_at(-1)
+
+    def add(self, record: Record, nbytes: int) -> None:
+        self.loose.append(record)
+        self.count += 1
+        self.nbytes += nbytes
+        self.through = record.position
+
+    def first(self) -> Record:
+        return self.parts[0][0] if self.parts else self.loose[0]
+
+    def batch(self) -> Batch:
+        if self.loose:
+            self.parts.append(Batch(self.shard_id, self.loose))
+            self.loose = []
+        return Batch.join(self.shard_id, self.parts)
+
+
+_NOTHING = Batch("", [])
+
+
 class Batcher:
-    """Turns a shard reader's output into batches, one at a time."""
+    """Turns a shard reader's output into batches, one at a time.
+
+    Read records wait in a columnar buffer; a batch of an unfiltered shard is a slice of it (one
+    per read it spans), so no record is touched one by one on the way to the handler.
+    """
 
     def __init__(
         self,
@@ -62,12 +107,14 @@ class Batcher:
         accept: RecordFilter | None = None,
         replay: deque[tuple[Position, Position]] | None = None,
         tumbling_window: float = 0.0,
+        shard_id: str = "",
     ) -> None:
         self._reader = reader
         self._limits = limits
         self._accept = accept
         self._replay = replay if replay is not None else deque()
-        self._buffer: list[Record] = []
+        self._shard_id = shard_id
+        self._buffer = _NOTHING
         self._offset = 0
         self._shard_end = False
         self._replaying = False  # in the middle of forming a recorded batch: it must be completed
@@ -87,14 +134,12 @@ class Batcher:
         deadline = time.monotonic() + window
         self._window_closed = False
         self._replayed = False
-        records: list[Record] = []
-        through: Position | None = None
-        nbytes = 0
+        forming = _Forming(self._shard_id)
         while True:
-            nbytes, through, full = self._take(records, nbytes, through)
+            full = self._take(forming)
             if full or (self._shard_end and self._offset >= len(self._buffer)):
                 break
-            have = (bool(records) or through is not None) and not self._replaying
+            have = (forming.count > 0 or forming.through is not None) and not self._replaying
             if window <= 0:
                 if have:
                     break
@@ -118,11 +163,14 @@ class Batcher:
                     self._idle_wait = IDLE_WAIT_AGAIN
                 return None
             self._idle_wait = IDLE_WAIT
-        if self._offset >= len(self._buffer) and self._buffer:
-            self._buffer, self._offset = [], 0  # nothing kept alive for an idle shard
+        buffered = len(self._buffer)
+        if self._offset >= buffered and buffered:
+            self._buffer, self._offset = _NOTHING, 0  # nothing kept alive for an idle shard
+        through = forming.through
         if through is None:
-            return Unit([], Position(-1), True) if self._shard_end else None
-        return Unit(records, through, self._shard_end and not self._buffer, self._window_closed, self._replayed)
+            return Unit(Batch(self._shard_id, []), Position(-1), True) if self._shard_end else None
+        return Unit(forming.batch(), through, self._shard_end and not len(self._buffer), self._window_closed,
+                    self._replayed)
 
     def take_counts(self) -> tuple[int, int]:
         """(filtered, trimmed) since the last call: each lane's batcher adds its own to the shard's."""
@@ -135,90 +183,95 @@ class Batcher:
         size = self._window_size
         return record.arrival_time // size * size
 
-    def _refill(self, fresh: list[Record]) -> None:
+    def _refill(self, fresh: Sequence[Record]) -> None:
         if not fresh:
             return
+        if not isinstance(fresh, Batch):
+            fresh = Batch(fresh[0].shard_id, fresh)
+        if not self._shard_id:
+            self._shard_id = fresh.shard_id
         if self._offset >= len(self._buffer):
             self._buffer = fresh
         else:
-            self._buffer = self._buffer[self._offset :] + fresh
+            self._buffer = Batch.join(self._shard_id, [self._buffer[self._offset :], fresh])
         self._offset = 0
 
-    def _take(self, records: list[Record], nbytes: int, through: Position | None) -> tuple[int, Position | None, bool]:
-        """Move buffered records into ``records``; say whether the batch is full."""
+    def _take(self, forming: _Forming) -> bool:
+        """Move buffered records into the batch being formed; say whether it is full."""
         if self._replay:
-            head = self._buffer[self._offset] if self._offset < len(self._buffer) else None
+            buffer, offset = self._buffer, self._offset
             first = self._replay[0][0]
-            if head is None or head.position >= first or (records and records[0].position >= first):
-                return self._take_replay(records, nbytes, through)
+            if offset >= len(buffer) or buffer.position_at(offset) >= first or (
+                forming.count and forming.first().position >= first
+            ):
+                return self._take_replay(forming)
             # Records before the next recorded batch form ordinary batches that must end before it.
-            return self._take_each(records, nbytes, through, before=first)
+            return self._take_each(forming, before=first)
+        if self._accept is not None or self._window_size:
+            return self._take_each(forming)
         limits = self._limits
         buffer, start = self._buffer, self._offset
-        room = limits.max_records - len(records)
-        if self._accept is None and not self._window_size:
-            chunk = buffer[start : start + room]
-            size = sum(map(len, map(_data, chunk)))
-            if nbytes + size > limits.max_bytes:
-                return self._take_each(records, nbytes, through)
-            if chunk:
-                records.extend(chunk)
-                self._offset = start + len(chunk)
-                through = chunk[-1].position
-            return nbytes + size, through, len(records) >= limits.max_records
-        return self._take_each(records, nbytes, through)
+        room = limits.max_records - forming.count
+        chunk = buffer if start == 0 and room >= len(buffer) else buffer[start : start + room]
+        size = chunk.nbytes
+        if forming.nbytes + size > limits.max_bytes:
+            return self._take_each(forming)
+        if chunk:
+            forming.add_slice(chunk, size)
+            self._offset = start + len(chunk)
+        return forming.count >= limits.max_records
 
-    def _take_each(
-        self, records: list[Record], nbytes: int, through: Position | None, before: Position | None = None
-    ) -> tuple[int, Position | None, bool]:
-        limits, accept, buffer = self._limits, self._accept, self._buffer
-        while self._offset < len(buffer):
-            record = buffer[self._offset]
+    def _take_each(self, forming: _Forming, before: Position | None = None) -> bool:
+        limits, accept = self._limits, self._accept
+        records = self._buffer.records if self._offset < len(self._buffer) else []
+        window_size = self._window_size
+        window = forming.first().arrival_time // window_size * window_size if window_size and forming.count else None
+        while self._offset < len(records):
+            record = records[self._offset]
             if before is not None and record.position >= before:
-                return nbytes, through, True
+                return True
             if accept is not None and not accept(record):
                 self.filtered += 1
                 self._offset += 1
-                through = record.position
+                forming.through = record.position
                 continue
-            if self._window_size and records and self.window_start(record) != self.window_start(records[0]):
-                self._window_closed = True
-                return nbytes, through, True
+            if window_size:
+                start = record.arrival_time // window_size * window_size
+                if window is None:
+                    window = start
+                elif start != window:
+                    self._window_closed = True
+                    return True
             size = len(record.data)
-            if records and nbytes + size > limits.max_bytes:
-                return nbytes, through, True
-            records.append(record)
-            nbytes += size
+            if forming.count and forming.nbytes + size > limits.max_bytes:
+                return True
+            forming.add(record, size)
             self._offset += 1
-            through = record.position
-            if len(records) >= limits.max_records:
-                return nbytes, through, True
-        return nbytes, through, False
+            if forming.count >= limits.max_records:
+                return True
+        return False
 
-    def _take_replay(
-        self, records: list[Record], nbytes: int, through: Position | None
-    ) -> tuple[int, Position | None, bool]:
+    def _take_replay(self, forming: _Forming) -> bool:
         """Form the recorded batch exactly, up to its last record, whatever the limits say now."""
         last = self._replay[0][1]
-        buffer = self._buffer
-        while self._offset < len(buffer):
-            record = buffer[self._offset]
+        records = self._buffer.records if self._offset < len(self._buffer) else []
+        while self._offset < len(records):
+            record = records[self._offset]
             position = record.position
             if position > last:
                 self._replay.popleft()
                 self._replaying = False
-                return nbytes, through, True
+                return True
             self._replaying = True
             self._replayed = True
             self._offset += 1
-            through = position
+            forming.through = position
             if self._accept is not None and not self._accept(record):
                 self.filtered += 1
                 continue
-            records.append(record)
-            nbytes += len(record.data)
+            forming.add(record, len(record.data))
             if position == last:
                 self._replay.popleft()
                 self._replaying = False
-                return nbytes, through, True
-        return nbytes, through, False
+                return True
+        return False

@@ -8,6 +8,7 @@ windows) through random failure patterns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -22,7 +23,7 @@ from .policy import FailurePolicy
 class Segment(NamedTuple):
     """Consecutive records of one batch still to handle, with the retries they have used."""
 
-    records: list[Record]
+    records: Sequence[Record]
     attempts: int = 0
 
 
@@ -58,7 +59,7 @@ Outcome = Succeeded | PartlyFailed | Failed
 class Done(NamedTuple):
     """These records are handled; their output joins the batch's output."""
 
-    records: list[Record]
+    records: Sequence[Record]
     items: list[Any]
     state: Any = None
 
@@ -74,7 +75,7 @@ class Retry(NamedTuple):
 class Dispose(NamedTuple):
     """Give up on these records: send them to the on-failure destination with their metadata."""
 
-    records: list[Record]
+    records: Sequence[Record]
     condition: Condition
     invoke_count: int
     error: str | None

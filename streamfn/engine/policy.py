@@ -7,6 +7,7 @@ does the I/O. Throttling of a source, sink or destination never counts as an att
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import msgspec
 
@@ -31,7 +32,9 @@ class FailurePolicy(msgspec.Struct, frozen=True, kw_only=True):
         """``attempts`` counts retries after the first call, as MaximumRetryAttempts does."""
         return self.max_attempts >= 0 and attempts > self.max_attempts
 
-    def split_expired(self, records: list[Record], now: float | None = None) -> tuple[list[Record], list[Record]]:
+    def split_expired(
+        self, records: Sequence[Record], now: float | None = None
+    ) -> tuple[Sequence[Record], Sequence[Record]]:
         """(expired, still fresh), judged per record against its arrival time."""
         if self.max_record_age <= 0:
             return [], records

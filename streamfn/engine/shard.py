@@ -242,7 +242,7 @@ class LaneWorker:
                        function_arn=env.function_arn, state=window.state, window=window.bounds, is_final=final,
                        terminated_early=window.terminated_early)
 
-    async def _handle_batch(self, records: list[Record], *, final: bool = False, replayed: bool = False) -> None:
+    async def _handle_batch(self, records: Sequence[Record], *, final: bool = False, replayed: bool = False) -> None:
         """Handle a formed batch to completion: every record done or disposed of.
 
         Output is written once per *write unit*, under the unit's own bounds: at first the whole
@@ -390,7 +390,7 @@ class LaneWorker:
             stats.mark_unblocked()
             stats.attempt = 0
 
-    async def _emit(self, records: list[Record], items: list[Any], *, window_final: bool = False,
+    async def _emit(self, records: Sequence[Record], items: list[Any], *, window_final: bool = False,
                     overwrite: bool = False) -> None:
         """Write the output to every sink; return once all acknowledged it durably.
 
@@ -420,7 +420,7 @@ class LaneWorker:
             raise RuntimeError("a failure limit was hit but no on-failure destination is configured")
         failure = FailedBatch(
             pipeline=env.pipeline, stream=env.stream, source_kind=env.source_kind, shard_id=self.shard_id,
-            condition=step.condition, records=records, invoke_count=step.invoke_count, error=step.error,
+            condition=step.condition, records=list(records), invoke_count=step.invoke_count, error=step.error,
             function_error=step.function_error, failed_at=time.time(),
             batch_info_key=env.source.traits.batch_info_key, stream_arn=env.source.stream_arn,
             function_arn=env.function_arn, payload=env.source.lambda_event(Batch(self.shard_id, records)),
@@ -539,7 +539,7 @@ class ShardRunner:
         try:
             if env.lanes == 1:
                 batcher = Batcher(reader, env.limits, accept=env.accept, replay=deque(pending),
-                                  tumbling_window=env.tumbling_window)
+                                  tumbling_window=env.tumbling_window, shard_id=self.shard_id)
                 window = windows.load(checkpoint.window_state if checkpoint else None, env.tumbling_window)
                 self._workers = [LaneWorker(self.shard_id, env, batcher, progress, 0, window)]
             else:
@@ -582,7 +582,7 @@ class ShardRunner:
         queues = [LaneQueue(capacity) for _ in range(env.lanes)]
         replays: list[deque[tuple[Position, Position]]] = [deque() for _ in range(env.lanes)]
         for lane, queue in enumerate(queues):
-            batcher = Batcher(queue, env.limits, accept=env.accept, replay=replays[lane])
+            batcher = Batcher(queue, env.limits, accept=env.accept, replay=replays[lane], shard_id=self.shard_id)
             self._workers.append(LaneWorker(self.shard_id, env, batcher, progress, lane))
         self._dispatcher = asyncio.create_task(
             self._dispatch(reader, queues, replays, deque(pending), progress), name=f"dispatch:{self.shard_id}"

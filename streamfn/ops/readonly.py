@@ -43,7 +43,6 @@ class ReadOnlyLog(LocalLog):
         self._lock = threading.Lock()
         self._closed = False
         self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(tuple[list[str], list[bytes]]).decode
         self._shard_counts = {}
         self._partial = {}
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -75,7 +75,8 @@ class ReadResult(msgspec.Struct):
     (they come before ``records``; the reader has logged their range).
     """
 
-    records: list[Record]
+    #: A ``Batch`` (columnar) or a list; the engine accepts either.
+    records: Sequence[Record]
     shard_end: bool = False
     behind_ms: float | None = None
     trimmed: int = 0

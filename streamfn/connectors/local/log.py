@@ -40,14 +40,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 
 from ...errors import SourceError
-from ...records import Record
+from ...records import Batch, LazyColumn
 from ...storage_errors import is_transient, storage_error, storage_faults
 
 #: Told ``(stream, {shard index: new tip})`` after each append through a LocalLog commits.
@@ -153,7 +152,6 @@ class LocalLog:
         self._lock = threading.Lock()
         self._closed = False
         self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(tuple[list[str], list[bytes]]).decode
         self._shard_counts: dict[str, int] = {}
         # Per shard, the last block a read stopped inside of: a reader taking 100 records at a
         # time then decodes each 1000-record block once, not ten times. Blocks never change.
@@ -392,70 +390,65 @@ class LocalLog:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, stream: str, shard_id: str, after_seq: int, max_records: int) -> list[Record]:
-        """Up to ``max_records`` records of one shard with sequence > ``after_seq``, in order.
+    def read(self, stream: str, shard_id: str, after_seq: int, max_records: int) -> Batch:
+        """Up to ``max_records`` records of one shard with sequence > ``after_seq``, in order, as a
+        columnar batch: the block's decoded columns sliced, no ``Record`` built.
 
         Records trimmed away are skipped: the read starts at the oldest block left (a caller
         sees the gap in the sequences; see ``first_retained_seq``).
         """
         shard = shard_index_of(shard_id)
-        out: list[Record] = []
         if max_records <= 0:
-            return out
+            return Batch(shard_id, [])
         try:  # not ``with storage_faults``: a context manager costs microseconds on this hot path
-            return self._read(stream, shard, shard_id, after_seq, max_records, out)
+            return self._read(stream, shard, shard_id, after_seq, max_records)
         except sqlite3.Error as exc:
             if not is_transient(exc):
                 raise
             raise storage_error(exc, self.path, f"reading {stream!r} {shard_id}") from exc
 
-    def _read(self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int,
-              out: list[Record]) -> list[Record]:
+    def _read(self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int) -> Batch:
+        parts: list[Batch] = []
+        wanted = max_records
         cached = self._partial.get((stream, shard))
         if cached is not None:
             if cached.first_seq <= after_seq < cached.last_seq:
-                after_seq = self._take(cached, shard_id, after_seq, max_records, out)
+                after_seq, wanted = self._take(cached, after_seq, wanted, parts)
             if after_seq >= cached.last_seq or after_seq < cached.first_seq:
                 self._partial.pop((stream, shard), None)  # read past (or moved away): keep no block alive
-            if len(out) >= max_records:
-                return out
+            if not wanted:
+                return parts[0]
         rows = self._conn().execute(
             "SELECT first_seq, arrival, payload FROM blocks"
             " WHERE stream = ? AND shard = ? AND last_seq > ? ORDER BY last_seq",
             (stream, shard, after_seq),
         )  # iterated, not fetched: each unneeded block would cost a copy of its payload
         try:
-            decode = self._decode
+            decode = _decode_block
             for first_seq, arrival, payload in rows:
                 keys, datas = decode(payload)
-                block = _Block(first_seq, first_seq + len(datas) - 1, arrival, keys, datas)
-                after_seq = self._take(block, shard_id, after_seq, max_records, out)
-                if len(out) >= max_records:
+                count = len(datas)
+                block = _Block(first_seq, first_seq + count - 1, Batch.from_columns(
+                    shard_id, datas, range(first_seq, first_seq + count), _lazy_keys(keys, count), [arrival] * count))
+                after_seq, wanted = self._take(block, after_seq, wanted, parts)
+                if not wanted:
                     if after_seq < block.last_seq:
                         self._partial[(stream, shard)] = block
                     break
         finally:
             rows.close()
-        return out
+        return Batch.join(shard_id, parts)
 
     @staticmethod
-    def _take(block: _Block, shard_id: str, after_seq: int, max_records: int, out: list[Record]) -> int:
-        """Append the block's records after ``after_seq`` to ``out`` (up to the limit); the new after."""
+    def _take(block: _Block, after_seq: int, wanted: int, parts: list[Batch]) -> tuple[int, int]:
+        """Add the block's records after ``after_seq`` (up to ``wanted``) to ``parts``: the new
+        after and how many are still wanted."""
         first_seq = block.first_seq
         start = after_seq + 1 - first_seq if after_seq >= first_seq else 0
-        end = min(len(block.datas), start + max_records - len(out))
-        seq0 = first_seq + start
-        out.extend(
-            map(
-                Record,
-                repeat(shard_id),
-                range(seq0, seq0 + end - start),
-                block.keys[start:end],
-                block.datas[start:end],
-                repeat(block.arrival),
-            )
-        )
-        return first_seq + end - 1
+        end = min(block.last_seq - first_seq + 1, start + wanted)
+        if end > start:
+            parts.append(block.records if start == 0 and end == len(block.records) else block.records[start:end])
+        return first_seq + end - 1, wanted - (end - start)
 
     def last_seq(self, stream: str, shard_id: str) -> int:
         """The newest sequence of a shard, 0 when nothing was ever appended."""
@@ -495,13 +488,21 @@ class LocalLog:
 
 
 class _Block(NamedTuple):
-    """One decoded block."""
+    """One stored block, decoded: its sequences and its records as a columnar batch."""
 
     first_seq: int
     last_seq: int
-    arrival: float
-    keys: list[str]
-    datas: list[bytes]
+    records: Batch
+
+
+#: A block's payload: its keys stay encoded until asked for (decoding them costs more than the data).
+_decode_block = msgspec.msgpack.Decoder(tuple[msgspec.Raw, list[bytes]]).decode
+_decode_keys = msgspec.msgpack.Decoder(list[str]).decode
+
+
+def _lazy_keys(encoded: msgspec.Raw, count: int) -> LazyColumn:
+    """A block's partition keys, decoded when a record or a lane first needs one."""
+    return LazyColumn(lambda: _decode_keys(encoded), count)
 
 
 def _chunks(datas: list[bytes]) -> Iterator[tuple[int, int]]:

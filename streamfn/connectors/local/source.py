@@ -24,7 +24,7 @@ from ...protocols.source import (
     SourceTraits,
     StartingPosition,
 )
-from ...records import Batch, Position, Record
+from ...records import Batch, Position
 from .log import LocalLog, Retention, TrimmedRange, shard_index_of
 from .tips import TipWatcher
 
@@ -218,6 +218,9 @@ class LocalSource(Source):
             self._log = None
 
 
+_NOTHING = Batch("", [])
+
+
 class LocalShardReader(ShardReader):
     """Reads one shard after a sequence; while it is idle, waits on the source's tip watcher
     (without one, or while the watcher cannot read the log, it looks up its tip every few ms).
@@ -243,7 +246,7 @@ class LocalShardReader(ShardReader):
         self._after = after_seq
         self._tips = tips
         self._shard = shard_index_of(shard_id)
-        self._ahead: list[Record] = []  # read from the log, not handed out yet
+        self._ahead = _NOTHING  # read from the log, not handed out yet
         self._ahead_at = 0
 
     @property
@@ -266,12 +269,12 @@ class LocalShardReader(ShardReader):
                 # reading each batch's records then would have (a batch is cut short only at the tip).
                 records = await self._read(max_records * max(1, READ_AHEAD // max_records), tip - self._after)
                 # Dense sequences: a gap before the first record (or no record at all) is a trim.
-                next_seq = records[0].sequence if records else self._first_retained()
+                next_seq = records.position_at(0).sequence if records else self._first_retained()
                 trimmed = self._skip_trimmed(next_seq)
                 if records:
-                    self._after = records[-1].sequence
+                    self._after = records.position_at(-1).sequence
                     if len(records) <= max_records:
-                        behind = max(0.0, (time.time() - records[-1].arrival_time) * 1000.0)
+                        behind = max(0.0, (time.time() - records.arrival_at(-1)) * 1000.0)
                         return ReadResult(records, behind_ms=behind, trimmed=trimmed)
                     self._ahead, self._ahead_at = records, 0
                     return self._hand_out(max_records, trimmed)
@@ -291,8 +294,8 @@ class LocalShardReader(ShardReader):
         records = self._ahead[start : start + max_records]
         self._ahead_at = start + len(records)
         if self._ahead_at >= len(self._ahead):
-            self._ahead, self._ahead_at = [], 0
-        behind = max(0.0, (time.time() - records[-1].arrival_time) * 1000.0)
+            self._ahead, self._ahead_at = _NOTHING, 0
+        behind = max(0.0, (time.time() - records.arrival_at(-1)) * 1000.0)
         return ReadResult(records, behind_ms=behind, trimmed=trimmed)
 
     def _tip(self) -> int:
@@ -314,7 +317,7 @@ class LocalShardReader(ShardReader):
         self._after = next_seq - 1
         return skipped
 
-    async def _read(self, max_records: int, pending: int) -> list[Any]:
+    async def _read(self, max_records: int, pending: int) -> Batch:
         args = (self._stream, self._shard_id, self._after, max_records)
         if min(pending, max_records) <= DIRECT_READ_MAX:
             return self._log.read(*args)
