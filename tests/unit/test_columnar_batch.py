@@ -1,0 +1,186 @@
+"""A columnar ``Batch`` is the same sequence of records as the list it stands for: indexing, slicing,
+joining, ``data``, ``nbytes``, ``json()``; Records and lazy columns are made only when read; and
+the batcher forms the same batches from columnar reads as from lists of records."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamfn.connectors.local.log import LocalLog
+from streamfn.engine.batching import Batcher, BatchLimits
+from streamfn.protocols.source import ReadResult, ShardReader
+from streamfn.records import Batch, LazyColumn, Position, Record
+
+Columns = tuple[list[bytes], list[int], list[str], list[float], list[int] | None, list[Any] | None]
+
+
+@st.composite
+def columns(draw: st.DrawFn, min_size: int = 0) -> Columns:
+    n = draw(st.integers(min_size, 12))
+    start = draw(st.integers(0, 1000))
+    sequences = list(range(start, start + n)) if draw(st.booleans()) else sorted(
+        draw(st.sets(st.integers(0, 10_000), min_size=n, max_size=n)))
+    datas = [draw(st.sampled_from([b'{"a":1}', b"[2]", b"x", b"", b'"s"'])) for _ in range(n)]
+    keys = [f"k{i}" for i in range(n)]
+    arrivals = [float(draw(st.integers(0, 5))) for _ in range(n)]
+    subs = [draw(st.integers(0, 3)) for _ in range(n)] if draw(st.booleans()) else None
+    attrs = [{"i": i} for i in range(n)] if draw(st.booleans()) else None
+    return datas, sequences, keys, arrivals, subs, attrs
+
+
+def as_records(c: Columns) -> list[Record]:
+    datas, sequences, keys, arrivals, subs, attrs = c
+    return [Record("s", sequences[i], keys[i], datas[i], arrivals[i], subs[i] if subs else 0,
+                   attrs[i] if attrs else None) for i in range(len(datas))]
+
+
+def as_batch(c: Columns, lazy_keys: bool) -> Batch:
+    datas, sequences, keys, arrivals, subs, attrs = c
+    dense = sequences == list(range(sequences[0], sequences[0] + len(sequences))) if sequences else False
+    return Batch.from_columns(
+        "s", datas, range(sequences[0], sequences[-1] + 1) if dense else sequences,
+        LazyColumn(lambda: keys, len(keys)) if lazy_keys else keys, arrivals, subs, attrs)
+
+
+def decoded(batch: Batch) -> list[Any] | str:
+    try:
+        return batch.json()
+    except orjson.JSONDecodeError:
+        return "not JSON"
+
+
+@settings(max_examples=200, deadline=None)
+@given(c=columns(), lazy=st.booleans(), cut=st.tuples(st.integers(-14, 14), st.integers(-14, 14)))
+def test_a_columnar_batch_reads_as_its_records(c: Columns, lazy: bool, cut: tuple[int, int]) -> None:
+    records = as_records(c)
+    batch = as_batch(c, lazy)
+    assert len(batch) == len(records)
+    assert batch.data == [r.data for r in records]
+    assert batch.nbytes == sum(len(r.data) for r in records)
+    assert decoded(batch) == decoded(Batch("s", records))
+    for i in range(-len(records), len(records)):
+        assert batch.position_at(i) == records[i].position
+        assert batch.arrival_at(i) == records[i].arrival_time
+    part = batch[cut[0] : cut[1]]
+    assert isinstance(part, Batch) and part == records[cut[0] : cut[1]]
+    for i in range(-len(records), len(records)):
+        assert batch[i] == records[i]
+    assert list(batch) == records and batch == Batch("s", records)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(columns(), max_size=4), lazy=st.lists(st.booleans(), min_size=4, max_size=4),
+       listed=st.lists(st.booleans(), min_size=4, max_size=4))
+def test_joined_batches_read_as_their_records_in_order(parts: list[Columns], lazy: list[bool],
+                                                       listed: list[bool]) -> None:
+    batches = [Batch("s", as_records(c)) if listed[i] else as_batch(c, lazy[i]) for i, c in enumerate(parts)]
+    joined = Batch.join("s", batches)
+    expected = [r for c in parts for r in as_records(c)]
+    assert joined == expected
+    assert joined.data == [r.data for r in expected]
+    assert [joined.position_at(i) for i in range(len(expected))] == [r.position for r in expected]
+
+
+def test_consecutive_dense_parts_join_into_one_range() -> None:
+    a = Batch.from_columns("s", [b"1", b"2"], range(5, 7), ["a", "b"], [0.0, 0.0])
+    b = Batch.from_columns("s", [b"3"], range(7, 8), ["c"], [0.0])
+    joined = Batch.join("s", [a, b])
+    assert [joined.position_at(i).sequence for i in range(3)] == [5, 6, 7]
+    assert joined.json() == [1, 2, 3]
+
+
+def test_lazy_columns_and_records_are_made_only_when_read(tmp_path: Path) -> None:
+    made: list[int] = []
+
+    def make_keys() -> list[str]:
+        made.append(1)
+        return ["a", "b", "c"]
+
+    keys = LazyColumn(make_keys, 3)
+    batch = Batch.from_columns("s", [b"1", b"2", b"3"], range(1, 4), keys, [0.0] * 3)
+    part = Batch.join("s", [batch[1:], batch[:1]])
+    assert part.json() == [2, 3, 1] and part.nbytes == 3 and len(part) == 3
+    assert made == []  # decoding the data needs no key
+    assert [r.partition_key for r in part] == ["b", "c", "a"]
+    assert made == [1]  # made once, for every slice of the column
+
+
+def test_the_local_log_hands_out_columns_and_decodes_keys_on_demand(tmp_path: Path) -> None:
+    log = LocalLog(tmp_path / "log.sqlite3")
+    log.create_stream("s", 1)
+    log.append("s", [(f"user-{i}", msgspec.json.encode({"i": i})) for i in range(2500)])
+    log.append("s", [("late", b'{"i": 2500}')])
+    shard = log.shard_ids("s")[0]
+    first = log.read("s", shard, 0, 1200)  # spans two stored blocks
+    assert first.json() == [{"i": i} for i in range(1200)]
+    assert [first.position_at(i).sequence for i in (0, -1)] == [1, 1200]
+    rest = log.read("s", shard, 1200, 5000)
+    assert len(rest) == 1301 and rest[-1] == Record(shard, 2501, "late", b'{"i": 2500}', rest.arrival_at(-1))
+    assert [r.partition_key for r in first[998:1001]] == ["user-998", "user-999", "user-1000"]
+    log.close()
+
+
+class ChunkReader(ShardReader):
+    """Hands out a fixed run of records in chunks, as lists or as columnar batches."""
+
+    def __init__(self, records: list[Record], chunks: list[int], columnar: bool) -> None:
+        self._records, self._chunks, self._columnar = records, deque(chunks), columnar
+
+    async def read(self, max_records: int, wait: float) -> ReadResult:
+        size = min(self._chunks.popleft() if self._chunks else 5, max_records)
+        taken, self._records = self._records[:size], self._records[size:]
+        if not self._columnar or not taken:
+            return ReadResult(taken, shard_end=not self._records)
+        columnar = Batch.from_columns(
+            "s", [r.data for r in taken], range(taken[0].sequence, taken[-1].sequence + 1),
+            LazyColumn(lambda: [r.partition_key for r in taken], len(taken)), [r.arrival_time for r in taken])
+        return ReadResult(columnar, shard_end=not self._records)
+
+    async def close(self) -> None:
+        return None
+
+
+async def batches_of(reader: ShardReader, limits: BatchLimits, accept: Any, replay: list[tuple[int, int]],
+                     window: float) -> list[tuple[list[Record], Position, bool]]:
+    batcher = Batcher(reader, limits, accept=accept, replay=deque((Position(a), Position(b)) for a, b in replay),
+                      tumbling_window=window, shard_id="s")
+    out = []
+    while (unit := await batcher.next()) is not None:
+        out.append((list(unit.records), unit.through, unit.window_closed))
+        if unit.shard_end:
+            break
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    chunks=st.lists(st.integers(1, 40), max_size=8),
+    max_records=st.integers(1, 25),
+    max_bytes=st.integers(1, 200),
+    sizes=st.lists(st.integers(0, 30), min_size=60, max_size=60),
+    filtered=st.booleans(),
+    window=st.sampled_from([0.0, 2.0]),
+    cuts=st.lists(st.integers(1, 60), max_size=4),
+)
+async def test_columnar_reads_form_the_same_batches_as_lists(
+    n: int, chunks: list[int], max_records: int, max_bytes: int, sizes: list[int], filtered: bool,
+    window: float, cuts: list[int],
+) -> None:
+    records = [Record("s", i, f"k{i}", b"x" * sizes[i - 1], float(i // 3)) for i in range(1, n + 1)]
+    bounds = sorted({c for c in cuts if c <= n})
+    replay = list(zip(bounds[::2], bounds[1::2], strict=False))
+    limits = BatchLimits(max_records=max_records, max_bytes=max_bytes)
+    accept = (lambda r: r.sequence % 3 != 0) if filtered else None
+    from_lists = await batches_of(ChunkReader(records, chunks, False), limits, accept, replay, window)
+    from_columns = await batches_of(ChunkReader(records, chunks, True), limits, accept, replay, window)
+    assert from_columns == from_lists
+    handed = [r for batch, _, _ in from_lists for r in batch]
+    assert handed == [r for r in records if accept is None or accept(r)]
