@@ -92,7 +92,7 @@ class Batch(Sequence[Record]):
 
     shard_id: str
     _records: list[Record] | None  # None until built from the columns
-    _datas: list[bytes] | None  # None: no columns, the records are the batch
+    _datas: Sequence[bytes] | None  # None: no columns, the records are the batch
     _sequences: Sequence[int]
     _keys: Sequence[str]
     _arrivals: Sequence[float]
@@ -115,15 +115,16 @@ class Batch(Sequence[Record]):
     def from_columns(
         cls,
         shard_id: str,
-        datas: list[bytes],
+        datas: Sequence[bytes],
         sequences: Sequence[int],
         keys: Sequence[str],
         arrivals: Sequence[float],
         sub_sequences: Sequence[int] | None = None,
         attributes: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> Batch:
-        """A batch over columns of equal length (``sequences`` may be a ``range`` for dense ones;
-        ``sub_sequences`` and ``attributes`` None when every record has none). Nothing is copied."""
+        """A batch over columns of equal length (``datas`` a list or a ``DataColumn``; ``sequences``
+        may be a ``range`` for dense ones; ``sub_sequences`` and ``attributes`` None when every
+        record has none). Nothing is copied."""
         batch = cls.__new__(cls)
         batch.shard_id = shard_id
         batch._records = None
@@ -142,9 +143,11 @@ class Batch(Sequence[Record]):
             return cls(shard_id, [record for part in parts for record in part.records])
         columns = [part._columns() for part in parts]
         counts = [len(part[0]) for part in columns]
+        datas = [part[0] for part in columns]
         return cls.from_columns(
             shard_id,
-            list(chain.from_iterable(part[0] for part in columns)),
+            DataColumn.join(datas) if all(isinstance(part, DataColumn) for part in datas)  # type: ignore[arg-type]
+            else list(chain.from_iterable(datas)),
             _join_sequences([part[1] for part in columns]),
             _join_column([part[2] for part in columns]),
             list(chain.from_iterable(part[3] for part in columns)),
@@ -152,7 +155,7 @@ class Batch(Sequence[Record]):
             _join_optional([part[5] for part in columns], counts, None),
         )
 
-    def _columns(self) -> tuple[list[bytes], Sequence[int], Sequence[str], Sequence[float],
+    def _columns(self) -> tuple[Sequence[bytes], Sequence[int], Sequence[str], Sequence[float],
                                 Sequence[int] | None, Sequence[Mapping[str, Any] | None] | None]:
         assert self._datas is not None
         return self._datas, self._sequences, self._keys, self._arrivals, self._subs, self._attributes
@@ -246,6 +249,9 @@ class Batch(Sequence[Record]):
 
     @property
     def nbytes(self) -> int:
+        datas = self._datas
+        if isinstance(datas, DataColumn):
+            return datas.nbytes()
         return sum(map(len, self.data))
 
     def json(self) -> list[Any]:
@@ -259,6 +265,11 @@ class Batch(Sequence[Record]):
         one, giving ``record.json()``'s values and error (``orjson.JSONDecodeError``). One
         difference: an integer beyond 64 bits stays an ``int`` (orjson makes it a float).
         """
+        column = self._datas
+        if isinstance(column, DataColumn):
+            values = column.json_lines()
+            if values is not None:
+                return values
         datas = self.data
         if len(datas) > 1:
             joined = b"\n".join(datas)
@@ -274,12 +285,111 @@ class Batch(Sequence[Record]):
 
     @property
     def data(self) -> list[bytes]:
-        """Every record's data, in order (the column itself when the batch has columns: do not change it)."""
+        """Every record's data, in order (the column itself when the batch has a list: do not change it)."""
         datas = self._datas
         if datas is None:
             assert self._records is not None
             return [r.data for r in self._records]
-        return datas
+        return datas if isinstance(datas, list) else list(datas)
+
+
+class DataColumn(Sequence[bytes]):
+    """Records' data stored back to back, one newline between two records, in one buffer per
+    stored block (the local log's layout): ``bytes`` for a record are made only when asked for,
+    and a run of records that are each one JSON line decodes in one call straight from the buffer.
+
+    Each segment is ``(buffer, ends, lo, hi)``: records ``lo..hi-1`` of a block whose record ``i``
+    spans ``buffer[ends[i-1] + 1 : ends[i]]`` (from 0 for the first), and whether every record of
+    the block is one non-blank line (checked when it was written).
+    """
+
+    __slots__ = ("_length", "_segments")
+
+    def __init__(self, segments: list[tuple[Any, Sequence[int], int, int, bool]]) -> None:
+        self._segments = segments
+        self._length = sum(hi - lo for _, _, lo, hi, _ in segments)
+
+    @classmethod
+    def of_block(cls, buffer: Any, ends: Sequence[int], lines: bool) -> DataColumn:
+        """Every record of one block: ``buffer`` supports slicing (bytes, memoryview), ``ends`` as above."""
+        return cls([(buffer, ends, 0, len(ends), lines)])
+
+    @classmethod
+    def join(cls, columns: Sequence[DataColumn]) -> DataColumn:
+        return cls([segment for column in columns for segment in column._segments])
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._length)
+            if step != 1:
+                return list(self)[index]
+            return self._cut(start, max(start, stop))
+        i = index + self._length if index < 0 else index
+        if not 0 <= i < self._length:
+            raise IndexError("record index out of range")
+        for buffer, ends, lo, hi, _ in self._segments:
+            if i < hi - lo:
+                at = lo + i
+                return bytes(buffer[ends[at - 1] + 1 if at else 0 : ends[at]])
+            i -= hi - lo
+        raise AssertionError("unreachable: the index was checked against the length")
+
+    def _cut(self, start: int, stop: int) -> DataColumn:
+        kept = []
+        for buffer, ends, lo, hi, lines in self._segments:
+            count = hi - lo
+            if stop > 0 and start < count:
+                kept.append((buffer, ends, lo + max(start, 0), lo + min(stop, count), lines))
+            start, stop = start - count, stop - count
+        return DataColumn(kept)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for buffer, ends, lo, hi, _ in self._segments:
+            begin = ends[lo - 1] + 1 if lo else 0
+            for at in range(lo, hi):
+                end = ends[at]
+                yield bytes(buffer[begin:end])
+                begin = end + 1
+
+    def nbytes(self) -> int:
+        """The records' bytes (separators not counted), from the offsets alone."""
+        total = 0
+        for _, ends, lo, hi, _ in self._segments:
+            if hi > lo:
+                total += ends[hi - 1] - (ends[lo - 1] + 1 if lo else 0) - (hi - lo - 1)
+        return total
+
+    def json_lines(self) -> list[Any] | None:
+        """Each record's JSON value, decoded from the buffers in one call per segment, when every
+        segment is made of one-line records and each line holds exactly one value; else None."""
+        values: list[Any] = []
+        for buffer, ends, lo, hi, lines in self._segments:
+            if not lines:
+                return None
+            if hi > lo:
+                try:
+                    values += _decode_lines(buffer[ends[lo - 1] + 1 if lo else 0 : ends[hi - 1]])
+                except msgspec.DecodeError:
+                    return None
+        return values if len(values) == self._length else None
+
+
+def position_of(records: Sequence[Record], index: int) -> Position:
+    """``records[index].position``, read from a columnar batch's columns without building a Record
+    (building one would decode a lazy key column just to read a sequence)."""
+    return records.position_at(index) if isinstance(records, Batch) else records[index].position
+
+
+def arrival_of(records: Sequence[Record], index: int) -> float:
+    """``records[index].arrival_time``, without building a Record from a columnar batch."""
+    return records.arrival_at(index) if isinstance(records, Batch) else records[index].arrival_time
 
 
 class LazyColumn(Sequence[Any]):

@@ -22,7 +22,7 @@ from ..protocols.checkpoint import Checkpoint, CheckpointStore
 from ..protocols.destination import Destination, FailedBatch
 from ..protocols.sink import Sink, SinkBatch
 from ..protocols.source import ShardInfo, ShardReader, Source, StartingPosition
-from ..records import Batch, Position, Record
+from ..records import Batch, Position, Record, arrival_of, position_of
 from . import tracing, windows
 from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
 from .capture import CallScope, Mode
@@ -275,8 +275,8 @@ class LaneWorker:
                     await self._wait(self._backoff.next_delay())
                 continue
             self.stats.handled += len(done_records)
-            await self._checkpoint(unit.records[-1].position)
-            self.stats.observe_done(unit.records[0].arrival_time, len(done_records))
+            await self._checkpoint(position_of(unit.records, -1))
+            self.stats.observe_done(arrival_of(unit.records, 0), len(done_records))
         self._unblocked(self._backoff)
 
     async def _run_unit(self, unit: Segment, *, final: bool) -> list[Done]:
@@ -400,12 +400,12 @@ class LaneWorker:
         env = self.env
         if not env.sinks or not (items or (overwrite and env.keyed_sinks)):
             return
-        first, last = records[0].position, records[-1].position
+        first, last = position_of(records, 0), position_of(records, -1)
         if env.keyed_sinks:
             await self._progress.record_pending(first, last, self._wait)
         batch = SinkBatch(
             pipeline=env.pipeline, stream=env.stream, shard_id=self.shard_id,
-            first=first, last=last, first_arrival=records[0].arrival_time, items=items, window_final=window_final,
+            first=first, last=last, first_arrival=arrival_of(records, 0), items=items, window_final=window_final,
         )
         started = time.perf_counter()
         with tracing.span("sink write"):

@@ -131,10 +131,9 @@ class VersionedSlot:
             await slot.wait_idle()
 
     async def call(self, batch: Batch, context: Context) -> CallResult:
-        records = batch.records
-        if records and (self._batch_end is None or records[0].position > self._batch_end):
+        if batch and (self._batch_end is None or batch.position_at(0) > self._batch_end):
             self._start_batch(batch)
-            self._batch_end = records[-1].position
+            self._batch_end = batch.position_at(-1)
         context.function_version = str(self.version)
         context.alias = self._owner.picker.alias
         return await self._slot.call(batch, context)

@@ -5,6 +5,7 @@ the batcher forms the same batches from columnar reads as from lists of records.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamfn.connectors.local.log import LocalLog
+from streamfn.connectors.local.log import LocalLog, _block_payload, _decode_block
 from streamfn.engine.batching import Batcher, BatchLimits
 from streamfn.protocols.source import ReadResult, ShardReader
-from streamfn.records import Batch, LazyColumn, Position, Record
+from streamfn.records import Batch, DataColumn, LazyColumn, Position, Record
 
 Columns = tuple[list[bytes], list[int], list[str], list[float], list[int] | None, list[Any] | None]
 
@@ -41,11 +42,23 @@ def as_records(c: Columns) -> list[Record]:
                    attrs[i] if attrs else None) for i in range(len(datas))]
 
 
-def as_batch(c: Columns, lazy_keys: bool) -> Batch:
+def stored(datas: list[bytes], cut: int = 0) -> Sequence[bytes]:
+    """``datas`` as the local log hands them out: written as one or two blocks (layout 2) and read back."""
+    if not datas:
+        return datas
+    cut = cut % len(datas)
+    parts = [datas[:cut], datas[cut:]] if cut else [datas]
+    return DataColumn.join([
+        _decode_block(msgspec.msgpack.encode(_block_payload([""] * len(part), part)))[1]  # type: ignore[misc]
+        for part in parts])
+
+
+def as_batch(c: Columns, lazy_keys: bool, in_blocks: int | None = None) -> Batch:
     datas, sequences, keys, arrivals, subs, attrs = c
+    column = datas if in_blocks is None else stored(datas, in_blocks)
     dense = sequences == list(range(sequences[0], sequences[0] + len(sequences))) if sequences else False
     return Batch.from_columns(
-        "s", datas, range(sequences[0], sequences[-1] + 1) if dense else sequences,
+        "s", column, range(sequences[0], sequences[-1] + 1) if dense else sequences,
         LazyColumn(lambda: keys, len(keys)) if lazy_keys else keys, arrivals, subs, attrs)
 
 
@@ -57,10 +70,12 @@ def decoded(batch: Batch) -> list[Any] | str:
 
 
 @settings(max_examples=200, deadline=None)
-@given(c=columns(), lazy=st.booleans(), cut=st.tuples(st.integers(-14, 14), st.integers(-14, 14)))
-def test_a_columnar_batch_reads_as_its_records(c: Columns, lazy: bool, cut: tuple[int, int]) -> None:
+@given(c=columns(), lazy=st.booleans(), cut=st.tuples(st.integers(-14, 14), st.integers(-14, 14)),
+       blocks=st.none() | st.integers(0, 12))
+def test_a_columnar_batch_reads_as_its_records(c: Columns, lazy: bool, cut: tuple[int, int],
+                                               blocks: int | None) -> None:
     records = as_records(c)
-    batch = as_batch(c, lazy)
+    batch = as_batch(c, lazy, blocks)
     assert len(batch) == len(records)
     assert batch.data == [r.data for r in records]
     assert batch.nbytes == sum(len(r.data) for r in records)
@@ -70,6 +85,8 @@ def test_a_columnar_batch_reads_as_its_records(c: Columns, lazy: bool, cut: tupl
         assert batch.arrival_at(i) == records[i].arrival_time
     part = batch[cut[0] : cut[1]]
     assert isinstance(part, Batch) and part == records[cut[0] : cut[1]]
+    assert part.nbytes == sum(len(r.data) for r in records[cut[0] : cut[1]])
+    assert decoded(part) == decoded(Batch("s", records[cut[0] : cut[1]]))
     for i in range(-len(records), len(records)):
         assert batch[i] == records[i]
     assert list(batch) == records and batch == Batch("s", records)
@@ -77,15 +94,34 @@ def test_a_columnar_batch_reads_as_its_records(c: Columns, lazy: bool, cut: tupl
 
 @settings(max_examples=200, deadline=None)
 @given(parts=st.lists(columns(), max_size=4), lazy=st.lists(st.booleans(), min_size=4, max_size=4),
-       listed=st.lists(st.booleans(), min_size=4, max_size=4))
+       listed=st.lists(st.sampled_from(["records", "columns", "blocks"]), min_size=4, max_size=4))
 def test_joined_batches_read_as_their_records_in_order(parts: list[Columns], lazy: list[bool],
-                                                       listed: list[bool]) -> None:
-    batches = [Batch("s", as_records(c)) if listed[i] else as_batch(c, lazy[i]) for i, c in enumerate(parts)]
+                                                       listed: list[str]) -> None:
+    batches = [Batch("s", as_records(c)) if listed[i] == "records" else
+               as_batch(c, lazy[i], 1 if listed[i] == "blocks" else None) for i, c in enumerate(parts)]
     joined = Batch.join("s", batches)
     expected = [r for c in parts for r in as_records(c)]
     assert joined == expected
     assert joined.data == [r.data for r in expected]
     assert [joined.position_at(i) for i in range(len(expected))] == [r.position for r in expected]
+    assert joined.nbytes == sum(len(r.data) for r in expected)
+    assert decoded(joined) == decoded(Batch("s", expected))
+
+
+@settings(max_examples=300, deadline=None)
+@given(datas=st.lists(st.sampled_from([b'{"a": 1}', b"[2]", b" 3 ", b"", b" ", b"\r", b"1 2", b"x", b"[1,\n2]",
+                                       b'"\xc3\xa9"', b"\xff"]), max_size=10),
+       cut=st.integers(0, 10), start=st.integers(0, 10), stop=st.integers(0, 10))
+def test_stored_data_reads_back_exactly_and_decodes_as_each_record(datas: list[bytes], cut: int, start: int,
+                                                                  stop: int) -> None:
+    column = stored(datas, cut)
+    assert list(column) == datas and len(column) == len(datas)
+    assert [column[i] for i in range(-len(datas), len(datas))] == datas[-len(datas):] + datas
+    assert list(column[start:stop]) == datas[start:stop]
+    batch = Batch.from_columns("s", column, range(1, len(datas) + 1), [""] * len(datas), [0.0] * len(datas))
+    assert decoded(batch) == decoded(Batch("s", as_records((datas, list(range(1, len(datas) + 1)), [""] * len(datas),
+                                                             [0.0] * len(datas), None, None))))
+    assert batch[start:stop].nbytes == sum(map(len, datas[start:stop]))
 
 
 def test_consecutive_dense_parts_join_into_one_range() -> None:
@@ -184,3 +220,23 @@ async def test_columnar_reads_form_the_same_batches_as_lists(
     assert from_columns == from_lists
     handed = [r for batch, _, _ in from_lists for r in batch]
     assert handed == [r for r in records if accept is None or accept(r)]
+
+
+def test_blocks_of_the_previous_layout_are_read_with_the_new_ones(tmp_path: Path) -> None:
+    """A log upgraded in place keeps its layout-1 blocks (``[keys, datas]``): they read back exactly,
+    before and after the blocks written since."""
+    log = LocalLog(tmp_path / "log.sqlite3")
+    log.create_stream("s", 1)
+    conn = log._conn()
+    old = [(f"k{i}", b'{"old": %d}' % i) for i in range(1, 6)]
+    conn.execute("INSERT INTO blocks VALUES ('s', 0, 1, 5, 1.0, ?)",
+                 (msgspec.msgpack.encode(([k for k, _ in old], [d for _, d in old])),))
+    conn.execute("UPDATE shards SET last_seq = 5, last_arrival = 1.0 WHERE stream = 's' AND shard = 0")
+    log.append("s", [("new", b'{"new": 6}'), ("new", b"not json")])
+    shard = log.shard_ids("s")[0]
+    batch = log.read("s", shard, 0, 100)
+    assert [(r.sequence, r.partition_key, r.data) for r in batch] == [
+        (i, k, d) for i, (k, d) in enumerate([*old, ("new", b'{"new": 6}'), ("new", b"not json")], 1)]
+    assert batch[:6].json() == [{"old": i} for i in range(1, 6)] + [{"new": 6}]
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    log.close()
