@@ -305,9 +305,9 @@ class DataColumn(Sequence[bytes]):
 
     __slots__ = ("_length", "_segments")
 
-    def __init__(self, segments: list[tuple[Any, Sequence[int], int, int, bool]]) -> None:
+    def __init__(self, segments: list[tuple[Any, Sequence[int], int, int, bool]], length: int | None = None) -> None:
         self._segments = segments
-        self._length = sum(hi - lo for _, _, lo, hi, _ in segments)
+        self._length = sum(hi - lo for _, _, lo, hi, _ in segments) if length is None else length
 
     @classmethod
     def of_block(cls, buffer: Any, ends: Sequence[int], lines: bool) -> DataColumn:

@@ -48,9 +48,8 @@ def stored(datas: list[bytes], cut: int = 0) -> Sequence[bytes]:
         return datas
     cut = cut % len(datas)
     parts = [datas[:cut], datas[cut:]] if cut else [datas]
-    return DataColumn.join([
-        _decode_block(msgspec.msgpack.encode(_block_payload([""] * len(part), part)))[1]  # type: ignore[misc]
-        for part in parts])
+    blocks = [_decode_block(1, 0.0, msgspec.msgpack.encode(_block_payload([""] * len(part), part))) for part in parts]
+    return DataColumn.join([DataColumn.of_block(block.buffer, block.ends, block.lines) for block in blocks])
 
 
 def as_batch(c: Columns, lazy_keys: bool, in_blocks: int | None = None) -> Batch:
@@ -239,4 +238,30 @@ def test_blocks_of_the_previous_layout_are_read_with_the_new_ones(tmp_path: Path
         (i, k, d) for i, (k, d) in enumerate([*old, ("new", b'{"new": 6}'), ("new", b"not json")], 1)]
     assert batch[:6].json() == [{"old": i} for i in range(1, 6)] + [{"new": 6}]
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    log.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(appends=st.lists(st.integers(1, 30), min_size=1, max_size=8), reads=st.lists(st.integers(1, 40), min_size=1,
+                                                                                     max_size=12))
+def test_reads_of_any_size_across_blocks_give_every_record_once_in_order(
+    tmp_path_factory: Any, appends: list[int], reads: list[int]
+) -> None:
+    log = LocalLog(tmp_path_factory.mktemp("log") / "log.sqlite3")
+    log.create_stream("s", 1)
+    written: list[tuple[str, bytes]] = []
+    for size in appends:
+        chunk = [(f"k{len(written) + i}", b"[%d]" % (len(written) + i)) for i in range(size)]
+        log.append("s", chunk)
+        written += chunk
+    shard, after, seen = log.shard_ids("s")[0], 0, []
+    for size in reads * 100:
+        batch = log.read("s", shard, after, size)
+        if not batch:
+            break
+        expected = written[after : after + len(batch)]
+        assert len(batch) <= size and batch.json() == [orjson.loads(data) for _, data in expected]
+        seen += [(r.partition_key, r.data) for r in batch]
+        after = batch.position_at(-1).sequence
+    assert seen == written
     log.close()

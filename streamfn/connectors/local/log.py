@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -418,16 +418,15 @@ class LocalLog:
             raise storage_error(exc, self.path, f"reading {stream!r} {shard_id}") from exc
 
     def _read(self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int) -> Batch:
-        parts: list[Batch] = []
-        wanted = max_records
+        taking = _Taking(max_records)
         cached = self._partial.get((stream, shard))
         if cached is not None:
             if cached.first_seq <= after_seq < cached.last_seq:
-                after_seq, wanted = self._take(cached, after_seq, wanted, parts)
+                after_seq = taking.take(cached, after_seq)
             if after_seq >= cached.last_seq or after_seq < cached.first_seq:
                 self._partial.pop((stream, shard), None)  # read past (or moved away): keep no block alive
-            if not wanted:
-                return parts[0]
+            if not taking.wanted:
+                return taking.batch(shard_id)
         rows = self._conn().execute(
             "SELECT first_seq, arrival, payload FROM blocks"
             " WHERE stream = ? AND shard = ? AND last_seq > ? ORDER BY last_seq",
@@ -435,29 +434,15 @@ class LocalLog:
         )  # iterated, not fetched: each unneeded block would cost a copy of its payload
         try:
             for first_seq, arrival, payload in rows:
-                keys, datas = _decode_block(payload)
-                count = len(datas)
-                block = _Block(first_seq, first_seq + count - 1, Batch.from_columns(
-                    shard_id, datas, range(first_seq, first_seq + count), _lazy_keys(keys, count), [arrival] * count))
-                after_seq, wanted = self._take(block, after_seq, wanted, parts)
-                if not wanted:
+                block = _decode_block(first_seq, arrival, payload)
+                after_seq = taking.take(block, after_seq)
+                if not taking.wanted:
                     if after_seq < block.last_seq:
                         self._partial[(stream, shard)] = block
                     break
         finally:
             rows.close()
-        return Batch.join(shard_id, parts)
-
-    @staticmethod
-    def _take(block: _Block, after_seq: int, wanted: int, parts: list[Batch]) -> tuple[int, int]:
-        """Add the block's records after ``after_seq`` (up to ``wanted``) to ``parts``: the new
-        after and how many are still wanted."""
-        first_seq = block.first_seq
-        start = after_seq + 1 - first_seq if after_seq >= first_seq else 0
-        end = min(block.last_seq - first_seq + 1, start + wanted)
-        if end > start:
-            parts.append(block.records if start == 0 and end == len(block.records) else block.records[start:end])
-        return first_seq + end - 1, wanted - (end - start)
+        return taking.batch(shard_id)
 
     def last_seq(self, stream: str, shard_id: str) -> int:
         """The newest sequence of a shard, 0 when nothing was ever appended."""
@@ -497,11 +482,62 @@ class LocalLog:
 
 
 class _Block(NamedTuple):
-    """One stored block, decoded: its sequences and its records as a columnar batch."""
+    """One stored block, decoded: its keys still encoded, its data one buffer with end offsets."""
 
     first_seq: int
     last_seq: int
-    records: Batch
+    arrival: float
+    keys: msgspec.Raw
+    buffer: Any  # bytes, or a memoryview of the stored payload
+    ends: Sequence[int]
+    lines: bool
+
+
+class _Taking:
+    """The columns of one read, gathered block by block and made into one batch at the end: the
+    per-block cost is a few appends (with many shards, blocks hold few records each)."""
+
+    __slots__ = ("arrivals", "count", "dense", "first_seq", "keys", "next_seq", "runs", "segments", "wanted")
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self.count = 0
+        self.segments: list[tuple[Any, Sequence[int], int, int, bool]] = []
+        self.keys: list[tuple[msgspec.Raw, int, int]] = []
+        self.arrivals: list[float] = []
+        self.first_seq = self.next_seq = 0
+        self.dense = True
+        #: Each taken run's first sequence, kept only once the runs stop being consecutive.
+        self.runs: list[tuple[int, int]] = []
+
+    def take(self, block: _Block, after_seq: int) -> int:
+        """Take the block's records after ``after_seq``, up to what is still wanted; the new after."""
+        first_seq = block.first_seq
+        start = after_seq + 1 - first_seq if after_seq >= first_seq else 0
+        end = min(block.last_seq - first_seq + 1, start + self.wanted)
+        taken = end - start
+        if taken > 0:
+            if not self.count:
+                self.first_seq = first_seq + start
+            elif first_seq + start != self.next_seq:
+                self.dense = False  # not expected: trims remove whole blocks from the front only
+            self.runs.append((first_seq + start, first_seq + end))
+            self.next_seq = first_seq + end
+            self.segments.append((block.buffer, block.ends, start, end, block.lines))
+            self.keys.append((block.keys, start, end))
+            self.arrivals += [block.arrival] * taken
+            self.count += taken
+            self.wanted -= taken
+        return first_seq + end - 1
+
+    def batch(self, shard_id: str) -> Batch:
+        if not self.count:
+            return Batch(shard_id, [])
+        sequences: Sequence[int] = (range(self.first_seq, self.next_seq) if self.dense
+                                    else [seq for first, stop in self.runs for seq in range(first, stop)])
+        keys = self.keys
+        return Batch.from_columns(shard_id, DataColumn(self.segments, self.count), sequences,
+                                  LazyColumn(lambda: _decode_key_pieces(keys), self.count), self.arrivals)
 
 
 #: A block's payload. Keys stay encoded until asked for (decoding them costs more than the data);
@@ -527,23 +563,30 @@ def _block_payload(keys: list[str], datas: list[bytes]) -> tuple[list[str], byte
     return keys, buffer, ends.tobytes(), lines
 
 
-def _decode_block(payload: bytes) -> tuple[msgspec.Raw, Sequence[bytes]]:
-    """A stored block's (encoded keys, data column), whichever layout wrote it."""
-    if payload[0] != _V2_HEADER:
-        return _decode_block_v1(payload)
-    keys, buffer, ends, lines = _decode_block_v2(payload)
+def _decode_block(first_seq: int, arrival: float, payload: bytes) -> _Block:
+    """A stored block, whichever layout wrote it (a layout-1 block is joined into a buffer here)."""
+    buffer: bytes | memoryview
+    if payload[0] == _V2_HEADER:
+        keys, buffer, ends, lines = _decode_block_v2(payload)
+    else:
+        keys, datas = _decode_block_v1(payload)
+        _, buffer, ends_bytes, lines = _block_payload([], datas)
+        ends = memoryview(ends_bytes)
     if _LITTLE_ENDIAN:
         offsets: Sequence[int] = ends.cast("I")
     else:
         swapped = array.array("I", bytes(ends))
         swapped.byteswap()
         offsets = swapped
-    return keys, DataColumn.of_block(buffer, offsets, lines)
+    return _Block(first_seq, first_seq + len(offsets) - 1, arrival, keys, buffer, offsets, lines)
 
 
-def _lazy_keys(encoded: msgspec.Raw, count: int) -> LazyColumn:
-    """A block's partition keys, decoded when a record or a lane first needs one."""
-    return LazyColumn(lambda: _decode_keys(encoded), count)
+def _decode_key_pieces(pieces: list[tuple[msgspec.Raw, int, int]]) -> list[str]:
+    """The partition keys of a read: each block's slice of its encoded keys, decoded now."""
+    if len(pieces) == 1:
+        raw, start, end = pieces[0]
+        return _decode_keys(raw)[start:end]
+    return [key for raw, start, end in pieces for key in _decode_keys(raw)[start:end]]
 
 
 def _chunks(datas: list[bytes]) -> Iterator[tuple[int, int]]:
