@@ -31,14 +31,16 @@ import orjson
 from streamfn.config import LoadedPipeline, pipeline_config_type
 from streamfn.connectors.local.log import LocalLog
 from streamfn.connectors.local.produce import synthetic_clicks
+from streamfn.engine.heap import IDLE_CHECK_SECONDS, release_when_idle
 from streamfn.engine.memory import tune_process
 from streamfn.engine.pipeline import Pipeline
 
 from . import handlers
 from .common import SEED, STREAM, Span, prepare_log, status_kib
 
-#: Seconds after the live phase before anonymous memory is sampled (shards go idle after 0.5 s).
-SETTLE_SECONDS = 1.5
+#: Seconds after the live phase before anonymous memory is sampled: shards go idle after 0.5 s, and
+#: the daemon gives free heap back after one idle look (``engine/heap.py``).
+SETTLE_SECONDS = 1.5 + 2 * IDLE_CHECK_SECONDS
 HANDLERS = {"noop": "benchmarks.handlers:noop", "json": "benchmarks.handlers:json",
             "json-sync": "benchmarks.handlers:json_sync"}
 
@@ -134,6 +136,7 @@ async def run(scenario: Scenario, log_path: Path) -> dict[str, Any]:
         await pipeline.open()
         stop = asyncio.Event()
         task = asyncio.create_task(pipeline.run(stop))
+        releasing = asyncio.create_task(release_when_idle(lambda: totals(pipeline)[0]))  # as `streamfn run` does
         log = LocalLog(log_path)  # the live phase's producer: another connection, as another process's
         try:
             with PeakSampler() as memory:
@@ -144,6 +147,7 @@ async def run(scenario: Scenario, log_path: Path) -> dict[str, Any]:
                 await asyncio.sleep(SETTLE_SECONDS)  # every shard idle again: what is still held stays
                 settled_kib = anon_rss_kib()
         finally:
+            releasing.cancel()
             stop.set()
             await task
             await pipeline.shutdown()

@@ -92,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         tune_process()  # the daemon owns its process: allocator and GC settings (engine/memory.py)
         asyncio.run(run_pipelines(loaded, until_caught_up=args.until_caught_up, metrics=metrics,
                                   stop=None if watch is None else watch.stop,
-                                  watch=None if watch is None else watch.run, reloader=_reloader(args.configs)))
+                                  watch=None if watch is None else watch.run, reloader=_reloader(args.configs),
+                                  release_idle_heap=True))
     finally:
         _stop_traces(args)
     code = EXIT_OK

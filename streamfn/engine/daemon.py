@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import LoadedPipeline
 from ..errors import StreamfnError
+from . import heap
 from .notify import READY, announce_running, notify
 from .pipeline import Pipeline
 from .reload import ReloadPlan, plan_reload
@@ -110,6 +111,10 @@ class Fleet:
             if isinstance(result, BaseException):
                 raise result
 
+    def handled(self) -> int:
+        """Records handled so far by every running pipeline's shards."""
+        return sum(runner.stats.handled for pipeline in self.pipelines for runner in list(pipeline.runners.values()))
+
     def tasks(self) -> list[asyncio.Task[None]]:
         return [entry.task for entry in self.running.values() if entry.task is not None]
 
@@ -174,6 +179,7 @@ async def run_pipelines(
     watch: Callable[[Sequence[Pipeline]], Coroutine[Any, Any, None]] | None = None,
     reloader: Reloader | None = None,
     started: Callable[[Fleet], None] | None = None,
+    release_idle_heap: bool = False,
 ) -> None:
     """Run every pipeline until a signal (or ``stop``), or until all are caught up.
 
@@ -181,6 +187,8 @@ async def run_pipelines(
     ``watch`` runs beside the pipelines once they are open (it may set ``stop``), and is cancelled after.
     With ``reloader``, SIGHUP re-reads the pipeline files through it (see ``Fleet.reload``).
     ``started`` is called once every pipeline runs, with the fleet (embedding callers keep it).
+    ``release_idle_heap`` gives free heap memory back after each busy spell (``engine/heap.py``;
+    ``streamfn run`` sets it, as it owns its process).
     """
     stop = stop or asyncio.Event()
     pipelines = [(item.path.resolve(), Pipeline(item)) for item in loaded]  # handler import errors: before any read
@@ -198,6 +206,7 @@ async def run_pipelines(
         if reloader is not None:
             loop.add_signal_handler(signal.SIGHUP, _on_hangup, fleet, reloader, reloads)
     watching: asyncio.Task[None] | None = None
+    releasing: asyncio.Task[None] | None = None
     try:
         if ops is not None:
             await ops.start()
@@ -209,15 +218,18 @@ async def run_pipelines(
         if started is not None:
             started(fleet)
         watching = None if watch is None else asyncio.create_task(watch(fleet.pipelines))
+        if release_idle_heap:
+            releasing = asyncio.create_task(heap.release_when_idle(fleet.handled), name="release-idle-heap")
         await _wait(fleet, stop, until_caught_up=until_caught_up)
     finally:
         stop.set()
         for task in reloads:
             task.cancel()
         await asyncio.gather(*reloads, return_exceptions=True)
-        if watching is not None:
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
+        for helper in (watching, releasing):
+            if helper is not None:
+                helper.cancel()
+                await asyncio.gather(helper, return_exceptions=True)
         names = [p.name for p in fleet.pipelines]
         try:
             await fleet.stop_all()
