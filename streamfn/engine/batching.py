@@ -79,8 +79,11 @@ class _Forming:
         self.nbytes += nbytes
         self.through = record.position
 
-    def first(self) -> Record:
-        return self.parts[0][0] if self.parts else self.loose[0]
+    def first_position(self) -> Position:
+        return self.parts[0].position_at(0) if self.parts else self.loose[0].position
+
+    def first_arrival(self) -> float:
+        return self.parts[0].arrival_at(0) if self.parts else self.loose[0].arrival_time
 
     def batch(self) -> Batch:
         if self.loose:
@@ -202,7 +205,7 @@ class Batcher:
             buffer, offset = self._buffer, self._offset
             first = self._replay[0][0]
             if offset >= len(buffer) or buffer.position_at(offset) >= first or (
-                forming.count and forming.first().position >= first
+                forming.count and forming.first_position() >= first
             ):
                 return self._take_replay(forming)
             # Records before the next recorded batch form ordinary batches that must end before it.
@@ -225,7 +228,7 @@ class Batcher:
         limits, accept = self._limits, self._accept
         records = self._buffer.records if self._offset < len(self._buffer) else []
         window_size = self._window_size
-        window = forming.first().arrival_time // window_size * window_size if window_size and forming.count else None
+        window = forming.first_arrival() // window_size * window_size if window_size and forming.count else None
         while self._offset < len(records):
             record = records[self._offset]
             if before is not None and record.position >= before:
