@@ -7,11 +7,10 @@ on-failure destination; the checkpoint moves only after the sinks acknowledged t
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -130,7 +129,8 @@ class LaneWorker:
         batcher = self._batcher
         while not self.stopping:
             self.phase = "reading"
-            read_started = time.time_ns()  # the start of a batch's trace span (engine/tracing.py)
+            # The start of a batch's trace span (engine/tracing.py); 0: the span starts when the batch formed.
+            read_started = time.time_ns() if tracing.enabled() else 0
             unit = await batcher.next()
             if self.stats.blocked_cause in _READ_CAUSES:
                 self.stats.mark_unblocked()  # reading works again after a failed start
@@ -149,7 +149,10 @@ class LaneWorker:
                 continue
             self.phase = "processing"
             self.idle = False
-            with tracing.batch(self.env.pipeline, self.shard_id, unit.records, read_started):
+            if tracing.enabled():
+                with tracing.batch(self.env.pipeline, self.shard_id, unit.records, read_started):
+                    await self._handle_unit(unit)
+            else:  # no context manager per batch while tracing is off
                 await self._handle_unit(unit)
             # Yield at least every YIELD_EVERY seconds: with records always ready and an async handler
             # nothing else would suspend, and other shards, the checkpoint flusher and signals would
@@ -233,11 +236,10 @@ class LaneWorker:
         self.phase = "processing"
         self.stats.mark_unblocked("handler stuck")
 
-    def _context(self, attempts: int, final: bool) -> Context:
+    def _window_context(self, attempts: int, final: bool) -> Context:
+        """The context of a call inside a tumbling window (the window's state and bounds)."""
         env, window = self.env, self._window
-        if window is None:
-            return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
-                           function_arn=env.function_arn)
+        assert window is not None
         return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
                        function_arn=env.function_arn, state=window.state, window=window.bounds, is_final=final,
                        terminated_early=window.terminated_early)
@@ -274,10 +276,12 @@ class LaneWorker:
                 if wait:
                     await self._wait(self._backoff.next_delay())
                 continue
-            self.stats.handled += len(done_records)
+            stats = self.stats
+            stats.handled += len(done_records)
             await self._checkpoint(unit.records[-1].position)
-            self.stats.observe_done(unit.records[0].arrival_time, len(done_records))
-        self._unblocked(self._backoff)
+            stats.observe_done(unit.records[0].arrival_time, len(done_records))
+        if self._backoff.failures or self.stats.blocked_since is not None or self.stats.attempt:
+            self._unblocked(self._backoff)  # (cheap to skip when nothing failed)
 
     async def _run_unit(self, unit: Segment, *, final: bool) -> list[Done]:
         """Call the handler on ``unit`` until each of its records is done or disposed of."""
@@ -295,12 +299,17 @@ class LaneWorker:
                     continue
                 segment = fresh
             stats.attempt = segment.attempts
-            context = self._context(segment.attempts, final and not todo)
-            started = time.perf_counter()
+            if self._window is None:
+                context = Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=segment.attempts,
+                                  timeout=env.timeout, function_arn=env.function_arn)
+            else:
+                context = self._window_context(segment.attempts, final and not todo)
+            if self._slot.busy:
+                await self._wait_for_stuck_call()
+            calls_due = stats.calls_due
+            started = time.monotonic()
+            calls_due[self._lane] = started + env.timeout  # past it: shown as stuck
             try:
-                if self._slot.busy:
-                    await self._wait_for_stuck_call()
-                stats.calls_due[self._lane] = time.monotonic() + env.timeout  # past it: shown as stuck
                 with CallScope(env.pipeline, self.shard_id, segment.records, context, env.handler_output):
                     result = await self._slot.call(Batch(self.shard_id, segment.records), context)
             except HandlerError as exc:
@@ -312,8 +321,8 @@ class LaneWorker:
                 else:
                     outcome = PartlyFailed(result.failed_at, result.items, result.state)
             finally:
-                stats.calls_due.pop(self._lane, None)
-            stats.observe_handler(time.perf_counter() - started)
+                del calls_due[self._lane]
+            stats.observe_handler(time.monotonic() - started)
             if outcome is None:
                 done.append(Done(segment.records, result.items, result.state))
                 if self._window is not None:
@@ -408,11 +417,16 @@ class LaneWorker:
             first=first, last=last, first_arrival=records[0].arrival_time, items=items, window_final=window_final,
         )
         started = time.perf_counter()
-        with tracing.span("sink write"):
-            for sink in env.sinks:
-                if items or sink.keyed_by_batch:
-                    await self._progress.persist(functools.partial(sink.write, batch), "sink", self._wait)
+        write = self._write_sinks(batch, bool(items))
+        await (_traced("sink write", write) if tracing.enabled() else write)
         self.stats.sink_seconds += time.perf_counter() - started
+
+    async def _write_sinks(self, batch: SinkBatch, any_items: bool) -> None:
+        """Every sink that takes this output (a keyed sink takes even none: it overwrites a replayed object)."""
+        persist, wait = self._progress.persist, self._wait
+        for sink in self.env.sinks:
+            if any_items or sink.keyed_by_batch:
+                await persist(sink.write, "sink", wait, batch)
 
     async def _dispose(self, step: Dispose) -> None:
         env, records = self.env, step.records
@@ -448,10 +462,19 @@ class LaneWorker:
             raise
         self.phase = "processing"
 
-    async def _checkpoint(self, position: Position) -> None:
+    def _checkpoint(self, position: Position) -> Awaitable[None]:
+        """The checkpoint write of this lane's progress up to ``position``, to await at once (a plain
+        function returning the write: no coroutine frame of its own per batch)."""
         self._position = position
-        with tracing.span("checkpoint"):
-            await self._progress.lane_done(self._lane, position, windows.dump(self._window), self._wait)
+        window = self._window
+        write = self._progress.lane_done(self._lane, position, None if window is None else windows.dump(window),
+                                         self._wait)
+        return _traced("checkpoint", write) if tracing.enabled() else write
+
+
+async def _traced(name: str, write: Awaitable[None]) -> None:
+    with tracing.span(name):
+        await write
 
 
 #: Blocked causes that a successful read clears (set by the pipeline when a runner failed).
