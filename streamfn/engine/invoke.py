@@ -321,6 +321,8 @@ class HandlerSlot:
             raise HandlerError(f"handler raised {type(exc).__name__}: {exc}") from exc
         if watchdog.stop():
             raise HandlerError(f"handler timed out after {invoker.timeout:g}s")
+        if answer is None:  # success in every interface (see _interpret), and a no-op handler's answer
+            return CallResult([], None)
         return invoker._interpret(answer, batch)
 
     async def _call_in_thread(self, batch: Batch, context: Context) -> CallResult:

@@ -115,6 +115,7 @@ class LaneWorker:
         self._backoff = retry_backoff(env.policy)
         self._slot = env.invoker.slot()  # this lane's calls never overlap, even past a timeout
         self._yield_at = 0.0
+        self._traced = False  # tracing was on when this lane's current batch was read
 
     async def run(self) -> None:
         try:
@@ -129,7 +130,7 @@ class LaneWorker:
         batcher = self._batcher
         while not self.stopping:
             self.phase = "reading"
-            traced = tracing.enabled()  # (a batch is traced if tracing was on when its read began)
+            traced = self._traced = tracing.enabled()  # (a batch is traced if tracing was on when its read began)
             read_started = time.time_ns() if traced else 0  # the start of its trace span (engine/tracing.py)
             unit = await batcher.next()
             if self.stats.blocked_cause in _READ_CAUSES:
@@ -251,7 +252,7 @@ class LaneWorker:
             if self.env.tumbling_window > 0:
                 await self._enter_window(records[0])
             final, replayed = unit.window_closed or unit.shard_end, unit.replayed
-            units: deque[Segment] = deque()  # the write units still to handle after the first (split ones)
+            units: deque[Segment] | None = None  # the write units left after the first (split ones), made if any
             part, attempts = records, 0
             while True:
                 saved = None if self._window is None else self._window_snapshot()
@@ -264,6 +265,8 @@ class LaneWorker:
                     steps = after_call(Segment(done_records, attempts), Failed(f"sink refused the output: {exc}"),
                                        self.env.policy)
                     self._block("sink", str(exc), done_records, attempts + 1)
+                    if units is None:
+                        units = deque()
                     wait = await self._perform(steps, units)
                     if wait:
                         await self._wait(self._backoff.next_delay())
@@ -284,8 +287,8 @@ class LaneWorker:
         """Call the handler on a unit's records until each is done or disposed of: the records done
         and their output. The common case, one call that handles them all, makes no copies."""
         env, stats = self.env, self.stats
-        todo: deque[Segment] = deque()  # what failures left to call again, in shard order
-        done: list[Done] = []
+        todo: deque[Segment] | None = None  # what failures left to call again, in shard order (made on one)
+        done: list[Done] | None = None  # what is done, once more than one call was needed
         expiring = env.policy.max_record_age > 0
         while True:
             if expiring:
@@ -322,14 +325,22 @@ class LaneWorker:
                 if outcome is None:
                     if self._window is not None:
                         self._keep_window_state(result.state, context.is_final)
-                    if not done and not todo:
+                    if done is None and not todo:
                         return records, result.items  # the common case: no copies on the per-record path
+                    if done is None:
+                        done = []
                     done.append(Done(records, result.items, result.state))
                 else:
+                    if done is None:
+                        done = []
+                    if todo is None:
+                        todo = deque()
                     await self._after_failure(Segment(records, attempts), outcome, done, todo)
             if not todo:
                 break
             records, attempts = todo.popleft()
+        if done is None:
+            return [], []  # every record was disposed of
         if len(done) == 1:
             return done[0].records, done[0].items
         return [r for step in done for r in step.records], [item for step in done for item in step.items]
@@ -478,7 +489,7 @@ class LaneWorker:
         window = self._window
         write = self._progress.lane_done(self._lane, position, None if window is None else windows.dump(window),
                                          self._wait)
-        return _traced("checkpoint", write) if tracing.enabled() else write
+        return _traced("checkpoint", write) if self._traced else write
 
 
 async def _traced(name: str, write: Awaitable[None]) -> None:
