@@ -8,6 +8,7 @@ lane is the one-lane case of the same watermark, not a second path.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -73,20 +74,18 @@ class ShardProgress:
         in_flight = stats.writes_in_flight
         backoff = None  # made on the first failure: a write that works first time costs no more
         while True:
-            started = time.monotonic()
+            token = next(_tokens)
+            in_flight[token] = started = time.monotonic()
             try:
-                attempt = write(*args)
-                in_flight[attempt] = started  # keyed by the attempt itself: unique while it runs
-                try:
-                    await attempt
-                finally:
-                    del in_flight[attempt]
+                await write(*args)
             except Exception as exc:
                 error = exc
             else:
                 if backoff is not None:
                     stats.mark_unblocked(target)
                 return
+            finally:
+                del in_flight[token]
             failure = classify_write_error(error)
             if failure.action == "stop":
                 raise error
@@ -104,6 +103,10 @@ class ShardProgress:
                 extra={"pipeline": self.pipeline, "shard": self.shard_id, "error": repr(error)},
             )
             await wait(delay)
+
+
+#: Keys of the writes in flight (``ShardStats.writes_in_flight``).
+_tokens = itertools.count()
 
 
 async def _nothing() -> None:

@@ -79,8 +79,8 @@ class ShardStats:
         self.blocked_cause: str | None = None
         #: Failed writes by (target, kind of failure).
         self.write_errors: dict[tuple[str, str], int] = {}
-        #: Start times (monotonic) of the durable writes in flight now, by the awaitable of each.
-        self.writes_in_flight: dict[object, float] = {}
+        #: Start times (monotonic) of the durable writes in flight now, by a token of each.
+        self.writes_in_flight: dict[int, float] = {}
         #: Handler calls in flight now: by lane, the time (monotonic) by which each should have ended.
         #: One past it holds its lane (an async handler that swallows its cancellation).
         self.calls_due: dict[int, float] = {}
