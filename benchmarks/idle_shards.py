@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from streamfn.connectors.local.log import LocalLog
-from streamfn.engine.memory import tune_process
+from streamfn.engine.memory import freeze_startup, tune_process
 from streamfn.engine.pipeline import Pipeline
 
 from .local_log import STREAM, Scenario, pipeline_for, status_kib
@@ -33,6 +33,7 @@ async def run(shards: int, seconds: float) -> dict[str, Any]:
         tune_process()  # as `streamfn run` does
         pipeline = Pipeline(loaded)
         await pipeline.open()
+        freeze_startup()  # as `streamfn run` does, once its pipelines are open
         stop = asyncio.Event()
         task = asyncio.create_task(pipeline.run(stop))
         try:

@@ -42,7 +42,7 @@ from streamfn.connectors.kafka.offsets import KafkaCheckpointStoreConfig
 from streamfn.connectors.kafka.source import KafkaSourceConfig, PartitionFeed
 from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.daemon import install_event_loop_policy
-from streamfn.engine.memory import tune_process
+from streamfn.engine.memory import freeze_startup, tune_process
 from streamfn.engine.pipeline import Pipeline
 
 SKIPPED = 77
@@ -146,6 +146,7 @@ async def pipeline_run(bootstrap: str, topic: str, records: int, batch: int, fol
 
     PartitionFeed.put = timed_put  # type: ignore[method-assign,assignment]
     await pipeline.open()
+    freeze_startup()  # as `streamfn run` does, once its pipelines are open
     stop = asyncio.Event()
     run = asyncio.create_task(pipeline.run(stop))
     try:

@@ -35,7 +35,7 @@ from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
 from streamfn.connectors.kinesis.source import KinesisSourceConfig
 from streamfn.engine.daemon import install_event_loop_policy
-from streamfn.engine.memory import tune_process
+from streamfn.engine.memory import freeze_startup, tune_process
 from streamfn.engine.pipeline import Pipeline
 
 SKIPPED = 77
@@ -131,6 +131,7 @@ async def pipeline_run(endpoint: str, stream: str, records: int, batch: int, fol
     tune_process()  # as `streamfn run` does
     pipeline = Pipeline(LoadedPipeline(config=config, path=folder / "bench.toml"))
     await pipeline.open()
+    freeze_startup()  # as `streamfn run` does, once its pipelines are open
     stop = asyncio.Event()
     run = asyncio.create_task(pipeline.run(stop))
     try:

@@ -32,7 +32,7 @@ from streamfn.config import LoadedPipeline, pipeline_config_type
 from streamfn.connectors.local.log import LocalLog
 from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.heap import IDLE_CHECK_SECONDS, release_when_idle
-from streamfn.engine.memory import tune_process
+from streamfn.engine.memory import freeze_startup, tune_process
 from streamfn.engine.pipeline import Pipeline
 
 from . import handlers
@@ -134,6 +134,7 @@ async def run(scenario: Scenario, log_path: Path) -> dict[str, Any]:
         tune_process()  # as `streamfn run` does
         pipeline = Pipeline(loaded)
         await pipeline.open()
+        freeze_startup()  # as `streamfn run` does, once its pipelines are open
         stop = asyncio.Event()
         task = asyncio.create_task(pipeline.run(stop))
         releasing = asyncio.create_task(release_when_idle(lambda: totals(pipeline)[0]))  # as `streamfn run` does

@@ -109,16 +109,19 @@ class CallScope:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        seconds = time.perf_counter() - self._started
         if self._span is not None:
             self._span.__exit__(kind, error, trace)
-        failure = error if isinstance(error, HandlerError) else None
+        failure = error if error is not None and isinstance(error, HandlerError) else None
         if self.mode == "off":
             if failure is not None:
                 log_handler_failure(failure, self.fields())
             return
         _current.reset(self._token)
-        self.finish(seconds, failure)
+        with _buffer_lock:  # the common case inline: a quiet call that succeeded writes nothing
+            if failure is None and self._buffer is None and self._partial is None and self.mode == "capture":
+                self.closed = True
+                return
+        self.finish(time.perf_counter() - self._started, failure)
 
     def write(self, stream: str, text: str) -> None:
         """A write to ``sys.stdout`` or ``sys.stderr`` made by the call (from any thread)."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import LoadedPipeline
 from ..errors import StreamfnError
 from . import heap
+from .memory import freeze_startup
 from .notify import READY, announce_running, notify
 from .pipeline import Pipeline
 from .reload import ReloadPlan, plan_reload
@@ -212,6 +213,7 @@ async def run_pipelines(
             await ops.start()
         for key, pipeline in pipelines:
             await fleet.start(key, pipeline)
+        freeze_startup()  # what opening made stays out of every collection (engine/memory.py)
         log.info("running", extra={"pipelines": [p.name for p in fleet.pipelines]})
         announce_running(stop)  # sd_notify READY=1 now, STOPPING=1 once stop is set
         fleet.launch()

@@ -14,11 +14,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import msgspec
+
 from ..errors import AnswerError, HandlerError, HandlerLoadError
 from ..handler_api import Context, Result
 from ..records import Batch, Position
 from ..timefmt import iso_time
-from .deadline import Deadline
+from .deadline import Watchdog
 from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads, Outcome
 
 Interface = Literal["native", "lambda", "runtime-api"]
@@ -93,15 +95,13 @@ def handler_in(module: Any, attr_path: str, named: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
-class CallResult:
-    """What one successful call produced: sink items, and the lowest failed position if any."""
+class CallResult(msgspec.Struct, gc=False):
+    """What one successful call produced: sink items, and the lowest failed position if any.
+    (A struct: made once per call, in C.)"""
 
-    __slots__ = ("failed_at", "items", "state")
-
-    def __init__(self, items: list[Any], failed_at: Position | None, state: Any = None) -> None:
-        self.items = items
-        self.failed_at = failed_at
-        self.state = state
+    items: list[Any]
+    failed_at: Position | None
+    state: Any = None
 
 
 class Invoker:
@@ -168,31 +168,6 @@ class Invoker:
         """One call outside any slot: nothing stops it from overlapping an earlier timed-out call
         of the same batch, so a loop that retries should call through :meth:`slot` instead."""
         return await HandlerSlot(self).call(batch, context)
-
-    async def _call_async(self, batch: Batch, context: Context) -> CallResult:
-        """An async handler runs in the calling lane's own task: the lane's next call cannot start
-        before it ends, and a timeout cancels it. Whatever it raises (SystemExit and
-        KeyboardInterrupt included) is caught here, before it could escape the task and stop the
-        loop; one that swallows the cancellation and answers late has still timed out."""
-        payload: Any = self._event(batch, context) if self._interface != "native" else batch
-        task = asyncio.current_task()
-        deadline = Deadline(self.timeout, task)  # asyncio.timeout's rules, cheaper (see deadline.py)
-        try:
-            async with deadline:
-                answer = await self._handler(payload, context)
-        except asyncio.CancelledError as exc:
-            if task is not None and task.cancelling():
-                raise  # the engine's own cancellation (a stop): not the handler's failure
-            raise HandlerError(f"handler raised CancelledError: {exc}") from exc
-        except BaseException as exc:
-            if deadline.expired():
-                raise HandlerError(f"handler timed out after {self.timeout:g}s") from None
-            if isinstance(exc, HandlerError):
-                raise
-            raise HandlerError(f"handler raised {type(exc).__name__}: {exc}") from exc
-        if deadline.expired():
-            raise HandlerError(f"handler timed out after {self.timeout:g}s")
-        return self._interpret(answer, batch)
 
     def _start(self, batch: Batch, context: Context, reply: asyncio.Future[Outcome]) -> asyncio.Future[Any]:
         """Start a plain-function handler in a thread. ``reply`` gets the call's Outcome as soon as it
@@ -294,15 +269,16 @@ class HandlerSlot:
     A slot serves one caller at a time: its lane.
     """
 
-    __slots__ = ("_invoker", "_running", "call")
+    __slots__ = ("_invoker", "_running", "_watchdog", "call")
 
     def __init__(self, invoker: Invoker) -> None:
         self._invoker = invoker
         self._running: asyncio.Future[Any] | None = None
+        self._watchdog = Watchdog(invoker.timeout)
         #: An async handler runs in the lane's own task (no task, no loop turn of its own per call):
         #: nothing can overlap it, and a call that outlives its timeout holds only its lane.
         self.call: Callable[[Batch, Context], Awaitable[CallResult]] = (
-            invoker._call_async if invoker._is_async else self._call_in_thread)
+            self._call_async if invoker._is_async else self._call_in_thread)
 
     @property
     def busy(self) -> bool:
@@ -315,6 +291,39 @@ class HandlerSlot:
         running = self._running
         if running is not None and not running.done():
             await asyncio.wait((running,))
+
+    async def _call_async(self, batch: Batch, context: Context) -> CallResult:
+        """An async handler runs in the calling lane's own task: the lane's next call cannot start
+        before it ends, and a timeout cancels it (the slot's :class:`Watchdog`: one timer for
+        all of the lane's calls). Whatever it raises (SystemExit and KeyboardInterrupt included)
+        is caught here, before it could escape the task and stop the loop; one that swallows the
+        cancellation and answers late has still timed out."""
+        invoker = self._invoker
+        payload: Any = batch if invoker._interface == "native" else invoker._event(batch, context)
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("an async handler must be called from a task")
+        watchdog = self._watchdog
+        watchdog.start(task)
+        try:
+            answer = await invoker._handler(payload, context)
+        except BaseException as exc:
+            timed_out = watchdog.stop()
+            if isinstance(exc, asyncio.CancelledError):
+                if task.cancelling() > (watchdog.cancelling if timed_out else 0):
+                    raise  # the engine's own cancellation (a stop): not the handler's failure
+                if not timed_out:
+                    raise HandlerError(f"handler raised CancelledError: {exc}") from exc
+            if timed_out:
+                raise HandlerError(f"handler timed out after {invoker.timeout:g}s") from None
+            if isinstance(exc, HandlerError):
+                raise
+            raise HandlerError(f"handler raised {type(exc).__name__}: {exc}") from exc
+        if watchdog.stop():
+            raise HandlerError(f"handler timed out after {invoker.timeout:g}s")
+        if answer is None:  # success in every interface (see _interpret), and a no-op handler's answer
+            return CallResult([], None)
+        return invoker._interpret(answer, batch)
 
     async def _call_in_thread(self, batch: Batch, context: Context) -> CallResult:
         """Call the handler on ``batch`` once the previous call ended.

@@ -7,9 +7,12 @@ records). With a fixed mmap threshold and a higher trim threshold those buffers 
 memory: ~10k faults per million records, ~15 % less CPU. The heap still gives memory back once
 more than ``TRIM_THRESHOLD`` is free at its top.
 
-The collector: objects made at start-up (modules, config, pipeline) are frozen out of every
-collection, and the youngest generation is collected less often, since handlers' decoded values
-make many short-lived containers.
+The collector: the youngest generation is collected less often, since handlers' decoded values
+make many short-lived containers; and objects made at start-up (modules, config, and the opened
+pipelines: their connectors, clients and shard runners) are frozen out of every collection, so
+that the collections the per-batch path triggers do not walk them again and again. The freeze
+comes once the pipelines are open (:func:`freeze_startup`): frozen before, everything the
+pipelines made while opening would stay in the collected generations.
 """
 
 from __future__ import annotations
@@ -28,20 +31,31 @@ TRIM_THRESHOLD = 32 << 20
 GC_GEN0_THRESHOLD = 20_000
 
 _tuned = False
+_frozen = False
 
 
 def tune_process() -> None:
     """Once per process: the allocator and collector settings above. ``streamfn run`` calls it
-    before its pipelines open; a program embedding the engine owns its process and decides."""
+    before its pipelines open, and :func:`freeze_startup` once they are open; a program embedding
+    the engine owns its process and decides."""
     global _tuned
     if _tuned:
         return
     _tuned = True
     _tune_malloc()
-    gc.collect()
-    gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
+def freeze_startup() -> None:
+    """Freeze what start-up made, once the pipelines are open (only in a process :func:`tune_process`
+    tuned, and once: a pipeline opened later, on a reload, stays collectable)."""
+    global _frozen
+    if not _tuned or _frozen:
+        return
+    _frozen = True
+    gc.collect()
+    gc.freeze()
 
 
 def _tune_malloc() -> None:

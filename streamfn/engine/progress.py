@@ -8,7 +8,9 @@ lane is the one-lane case of the same watermark, not a second path.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from ..protocols.checkpoint import Checkpoint, CheckpointStore
@@ -24,12 +26,6 @@ log = logging.getLogger("streamfn.shard")
 Wait = Callable[[float], Awaitable[None]]
 
 
-def show_position(position: Position | None) -> str | None:
-    if position is None:
-        return None
-    return str(position)
-
-
 class ShardProgress:
     """Where a shard is, and the writes that move it (see the module docstring)."""
 
@@ -41,23 +37,25 @@ class ShardProgress:
         self.watermark = Watermark(lanes, position)
         self._store = store
         self._policy = policy
-        stats.checkpoint = show_position(position)
+        stats.checkpoint_at = position
 
     @property
     def position(self) -> Position | None:
         return self.watermark.position
 
-    async def lane_done(self, lane: int, position: Position, window_state: bytes | None, wait: Wait) -> None:
-        """``lane`` is done with every record up to ``position``: checkpoint the new watermark, if it moved
-        (with one lane it always does; a window's state may change without the position moving)."""
+    def lane_done(self, lane: int, position: Position, window_state: bytes | None, wait: Wait) -> Awaitable[None]:
+        """``lane`` is done with every record up to ``position``: the write (to await) that checkpoints the
+        new watermark, if it moved (with one lane it always does; a window's state may change without
+        the position moving). A plain function, not a coroutine: no frame of its own per batch."""
         moved = self.watermark.lane_done(lane, position)
-        if moved is not None:
-            self.stats.checkpoint = show_position(moved)
-            checkpoint = Checkpoint(position=moved, window_state=window_state)
-            await self.persist(self._store.save, "checkpoint store", wait, self.shard_id, checkpoint)
+        if moved is None:
+            return _nothing()
+        self.stats.checkpoint_at = moved
+        return self.persist(self._store.save, "checkpoint store", wait, self.shard_id,
+                            Checkpoint(position=moved, window_state=window_state))
 
     async def save(self, checkpoint: Checkpoint, wait: Wait) -> None:
-        self.stats.checkpoint = "SHARD_END" if checkpoint.shard_end else show_position(checkpoint.position)
+        self.stats.checkpoint_at = "SHARD_END" if checkpoint.shard_end else checkpoint.position
         await self.persist(functools.partial(self._store.save, self.shard_id, checkpoint), "checkpoint store", wait)
 
     async def record_pending(self, first: Position, last: Position, wait: Wait) -> None:
@@ -70,12 +68,14 @@ class ShardProgress:
         """Retry a durable write until it succeeds: the shard waits and shows as blocked, nothing is
         skipped. A lost lease stops the shard; output a sink refuses as it is (SinkError) goes back
         to the caller, which fails the batch through its failure policy. ``write(*args)`` is called
-        for each attempt (arguments rather than a partial: one allocation less per batch)."""
+        for each attempt (arguments rather than a partial: one allocation less per batch). While
+        an attempt runs it is in ``stats.writes_in_flight`` (a hung write shows as blocked)."""
         stats = self.stats
+        in_flight = stats.writes_in_flight
         backoff = None  # made on the first failure: a write that works first time costs no more
         while True:
-            token = stats.write_started()
-            started = stats.writes_in_flight[token]
+            token = next(_tokens)
+            in_flight[token] = started = time.monotonic()
             try:
                 await write(*args)
             except Exception as exc:
@@ -85,7 +85,7 @@ class ShardProgress:
                     stats.mark_unblocked(target)
                 return
             finally:
-                stats.write_finished(token)
+                del in_flight[token]
             failure = classify_write_error(error)
             if failure.action == "stop":
                 raise error
@@ -103,3 +103,11 @@ class ShardProgress:
                 extra={"pipeline": self.pipeline, "shard": self.shard_id, "error": repr(error)},
             )
             await wait(delay)
+
+
+#: Keys of the writes in flight (``ShardStats.writes_in_flight``).
+_tokens = itertools.count()
+
+
+async def _nothing() -> None:
+    """The write of a lane that did not move the watermark: none."""

@@ -7,11 +7,10 @@ on-failure destination; the checkpoint moves only after the sinks acknowledged t
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,6 +115,7 @@ class LaneWorker:
         self._backoff = retry_backoff(env.policy)
         self._slot = env.invoker.slot()  # this lane's calls never overlap, even past a timeout
         self._yield_at = 0.0
+        self._traced = False  # tracing was on when this lane's current batch was read
 
     async def run(self) -> None:
         try:
@@ -130,7 +130,8 @@ class LaneWorker:
         batcher = self._batcher
         while not self.stopping:
             self.phase = "reading"
-            read_started = time.time_ns()  # the start of a batch's trace span (engine/tracing.py)
+            traced = self._traced = tracing.enabled()  # (a batch is traced if tracing was on when its read began)
+            read_started = time.time_ns() if traced else 0  # the start of its trace span (engine/tracing.py)
             unit = await batcher.next()
             if self.stats.blocked_cause in _READ_CAUSES:
                 self.stats.mark_unblocked()  # reading works again after a failed start
@@ -149,7 +150,10 @@ class LaneWorker:
                 continue
             self.phase = "processing"
             self.idle = False
-            with tracing.batch(self.env.pipeline, self.shard_id, unit.records, read_started):
+            if traced:
+                with tracing.batch(self.env.pipeline, self.shard_id, unit.records, read_started):
+                    await self._handle_unit(unit)
+            else:  # no context manager per batch while tracing is off
                 await self._handle_unit(unit)
             # Yield at least every YIELD_EVERY seconds: with records always ready and an async handler
             # nothing else would suspend, and other shards, the checkpoint flusher and signals would
@@ -163,18 +167,6 @@ class LaneWorker:
                     await self._close_window()
                 self.finished = True
                 return
-
-    async def _handle_unit(self, unit: Unit) -> None:
-        stats = self.stats
-        if unit.records:
-            stats.read += len(unit.records)
-            stats.batches += 1
-            if self.env.tumbling_window > 0:
-                await self._enter_window(unit.records[0])
-            await self._handle_batch(unit.records, final=unit.window_closed or unit.shard_end, replayed=unit.replayed)
-        through = unit.through
-        if through.sequence >= 0 and (self._position is None or through > self._position):
-            await self._checkpoint(through)
 
     async def _enter_window(self, first: Record) -> None:
         """Open the window of ``first``, closing the previous one with a final call if still open."""
@@ -233,17 +225,17 @@ class LaneWorker:
         self.phase = "processing"
         self.stats.mark_unblocked("handler stuck")
 
-    def _context(self, attempts: int, final: bool) -> Context:
+    def _window_context(self, attempts: int, final: bool) -> Context:
+        """The context of a call inside a tumbling window (the window's state and bounds)."""
         env, window = self.env, self._window
-        if window is None:
-            return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
-                           function_arn=env.function_arn)
+        assert window is not None
         return Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts, timeout=env.timeout,
                        function_arn=env.function_arn, state=window.state, window=window.bounds, is_final=final,
                        terminated_early=window.terminated_early)
 
-    async def _handle_batch(self, records: Sequence[Record], *, final: bool = False, replayed: bool = False) -> None:
-        """Handle a formed batch to completion: every record done or disposed of.
+    async def _handle_unit(self, unit: Unit) -> None:
+        """Handle a formed batch to completion, every record done or disposed of; then checkpoint
+        through what the filter skipped after it (``unit.through``).
 
         Output is written once per *write unit*, under the unit's own bounds: at first the whole
         batch, whatever bisecting or partial failures happened inside it, so a batch formed again
@@ -251,87 +243,127 @@ class LaneWorker:
         Only output a sink refuses splits a unit (with ``bisect_on_error``), and the halves are
         recorded as pending before they are written. A ``replayed`` batch is written even when it
         yields nothing this time, so that its object from before the restart cannot outlive it.
+        (One coroutine for all of it: a frame less per batch.)
         """
-        units: deque[Segment] = deque([Segment(records)])
-        while units:
-            unit = units.popleft()
-            saved = None if self._window is None else self._window_snapshot()
-            done = await self._run_unit(unit, final=final and not units)
-            if len(done) == 1:  # the common case: no copies on the per-record path
-                done_records, items = done[0].records, done[0].items
-            else:
-                done_records = [r for step in done for r in step.records]
-                items = [item for step in done for item in step.items]
-            try:
-                if self.env.sinks:  # (no sinks: not even the call)
-                    await self._emit(unit.records, items, overwrite=replayed and unit.records is records)
-            except SinkError as exc:
-                self._restore_window(saved)
-                steps = after_call(Segment(done_records, unit.attempts), Failed(f"sink refused the output: {exc}"),
-                                   self.env.policy)
-                self._block("sink", str(exc), done_records, unit.attempts + 1)
-                wait = await self._perform(steps, units)
-                if wait:
-                    await self._wait(self._backoff.next_delay())
-                continue
-            self.stats.handled += len(done_records)
-            await self._checkpoint(position_of(unit.records, -1))
-            self.stats.observe_done(arrival_of(unit.records, 0), len(done_records))
-        self._unblocked(self._backoff)
+        records, stats = unit.records, self.stats
+        if records:
+            stats.read += len(records)
+            stats.batches += 1
+            if self.env.tumbling_window > 0:
+                await self._enter_window(records[0])
+            final, replayed = unit.window_closed or unit.shard_end, unit.replayed
+            units: deque[Segment] | None = None  # the write units left after the first (split ones), made if any
+            part: Sequence[Record] = records
+            attempts = 0
+            while True:
+                saved = None if self._window is None else self._window_snapshot()
+                done_records, items = await self._run_unit(part, attempts, final=final and not units)
+                try:
+                    if self.env.sinks:  # (no sinks: not even the call)
+                        await self._emit(part, items, overwrite=replayed and part is records)
+                except SinkError as exc:
+                    self._restore_window(saved)
+                    steps = after_call(Segment(done_records, attempts), Failed(f"sink refused the output: {exc}"),
+                                       self.env.policy)
+                    self._block("sink", str(exc), done_records, attempts + 1)
+                    if units is None:
+                        units = deque()
+                    wait = await self._perform(steps, units)
+                    if wait:
+                        await self._wait(self._backoff.next_delay())
+                else:
+                    stats.handled += len(done_records)
+                    await self._checkpoint(position_of(part, -1))
+                    stats.observe_done(arrival_of(part, 0), len(done_records))
+                if not units:
+                    break
+                part, attempts = units.popleft()
+            if self._backoff.failures or stats.blocked_since is not None or stats.attempt:
+                self._unblocked(self._backoff)  # (cheap to skip when nothing failed)
+        through = unit.through
+        if through.sequence >= 0 and (self._position is None or through > self._position):
+            await self._checkpoint(through)
 
-    async def _run_unit(self, unit: Segment, *, final: bool) -> list[Done]:
-        """Call the handler on ``unit`` until each of its records is done or disposed of."""
+    async def _run_unit(
+        self, records: Sequence[Record], attempts: int, *, final: bool
+    ) -> tuple[Sequence[Record], list[Any]]:
+        """Call the handler on a unit's records until each is done or disposed of: the records done
+        and their output. The common case, one call that handles them all, makes no copies."""
         env, stats = self.env, self.stats
-        todo: deque[Segment] = deque([unit])
-        done: list[Done] = []
+        todo: deque[Segment] | None = None  # what failures left to call again, in shard order (made on one)
+        done: list[Done] | None = None  # what is done, once more than one call was needed
         expiring = env.policy.max_record_age > 0
-        while todo:
-            segment = todo.popleft()
+        while True:
             if expiring:
-                disposal, fresh = expire(segment, env.policy)
+                disposal, fresh = expire(Segment(records, attempts), env.policy)
                 if disposal is not None:
                     await self._dispose(disposal)
-                if fresh is None:
-                    continue
-                segment = fresh
-            stats.attempt = segment.attempts
-            context = self._context(segment.attempts, final and not todo)
-            started = time.perf_counter()
-            try:
+                records = [] if fresh is None else fresh.records
+            if records:
+                stats.attempt = attempts
+                if self._window is None:
+                    context = Context(pipeline=env.pipeline, shard_id=self.shard_id, attempt=attempts,
+                                      timeout=env.timeout, function_arn=env.function_arn)
+                else:
+                    context = self._window_context(attempts, final and not todo)
                 if self._slot.busy:
                     await self._wait_for_stuck_call()
-                stats.calls_due[self._lane] = time.monotonic() + env.timeout  # past it: shown as stuck
-                with CallScope(env.pipeline, self.shard_id, segment.records, context, env.handler_output):
-                    result = await self._slot.call(Batch(self.shard_id, segment.records), context)
-            except HandlerError as exc:
-                outcome: Failed | PartlyFailed | None = Failed(
-                    str(exc), function_error=not isinstance(exc, AnswerError))
-            else:
-                if result.failed_at is None:  # the common case, as after_call decides it: all done
-                    outcome = None
+                calls_due = stats.calls_due
+                started = time.monotonic()
+                calls_due[self._lane] = started + env.timeout  # past it: shown as stuck
+                try:
+                    with CallScope(env.pipeline, self.shard_id, records, context, env.handler_output):
+                        result = await self._slot.call(Batch(self.shard_id, records), context)
+                except HandlerError as exc:
+                    outcome: Failed | PartlyFailed | None = Failed(
+                        str(exc), function_error=not isinstance(exc, AnswerError))
                 else:
-                    outcome = PartlyFailed(result.failed_at, result.items, result.state)
-            finally:
-                stats.calls_due.pop(self._lane, None)
-            stats.observe_handler(time.perf_counter() - started)
-            if outcome is None:
-                done.append(Done(segment.records, result.items, result.state))
-                if self._window is not None:
-                    self._keep_window_state(result.state, context.is_final)
-                continue
-            steps = after_call(segment, outcome, env.policy)
-            for step in steps:
-                if isinstance(step, Done):
-                    done.append(step)
-                    # A final call closes its window only if nothing of it is left to retry.
-                    self._keep_window_state(step.state, False)
-            error = outcome.error if isinstance(outcome, Failed) else "partial batch failure"
-            failed = segment.records if isinstance(outcome, Failed) else [
-                r for r in segment.records if r.position >= outcome.failed_at]
-            self._block("handler", error, failed, segment.attempts + 1, bisected=_splits(steps))
-            if await self._perform(steps, todo):
-                await self._wait(self._backoff.next_delay())
-        return done
+                    if result.failed_at is None:  # the common case, as after_call decides it: all done
+                        outcome = None
+                    else:
+                        outcome = PartlyFailed(result.failed_at, result.items, result.state)
+                finally:
+                    del calls_due[self._lane]
+                stats.observe_handler(time.monotonic() - started)
+                if outcome is None:
+                    if self._window is not None:
+                        self._keep_window_state(result.state, context.is_final)
+                    if done is None and not todo:
+                        return records, result.items  # the common case: no copies on the per-record path
+                    if done is None:
+                        done = []
+                    done.append(Done(records, result.items, result.state))
+                else:
+                    if done is None:
+                        done = []
+                    if todo is None:
+                        todo = deque()
+                    await self._after_failure(Segment(records, attempts), outcome, done, todo)
+            if not todo:
+                break
+            records, attempts = todo.popleft()
+        if done is None:
+            return [], []  # every record was disposed of
+        if len(done) == 1:
+            return done[0].records, done[0].items
+        return [r for step in done for r in step.records], [item for step in done for item in step.items]
+
+    async def _after_failure(self, segment: Segment, outcome: Failed | PartlyFailed, done: list[Done],
+                             todo: deque[Segment]) -> None:
+        """Perform what ``after_call`` decides after a failed call: what got done joins ``done``,
+        retries join ``todo`` (first, in shard order), disposals go to the destination."""
+        steps = after_call(segment, outcome, self.env.policy)
+        for step in steps:
+            if isinstance(step, Done):
+                done.append(step)
+                # A final call closes its window only if nothing of it is left to retry.
+                self._keep_window_state(step.state, False)
+        error = outcome.error if isinstance(outcome, Failed) else "partial batch failure"
+        failed = segment.records if isinstance(outcome, Failed) else [
+            r for r in segment.records if r.position >= outcome.failed_at]
+        self._block("handler", error, failed, segment.attempts + 1, bisected=_splits(steps))
+        if await self._perform(steps, todo):
+            await self._wait(self._backoff.next_delay())
 
     async def _perform(self, steps: list[Step], todo: deque[Segment]) -> bool:
         """Queue retries (in shard order, first), dispose of what was given up; True: back off first."""
@@ -408,11 +440,16 @@ class LaneWorker:
             first=first, last=last, first_arrival=arrival_of(records, 0), items=items, window_final=window_final,
         )
         started = time.perf_counter()
-        with tracing.span("sink write"):
-            for sink in env.sinks:
-                if items or sink.keyed_by_batch:
-                    await self._progress.persist(functools.partial(sink.write, batch), "sink", self._wait)
+        write = self._write_sinks(batch, bool(items))
+        await (_traced("sink write", write) if tracing.enabled() else write)
         self.stats.sink_seconds += time.perf_counter() - started
+
+    async def _write_sinks(self, batch: SinkBatch, any_items: bool) -> None:
+        """Every sink that takes this output (a keyed sink takes even none: it overwrites a replayed object)."""
+        persist, wait = self._progress.persist, self._wait
+        for sink in self.env.sinks:
+            if any_items or sink.keyed_by_batch:
+                await persist(sink.write, "sink", wait, batch)
 
     async def _dispose(self, step: Dispose) -> None:
         env, records = self.env, step.records
@@ -448,10 +485,19 @@ class LaneWorker:
             raise
         self.phase = "processing"
 
-    async def _checkpoint(self, position: Position) -> None:
+    def _checkpoint(self, position: Position) -> Awaitable[None]:
+        """The checkpoint write of this lane's progress up to ``position``, to await at once (a plain
+        function returning the write: no coroutine frame of its own per batch)."""
         self._position = position
-        with tracing.span("checkpoint"):
-            await self._progress.lane_done(self._lane, position, windows.dump(self._window), self._wait)
+        window = self._window
+        write = self._progress.lane_done(self._lane, position, None if window is None else windows.dump(window),
+                                         self._wait)
+        return _traced("checkpoint", write) if self._traced else write
+
+
+async def _traced(name: str, write: Awaitable[None]) -> None:
+    with tracing.span(name):
+        await write
 
 
 #: Blocked causes that a successful read clears (set by the pipeline when a runner failed).

@@ -5,10 +5,11 @@ The metrics endpoint and ``streamfn status`` read these; the engine never reads 
 
 from __future__ import annotations
 
-import itertools
 import time
 from bisect import bisect_left
 from typing import Literal
+
+from ..records import Position
 
 #: What a durable write went to: the failure counters and the blocked cause are labelled with it.
 WriteTarget = Literal["sink", "checkpoint store", "destination"]
@@ -29,7 +30,7 @@ class ShardStats:
         "blocked_cause",
         "blocked_since",
         "calls_due",
-        "checkpoint",
+        "checkpoint_at",
         "done_buckets",
         "done_records",
         "done_seconds",
@@ -70,13 +71,15 @@ class ShardStats:
         self.done_records = 0
         self.done_seconds = 0.0
         self.behind_ms: float | None = None
-        self.checkpoint: str | None = None
+        #: The checkpoint as the engine last moved it: a Position (spelled only when read: moving it
+        #: is per batch, reading it per scrape), "SHARD_END", or None. Read it as :attr:`checkpoint`.
+        self.checkpoint_at: Position | str | None = None
         self.blocked_since: float | None = None
         #: Why the shard is blocked: "handler", "handler stuck", "source", or a write target.
         self.blocked_cause: str | None = None
         #: Failed writes by (target, kind of failure).
         self.write_errors: dict[tuple[str, str], int] = {}
-        #: Start times (monotonic) of the writes in flight now, by a token of each.
+        #: Start times (monotonic) of the durable writes in flight now, by a token of each.
         self.writes_in_flight: dict[int, float] = {}
         #: Handler calls in flight now: by lane, the time (monotonic) by which each should have ended.
         #: One past it holds its lane (an async handler that swallows its cancellation).
@@ -85,6 +88,16 @@ class ShardStats:
         self.trimmed = 0
         self.last_error: str | None = None
         self.started = time.time()
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint as text ("12", "12:3", "SHARD_END"), or None before the first."""
+        at = self.checkpoint_at
+        return at if at is None or isinstance(at, str) else str(at)
+
+    @checkpoint.setter
+    def checkpoint(self, text: str | None) -> None:
+        self.checkpoint_at = text
 
     def observe_handler(self, seconds: float) -> None:
         """Count one handler call that took ``seconds`` (the histogram the metrics endpoint shows)."""
@@ -97,7 +110,9 @@ class ShardStats:
         record (an upper bound for all of them, exact for one), so that the cost stays per batch, not per record."""
         if oldest_arrival <= 0:
             return  # a source that gave no arrival time
-        seconds = max(0.0, time.time() - oldest_arrival)
+        seconds = time.time() - oldest_arrival
+        if seconds < 0.0:  # the clock stepped back
+            seconds = 0.0
         self.done_records += records
         self.done_seconds += seconds * records
         self.done_buckets[bisect_left(DONE_BUCKETS, seconds)] += records
@@ -115,14 +130,6 @@ class ShardStats:
         if cause is None or self.blocked_cause == cause:
             self.blocked_since = None
             self.blocked_cause = None
-
-    def write_started(self) -> int:
-        token = next(_tokens)
-        self.writes_in_flight[token] = time.monotonic()
-        return token
-
-    def write_finished(self, token: int) -> None:
-        self.writes_in_flight.pop(token, None)
 
     def count_write_error(self, target: str, kind: str) -> None:
         key = (target, kind)
@@ -154,6 +161,3 @@ class ShardStats:
         if self._overdue_since(now) is not None:
             return True
         return bool(self.writes_in_flight) and now - min(self.writes_in_flight.values()) > stalled_after
-
-
-_tokens = itertools.count()

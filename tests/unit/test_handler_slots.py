@@ -195,6 +195,36 @@ async def test_a_timed_out_async_call_is_cancelled() -> None:
     assert not slot.busy
 
 
+async def test_a_slots_one_timer_spares_calls_that_end_in_time_and_times_out_the_one_that_hangs() -> None:
+    """One timer serves all of a slot's async calls: calls that end in time over several timeout
+    periods are never cancelled, and a later call that hangs still times out, its lane's task
+    left uncancelled for the next call."""
+    hanging = asyncio.Event()
+
+    async def handler(records: Batch, ctx: Context) -> list[int]:
+        if records[0].sequence == 0:
+            await hanging.wait()
+        else:
+            await asyncio.sleep(0.01)
+        return [records[0].sequence]
+
+    timeout = 0.5  # long next to a loop turn: no stall of a loaded machine passes for a timeout
+    slot = invoker(handler, timeout=timeout).slot()
+    loop = asyncio.get_running_loop()
+    first = loop.time()
+    seq = 1
+    while loop.time() - first < 2.5 * timeout:
+        assert (await slot.call(batch(seq=seq), context())).items == [seq]
+        seq += 1
+    started = loop.time()
+    with pytest.raises(HandlerError, match="timed out"):
+        await slot.call(batch(seq=0), context())
+    assert loop.time() - started >= timeout - 0.002
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    assert (await slot.call(batch(seq=seq), context())).items == [seq]
+
+
 async def test_an_async_call_that_ignores_its_cancellation_holds_its_lane_until_it_ends() -> None:
     entries = Entries()
     finish = asyncio.Event()

@@ -165,12 +165,21 @@ class LocalCheckpointStore(CheckpointStore):
         return checkpoint
 
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
-        self._raise_if_failed()
-        self._current[shard_id] = advance(self._current.get(shard_id), checkpoint)
-        self._dirty.add(shard_id)
+        """Keep ``checkpoint`` in memory; the flusher commits it (called once per batch: kept lean)."""
+        if self._error is not None:
+            self._raise_if_failed()
+        previous = self._current.get(shard_id)
+        if (previous is not None and previous.pending) or checkpoint.pending or checkpoint.shard_end:
+            checkpoint = advance(previous, checkpoint)  # else it would return ``checkpoint`` as it is
+        self._current[shard_id] = checkpoint
         if self._failing is not None:
+            self._dirty.add(shard_id)
             self._write()  # the state folder is failing: say so to the caller, rather than pile up
-        self._wake.set()
+            return
+        dirty = self._dirty
+        if shard_id not in dirty:  # a dirty shard's commit is due already (the flusher was woken for it)
+            dirty.add(shard_id)
+            self._wake.set()
 
     async def record_pending(self, shard_id: str, first: Position, last: Position) -> None:
         self._raise_if_failed()
