@@ -185,8 +185,11 @@ class Batch(Sequence[Record]):
             if datas is None:
                 assert self._records is not None
                 return Batch(self.shard_id, self._records[index])
+            start, stop, step = index.indices(len(datas))
+            if step == 1:
+                return self.cut(start, max(start, stop))
             part = Batch.from_columns(
-                self.shard_id, datas[index], self._sequences[index], self._keys[index], self._arrivals[index],
+                self.shard_id, list(datas)[index], self._sequences[index], self._keys[index], self._arrivals[index],
                 None if self._subs is None else self._subs[index],
                 None if self._attributes is None else self._attributes[index],
             )
@@ -201,6 +204,25 @@ class Batch(Sequence[Record]):
             0 if self._subs is None else self._subs[index],
             None if self._attributes is None else self._attributes[index],
         )
+
+    def cut(self, start: int, stop: int) -> Batch:
+        """Records ``start`` to ``stop - 1`` (``0 <= start <= stop <= len``): a slice, made without a
+        slice object (the batcher and readers cut on every batch)."""
+        datas = self._datas
+        if datas is None:
+            assert self._records is not None
+            return Batch(self.shard_id, self._records[start:stop])
+        part = Batch.__new__(Batch)
+        part.shard_id = self.shard_id
+        part._datas = datas.cut(start, stop) if type(datas) is DataColumn else datas[start:stop]
+        part._sequences = self._sequences[start:stop]
+        keys = self._keys
+        part._keys = keys.cut(start, stop) if type(keys) is LazyColumn else keys[start:stop]
+        part._arrivals = self._arrivals[start:stop]
+        part._subs = None if self._subs is None else self._subs[start:stop]
+        part._attributes = None if self._attributes is None else self._attributes[start:stop]
+        part._records = None if self._records is None else self._records[start:stop]
+        return part
 
     def __len__(self) -> int:
         datas = self._datas
@@ -330,7 +352,7 @@ class DataColumn(Sequence[bytes]):
             start, stop, step = index.indices(self._length)
             if step != 1:
                 return list(self)[index]
-            return self._cut(start, max(start, stop))
+            return self.cut(start, max(start, stop))
         i = index + self._length if index < 0 else index
         if not 0 <= i < self._length:
             raise IndexError("record index out of range")
@@ -341,14 +363,19 @@ class DataColumn(Sequence[bytes]):
             i -= hi - lo
         raise AssertionError("unreachable: the index was checked against the length")
 
-    def _cut(self, start: int, stop: int) -> DataColumn:
+    def cut(self, start: int, stop: int) -> DataColumn:
+        """Records ``start`` to ``stop - 1`` (``0 <= start <= stop <= len``)."""
+        segments = self._segments
+        if len(segments) == 1:  # the common case, without a loop
+            buffer, ends, lo, _, lines = segments[0]
+            return DataColumn([(buffer, ends, lo + start, lo + stop, lines)], stop - start)
         kept = []
         for buffer, ends, lo, hi, lines in self._segments:
             count = hi - lo
             if stop > 0 and start < count:
                 kept.append((buffer, ends, lo + max(start, 0), lo + min(stop, count), lines))
             start, stop = start - count, stop - count
-        return DataColumn(kept)
+        return DataColumn(kept, sum(hi - lo for _, _, lo, hi, _ in kept))
 
     def __iter__(self) -> Iterator[bytes]:
         for buffer, ends, lo, hi, _ in self._segments:
@@ -394,22 +421,31 @@ def arrival_of(records: Sequence[Record], index: int) -> float:
 
 class LazyColumn(Sequence[Any]):
     """A column made only when first read: a source gives one for a field most handlers never
-    look at (the local log's partition keys cost more to decode than the data), and slices and
-    joins of it stay lazy too."""
+    look at (the local log's partition keys cost more to decode than the data). A slice is a view
+    of its column until read (slicing is on every batch's path; making the column is not)."""
 
-    __slots__ = ("_length", "_make", "_values")
+    __slots__ = ("_length", "_make", "_start", "_values", "_whole")
 
     def __init__(self, make: Callable[[], Sequence[Any]], length: int) -> None:
         self._make: Callable[[], Sequence[Any]] | None = make
         self._values: Sequence[Any] | None = None
         self._length = length
+        #: For a slice not read yet: the column it was cut from, and where it starts there.
+        self._whole: LazyColumn | None = None
+        self._start = 0
 
     def values(self) -> Sequence[Any]:
         values = self._values
         if values is None:
-            assert self._make is not None
-            values = self._values = self._make()
-            self._make = None  # what it closed over (a stored block's bytes) is released
+            whole = self._whole
+            if whole is not None:
+                values = whole.values()[self._start : self._start + self._length]
+                self._whole = None
+            else:
+                assert self._make is not None
+                values = self._make()
+                self._make = None  # what it closed over (a stored block's bytes) is released
+            self._values = values
         return values
 
     def __len__(self) -> int:
@@ -421,11 +457,26 @@ class LazyColumn(Sequence[Any]):
     def __getitem__(self, index: slice) -> LazyColumn: ...
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
-            if self._values is not None:
-                part = self._values[index]
-                return LazyColumn(lambda: part, len(part))
-            return LazyColumn(lambda: self.values()[index], len(range(self._length)[index]))
+            start, stop, step = index.indices(self._length)
+            if step == 1:
+                return self.cut(start, max(start, stop))
+            part = self.values()[index]
+            return LazyColumn(lambda: part, len(part))
         return self.values()[index]
+
+    def cut(self, start: int, stop: int) -> LazyColumn:
+        """Values ``start`` to ``stop - 1`` (``0 <= start <= stop <= len``): a view until read."""
+        view = LazyColumn.__new__(LazyColumn)
+        view._make = None
+        view._length = stop - start
+        values = self._values
+        if values is not None:
+            view._values, view._whole, view._start = values[start:stop], None, 0
+            return view
+        view._values = None
+        whole = self._whole
+        view._whole, view._start = (self, start) if whole is None else (whole, self._start + start)
+        return view
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.values())

@@ -196,7 +196,7 @@ class Batcher:
         if self._offset >= len(self._buffer):
             self._buffer = fresh
         else:
-            self._buffer = Batch.join(self._shard_id, [self._buffer[self._offset :], fresh])
+            self._buffer = Batch.join(self._shard_id, [self._buffer.cut(self._offset, len(self._buffer)), fresh])
         self._offset = 0
 
     def _take(self, forming: _Forming) -> bool:
@@ -215,7 +215,8 @@ class Batcher:
         limits = self._limits
         buffer, start = self._buffer, self._offset
         room = limits.max_records - forming.count
-        chunk = buffer if start == 0 and room >= len(buffer) else buffer[start : start + room]
+        buffered = len(buffer)
+        chunk = buffer if start == 0 and room >= buffered else buffer.cut(start, min(start + room, buffered))
         size = chunk.nbytes
         if forming.nbytes + size > limits.max_bytes:
             return self._take_each(forming)

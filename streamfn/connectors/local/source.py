@@ -291,7 +291,7 @@ class LocalShardReader(ShardReader):
     def _hand_out(self, max_records: int, trimmed: int) -> ReadResult:
         """The next records read ahead; the list is dropped once all are handed out."""
         start = self._ahead_at
-        records = self._ahead[start : start + max_records]
+        records = self._ahead.cut(start, min(start + max_records, len(self._ahead)))
         self._ahead_at = start + len(records)
         if self._ahead_at >= len(self._ahead):
             self._ahead, self._ahead_at = _NOTHING, 0
