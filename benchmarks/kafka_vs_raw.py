@@ -12,7 +12,9 @@ handled and committed (the group join is left out: it is the broker's, and Tansu
 seconds). CPU seconds and peak RSS (VmHWM) are that process's. Reps alternate the contenders;
 medians are reported.
 
-``python -m benchmarks.kafka_vs_raw [--records 1000000] [--batch 1000] [--partitions 4] [--repeats 3] [--json]``
+``python -m benchmarks.kafka_vs_raw [--records 1000000] [--batch 1000] [--partitions 4] [--repeats 3] [--json]
+[--tree LABEL=PATH ...]``: ``--tree`` adds the pipeline of another checkout (``streamfn@LABEL``, run with that
+checkout's code and harness) to the interleaved reps, so two versions are compared in one run.
 Uses the broker in STREAMFN_TEST_KAFKA, else starts Tansu (exit 77 when neither is available).
 """
 
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import importlib
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -61,7 +64,7 @@ class Progress:
 async def json_handler(batch: Batch, context: Context) -> None:
     """The raw loop's work: decode every value (the way README tells users to)."""
     batch.json()
-    Progress.handled += len(batch.records)
+    Progress.handled += len(batch)
     if Progress.handled >= Progress.target and Progress.done is not None:
         Progress.done.set()
 
@@ -179,7 +182,9 @@ def confluent_loop(bootstrap: str, topic: str, records: int, batch: int) -> dict
                 started, cpu0 = time.perf_counter(), time.process_time()
             for message in messages:
                 if message.error() is None:
-                    loads(message.value())
+                    value = message.value()
+                    if value is not None:
+                        loads(value)
                     done += 1
             if messages:
                 consumer.commit(asynchronous=False)
@@ -203,18 +208,32 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 CONTENDERS = ("raw-aiokafka", "streamfn", "raw-confluent")
 
 
+def trees(specs: list[str]) -> dict[str, Path]:
+    """``--tree LABEL=PATH`` options as contender names (``streamfn@LABEL``) and checkouts."""
+    found: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not (Path(path) / "streamfn").is_dir():
+            raise SystemExit(f"--tree {spec!r}: expected LABEL=PATH of a streamfn checkout")
+        found[f"streamfn@{label}"] = Path(path).resolve()
+    return found
+
+
 def measure(args: argparse.Namespace, bootstrap: str) -> list[dict[str, Any]]:
     topic = asyncio.run(preload(bootstrap, args.records, args.partitions))
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    here = Path(__file__).resolve().parent.parent
+    checkouts = {name: here for name in CONTENDERS} | trees(args.tree)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
     skipped: set[str] = set()
     for _ in range(args.repeats):
-        for name in CONTENDERS:
+        for name, checkout in checkouts.items():
             if name in skipped:
                 continue
-            command = [sys.executable, "-m", "benchmarks.kafka_vs_raw", "--run", name, "--bootstrap", bootstrap,
-                       "--topic", topic, "--records", str(args.records), "--batch", str(args.batch)]
-            done = subprocess.run(command, capture_output=True, check=False, timeout=1800,
-                                  cwd=Path(__file__).resolve().parent.parent)
+            command = [sys.executable, "-m", "benchmarks.kafka_vs_raw", "--run", name.partition("@")[0],
+                       "--bootstrap", bootstrap, "--topic", topic, "--records", str(args.records),
+                       "--batch", str(args.batch)]
+            env = {**os.environ, "PYTHONPATH": str(checkout)}
+            done = subprocess.run(command, capture_output=True, check=False, timeout=1800, cwd=checkout, env=env)
             if done.returncode == SKIPPED:
                 skipped.add(name)
                 continue
@@ -247,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON line (the harness's contract)")
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                        help="also run the pipeline of the streamfn checkout at PATH, as streamfn@LABEL")
     parser.add_argument("--run", choices=CONTENDERS, help=argparse.SUPPRESS)  # one contender, in a child
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
@@ -267,9 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{args.records:,} records of ~246 B, {args.partitions} partitions, batch {args.batch}, "
           f"medians of {args.repeats}")
+    raw = next((row for row in rows if row["contender"] == "raw-aiokafka"), None)
     for row in rows:
-        print(f"  {row['contender']:>14}: {row['records_per_s']:>10,} records/s  {row['cpu_us_per_record']:>6.2f}"
-              f" CPU µs/record  {row['peak_rss_mib']:>5.0f} MiB peak RSS")
+        versus = "" if raw is None else (
+            f"  {row['records_per_s'] / raw['records_per_s']:.2f}x raw aiokafka's records/s"
+            f" at {row['cpu_us_per_record'] / raw['cpu_us_per_record']:.2f}x its CPU")
+        print(f"  {row['contender']:>16}: {row['records_per_s']:>10,} records/s  {row['cpu_us_per_record']:>6.2f}"
+              f" CPU µs/record  {row['peak_rss_mib']:>5.0f} MiB peak RSS{versus}")
     return 0
 
 

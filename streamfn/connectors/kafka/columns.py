@@ -1,0 +1,253 @@
+"""A Kafka fetch as columns: the engine gets a columnar ``Batch``, not a ``Record`` per message.
+
+aiokafka hands out one ``ConsumerRecord`` per message. The source reads the five fields it needs
+into columns in one pass (``Fetched.of``) and drops the consumer's objects at once: they are
+tracked by the garbage collector, and a full feed of them (10,000 per partition) would make every
+collection walk them. Values and offsets are the batch's data and sequences; partition keys,
+arrival times and ``attributes`` are computed from the raw columns only when read, one element at
+a time for the engine's look at a batch's first record, or whole for a handler that iterates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
+from functools import partial
+from itertools import chain, pairwise
+from operator import attrgetter
+from typing import Any, overload
+
+import msgspec
+
+from ...records import Batch, LazyColumn, Record
+
+_TIMESTAMP_NAMES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
+
+
+class KafkaAttributes(msgspec.Struct, frozen=True, gc=False):
+    """A Kafka record's ``attributes``: a read-only mapping of ``topic``, ``partition``, ``key`` (the
+    raw bytes or None), ``headers`` (the consumer's tuple of ``(name, value)`` pairs) and
+    ``timestamp_type``.
+
+    A struct rather than a dict: ~40 % cheaper to build per record, and invisible to the garbage
+    collector like the Record holding it. It reads like the dict it replaces (``[]``, ``get``,
+    ``in``, ``keys``/``items``, ``dict(...)``, ``==`` with a dict).
+    """
+
+    topic: str
+    partition: int
+    key: bytes | None
+    headers: Any
+    timestamp_type: str
+
+    def __getitem__(self, name: str) -> Any:
+        if name in _ATTRIBUTE_NAMES:
+            return getattr(self, name)
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in _ATTRIBUTE_NAMES else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in _ATTRIBUTE_NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_ATTRIBUTE_NAMES)
+
+    def __len__(self) -> int:
+        return len(_ATTRIBUTE_NAMES)
+
+    def keys(self) -> KeysView[str]:
+        return KeysView(self)
+
+    def items(self) -> ItemsView[str, Any]:
+        return ItemsView(self)
+
+    def values(self) -> ValuesView[Any]:
+        return ValuesView(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(msgspec.structs.astuple(self))
+
+
+_ATTRIBUTE_NAMES = ("topic", "partition", "key", "headers", "timestamp_type")
+Mapping.register(KafkaAttributes)
+
+
+def _key_text(key: bytes | None) -> str:
+    """A record's partition key: the Kafka key as text (undecodable bytes replaced), "" for none."""
+    return "" if key is None else key.decode("utf-8", "replace")
+
+
+def _arrival(timestamp: int) -> float:
+    """Epoch seconds of a Kafka timestamp in milliseconds (0.0 for none: -1)."""
+    return timestamp / 1000.0 if timestamp > 0 else 0.0
+
+
+def _all_keys(keys: Sequence[bytes | None]) -> list[str]:
+    return [_key_text(key) for key in keys]
+
+
+def _all_arrivals(stamps: Sequence[int]) -> list[float]:
+    if stamps and min(stamps) > 0:
+        return [stamp / 1000.0 for stamp in stamps]
+    return [_arrival(stamp) for stamp in stamps]
+
+
+class KeyColumn(LazyColumn):
+    """Partition keys decoded from the raw Kafka keys when read; one key read alone decodes one."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Sequence[bytes | None]) -> None:
+        super().__init__(partial(_all_keys, raw), len(raw))
+        self._raw = raw
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> KeyColumn: ...
+    def __getitem__(self, index: int | slice) -> str | KeyColumn:
+        if isinstance(index, slice):
+            return KeyColumn(self._raw[index])
+        return _key_text(self._raw[index])
+
+
+class ArrivalColumn(LazyColumn):
+    """Arrival times (epoch seconds) from Kafka's millisecond timestamps, converted when read."""
+
+    __slots__ = ("_stamps",)
+
+    def __init__(self, stamps: Sequence[int]) -> None:
+        super().__init__(partial(_all_arrivals, stamps), len(stamps))
+        self._stamps = stamps
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+    @overload
+    def __getitem__(self, index: slice) -> ArrivalColumn: ...
+    def __getitem__(self, index: int | slice) -> float | ArrivalColumn:
+        if isinstance(index, slice):
+            return ArrivalColumn(self._stamps[index])
+        return _arrival(self._stamps[index])
+
+
+class _RawAttributes(msgspec.Struct, frozen=True, gc=False):
+    """What a run of one partition's records needs to build their ``KafkaAttributes``."""
+
+    topic: str
+    partition: int
+    keys: Sequence[bytes | None]
+    headers: Sequence[Any]
+    types: Sequence[int]
+
+    def one(self, index: int) -> KafkaAttributes:
+        return KafkaAttributes(self.topic, self.partition, self.keys[index], self.headers[index],
+                               _TIMESTAMP_NAMES.get(self.types[index], "NO_TIMESTAMP_TYPE"))
+
+    def all(self) -> list[KafkaAttributes]:
+        names, topic, partition = _TIMESTAMP_NAMES, self.topic, self.partition
+        return [KafkaAttributes(topic, partition, key, headers, names.get(kind, "NO_TIMESTAMP_TYPE"))
+                for key, headers, kind in zip(self.keys, self.headers, self.types, strict=True)]
+
+    def part(self, index: slice) -> _RawAttributes:
+        return _RawAttributes(self.topic, self.partition, self.keys[index], self.headers[index], self.types[index])
+
+
+class AttributeColumn(LazyColumn):
+    """Each record's ``KafkaAttributes``, built when read; one read alone builds one."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: _RawAttributes) -> None:
+        super().__init__(raw.all, len(raw.keys))
+        self._raw = raw
+
+    @overload
+    def __getitem__(self, index: int) -> KafkaAttributes: ...
+    @overload
+    def __getitem__(self, index: slice) -> AttributeColumn: ...
+    def __getitem__(self, index: int | slice) -> KafkaAttributes | AttributeColumn:
+        if isinstance(index, slice):
+            return AttributeColumn(self._raw.part(index))
+        return self._raw.one(index)
+
+
+_FIELDS = attrgetter("value", "key", "timestamp", "headers", "timestamp_type")
+
+
+class Fetched:
+    """Consecutive messages of one partition as columns, in offset order (see the module doc)."""
+
+    __slots__ = ("datas", "headers", "keys", "offsets", "partition", "stamps", "topic", "types")
+
+    def __init__(self, topic: str, partition: int, offsets: Sequence[int], datas: list[bytes],
+                 keys: Sequence[bytes | None], stamps: Sequence[int], headers: Sequence[Any],
+                 types: Sequence[int]) -> None:
+        self.topic, self.partition = topic, partition
+        self.offsets, self.datas, self.keys = offsets, datas, keys
+        self.stamps, self.headers, self.types = stamps, headers, types
+
+    @classmethod
+    def of(cls, messages: Sequence[Any]) -> Fetched:
+        """The columns of aiokafka ``ConsumerRecord``s (one partition, offsets increasing; a None
+        value becomes b""). One C-level pass reads all five fields of every message."""
+        if not messages:
+            return cls("", 0, range(0), [], (), (), (), ())
+        values, keys, stamps, headers, types = zip(*map(_FIELDS, messages), strict=True)
+        datas = list(values) if all(values) else [b"" if value is None else value for value in values]
+        head, tail = messages[0], messages[-1]
+        first, last = head.offset, tail.offset
+        # Offsets increase within a fetch: equal spans mean no gap (compaction and transaction
+        # markers leave gaps, which keep the offsets as a list).
+        offsets = range(first, last + 1) if last - first + 1 == len(messages) else [m.offset for m in messages]
+        return cls(head.topic, head.partition, offsets, datas, keys, stamps, headers, types)
+
+    def __len__(self) -> int:
+        return len(self.datas)
+
+    def part(self, start: int, stop: int) -> Fetched:
+        """Messages ``start`` to ``stop`` (exclusive), as their own columns."""
+        cut = slice(start, stop)
+        return Fetched(self.topic, self.partition, self.offsets[cut], self.datas[cut], self.keys[cut],
+                       self.stamps[cut], self.headers[cut], self.types[cut])
+
+    @classmethod
+    def join(cls, parts: Sequence[Fetched]) -> Fetched:
+        """One run of consecutive parts (of one partition)."""
+        if len(parts) == 1:
+            return parts[0]
+        ranges = [part.offsets for part in parts if isinstance(part.offsets, range)]
+        offsets: Sequence[int]
+        if len(ranges) == len(parts) and all(a.stop == b.start for a, b in pairwise(ranges)):
+            offsets = range(ranges[0].start, ranges[-1].stop)
+        else:
+            offsets = list(chain.from_iterable(part.offsets for part in parts))
+        return cls(parts[0].topic, parts[0].partition, offsets,
+                   list(chain.from_iterable(part.datas for part in parts)),
+                   tuple(chain.from_iterable(part.keys for part in parts)),
+                   tuple(chain.from_iterable(part.stamps for part in parts)),
+                   tuple(chain.from_iterable(part.headers for part in parts)),
+                   tuple(chain.from_iterable(part.types for part in parts)))
+
+    def batch(self, shard_id: str) -> Batch:
+        """These messages as a columnar batch of ``shard_id``; nothing but the columns is made."""
+        keys = self.keys
+        return Batch.from_columns(
+            shard_id, self.datas, self.offsets, KeyColumn(keys), ArrivalColumn(self.stamps), None,
+            AttributeColumn(_RawAttributes(self.topic, self.partition, keys, self.headers, self.types)),
+        )
+
+
+def to_batch(shard_id: str, messages: Sequence[Any]) -> Batch:
+    """A columnar batch of aiokafka ConsumerRecords (one partition, in order)."""
+    return Fetched.of(messages).batch(shard_id)
+
+
+def to_records(shard_id: str, messages: Sequence[Any]) -> list[Record]:
+    """streamfn Records from aiokafka ConsumerRecords (a None key/value becomes "" / b"")."""
+    return to_batch(shard_id, messages).records
