@@ -1,7 +1,7 @@
 """A Kafka fetch as columns: the engine gets a columnar ``Batch``, not a ``Record`` per message.
 
 aiokafka hands out one ``ConsumerRecord`` per message. The source reads the five fields it needs
-into columns in one pass (``Fetched.of``) and drops the consumer's objects at once: they are
+into columns (``Fetched.of``) and drops the consumer's objects at once: they are
 tracked by the garbage collector, and a full feed of them (10,000 per partition) would make every
 collection walk them. Values and offsets are the batch's data and sequences; partition keys,
 arrival times and ``attributes`` are computed from the raw columns only when read, one element at
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from functools import partial
 from itertools import chain, pairwise
-from operator import attrgetter
 from typing import Any, overload
 
 import msgspec
@@ -177,17 +176,13 @@ class AttributeColumn(LazyColumn):
         return self._raw.one(index)
 
 
-_FIELDS = attrgetter("value", "key", "timestamp", "headers", "timestamp_type")
-
-
 class Fetched:
     """Consecutive messages of one partition as columns, in offset order (see the module doc)."""
 
     __slots__ = ("datas", "headers", "keys", "offsets", "partition", "stamps", "topic", "types")
 
     def __init__(self, topic: str, partition: int, offsets: Sequence[int], datas: list[bytes],
-                 keys: Sequence[bytes | None], stamps: Sequence[int], headers: Sequence[Any],
-                 types: Sequence[int]) -> None:
+                 keys: list[bytes | None], stamps: list[int], headers: list[Any], types: list[int]) -> None:
         self.topic, self.partition = topic, partition
         self.offsets, self.datas, self.keys = offsets, datas, keys
         self.stamps, self.headers, self.types = stamps, headers, types
@@ -195,11 +190,18 @@ class Fetched:
     @classmethod
     def of(cls, messages: Sequence[Any]) -> Fetched:
         """The columns of aiokafka ``ConsumerRecord``s (one partition, offsets increasing; a None
-        value becomes b""). One C-level pass reads all five fields of every message."""
+        value becomes b"")."""
         if not messages:
-            return cls("", 0, range(0), [], (), (), (), ())
-        values, keys, stamps, headers, types = zip(*map(_FIELDS, messages), strict=True)
-        datas = list(values) if all(values) else [b"" if value is None else value for value in values]
+            return cls("", 0, range(0), [], [], [], [], [])
+        # A comprehension per field: ~25 ns a message each, against ~50 for attrgetter or zip (whose
+        # attribute reads are not specialized).
+        datas = [m.value for m in messages]
+        if not all(datas):  # a None value (or an empty one) is rare
+            datas = [b"" if value is None else value for value in datas]
+        keys = [m.key for m in messages]
+        stamps = [m.timestamp for m in messages]
+        headers = [m.headers for m in messages]
+        types = [m.timestamp_type for m in messages]
         head, tail = messages[0], messages[-1]
         first, last = head.offset, tail.offset
         # Offsets increase within a fetch: equal spans mean no gap (compaction and transaction
@@ -227,12 +229,9 @@ class Fetched:
             offsets = range(ranges[0].start, ranges[-1].stop)
         else:
             offsets = list(chain.from_iterable(part.offsets for part in parts))
-        return cls(parts[0].topic, parts[0].partition, offsets,
-                   list(chain.from_iterable(part.datas for part in parts)),
-                   tuple(chain.from_iterable(part.keys for part in parts)),
-                   tuple(chain.from_iterable(part.stamps for part in parts)),
-                   tuple(chain.from_iterable(part.headers for part in parts)),
-                   tuple(chain.from_iterable(part.types for part in parts)))
+        return cls(parts[0].topic, parts[0].partition, offsets, _concat([part.datas for part in parts]),
+                   _concat([part.keys for part in parts]), _concat([part.stamps for part in parts]),
+                   _concat([part.headers for part in parts]), _concat([part.types for part in parts]))
 
     def batch(self, shard_id: str) -> Batch:
         """These messages as a columnar batch of ``shard_id``; nothing but the columns is made."""
@@ -241,6 +240,13 @@ class Fetched:
             shard_id, self.datas, self.offsets, KeyColumn(keys), ArrivalColumn(self.stamps), None,
             AttributeColumn(_RawAttributes(self.topic, self.partition, keys, self.headers, self.types)),
         )
+
+
+def _concat(columns: list[list[Any]]) -> list[Any]:
+    joined: list[Any] = []
+    for column in columns:
+        joined += column  # a block copy per part, no per-element iteration
+    return joined
 
 
 def to_batch(shard_id: str, messages: Sequence[Any]) -> Batch:
