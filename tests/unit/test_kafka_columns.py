@@ -57,7 +57,7 @@ def build(rows: list[tuple[Any, ...]], first: int = 0) -> list[Any]:
 @given(st.lists(st.lists(fields, min_size=1, max_size=12), min_size=1, max_size=6),
        st.lists(st.integers(1, 15), min_size=1, max_size=30))
 def test_reads_cut_anywhere_give_the_records_built_per_message(fetches: list[list[Any]], limits: list[int]) -> None:
-    feed = PartitionFeed("clicks-3", capacity=10_000)
+    feed = PartitionFeed("clicks", 3, capacity=10_000)
     feed.reset(0)
     sent, offset = [], 0
     for rows in fetches:
@@ -90,11 +90,11 @@ def test_reads_cut_anywhere_give_the_records_built_per_message(fetches: list[lis
 
 
 def test_dense_offsets_stay_a_range_and_gaps_a_list() -> None:
-    assert Fetched.of([message(5), message(6), message(7)]).offsets == range(5, 8)
-    gapped = Fetched.of([message(5), message(7)])
+    assert Fetched.of([message(5), message(6), message(7)], "clicks", 3).offsets == range(5, 8)
+    gapped = Fetched.of([message(5), message(7)], "clicks", 3)
     assert list(gapped.offsets) == [5, 7]
     assert Fetched.join([gapped.part(0, 1), gapped.part(1, 2)]).offsets == [5, 7]
-    dense = Fetched.of([message(n) for n in range(10)])
+    dense = Fetched.of([message(n) for n in range(10)], "clicks", 3)
     assert Fetched.join([dense.part(0, 4), dense.part(4, 10)]).offsets == range(10)
 
 
@@ -112,7 +112,7 @@ def test_a_batch_read_one_record_at_a_time_builds_nothing_else() -> None:
 
 def test_the_feed_keeps_none_of_the_consumers_objects() -> None:
     """A fetched message dies when the fetch is filed: a full feed costs the collector nothing."""
-    feed = PartitionFeed("clicks-3", capacity=10_000)
+    feed = PartitionFeed("clicks", 3, capacity=10_000)
     feed.reset(0)
     messages = [message(n, headers=(("h", b"v"),)) for n in range(100)]
     witness = weakref.ref(messages[50])

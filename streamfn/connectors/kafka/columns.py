@@ -1,9 +1,9 @@
 """A Kafka fetch as columns: the engine gets a columnar ``Batch``, not a ``Record`` per message.
 
-aiokafka hands out one ``ConsumerRecord`` per message. The source reads the five fields it needs
-into columns (``Fetched.of``) and drops the consumer's objects at once: they are
-tracked by the garbage collector, and a full feed of them (10,000 per partition) would make every
-collection walk them. Values and offsets are the batch's data and sequences; partition keys,
+aiokafka parses each message into a record object (handed over as it is: ``parsed_records``).
+The source reads the fields it needs into columns (``Fetched.of``) and drops those objects at
+once: the garbage collector tracks them, and a full feed of them (10,000 per partition) would make
+every collection walk them. Values and offsets are the batch's data and sequences; partition keys,
 arrival times and ``attributes`` are computed from the raw columns only when read, one element at
 a time for the engine's look at a batch's first record, or whole for a handler that iterates.
 """
@@ -188,11 +188,11 @@ class Fetched:
         self.stamps, self.headers, self.types = stamps, headers, types
 
     @classmethod
-    def of(cls, messages: Sequence[Any]) -> Fetched:
-        """The columns of aiokafka ``ConsumerRecord``s (one partition, offsets increasing; a None
-        value becomes b"")."""
+    def of(cls, messages: Sequence[Any], topic: str, partition: int) -> Fetched:
+        """The columns of messages of ``topic``'s ``partition``, offsets increasing: aiokafka's parsed
+        records (``parsed_records``) or ``ConsumerRecord``s alike. A None value becomes b""."""
         if not messages:
-            return cls("", 0, range(0), [], [], [], [], [])
+            return cls(topic, partition, range(0), [], [], [], [], [])
         # A comprehension per field: ~25 ns a message each, against ~50 for attrgetter or zip (whose
         # attribute reads are not specialized).
         datas = [m.value for m in messages]
@@ -201,13 +201,15 @@ class Fetched:
         keys = [m.key for m in messages]
         stamps = [m.timestamp for m in messages]
         headers = [m.headers for m in messages]
+        # Parsed records hold headers as lists, which the collector tracks: keep tuples, and share
+        # one empty tuple in the common case of no headers at all.
+        headers = list(map(tuple, headers)) if any(headers) else [()] * len(headers)
         types = [m.timestamp_type for m in messages]
-        head, tail = messages[0], messages[-1]
-        first, last = head.offset, tail.offset
+        first, last = messages[0].offset, messages[-1].offset
         # Offsets increase within a fetch: equal spans mean no gap (compaction and transaction
         # markers leave gaps, which keep the offsets as a list).
         offsets = range(first, last + 1) if last - first + 1 == len(messages) else [m.offset for m in messages]
-        return cls(head.topic, head.partition, offsets, datas, keys, stamps, headers, types)
+        return cls(topic, partition, offsets, datas, keys, stamps, headers, types)
 
     def __len__(self) -> int:
         return len(self.datas)
@@ -251,7 +253,8 @@ def _concat(columns: list[list[Any]]) -> list[Any]:
 
 def to_batch(shard_id: str, messages: Sequence[Any]) -> Batch:
     """A columnar batch of aiokafka ConsumerRecords (one partition, in order)."""
-    return Fetched.of(messages).batch(shard_id)
+    topic, partition = (messages[0].topic, messages[0].partition) if messages else ("", 0)
+    return Fetched.of(messages, topic, partition).batch(shard_id)
 
 
 def to_records(shard_id: str, messages: Sequence[Any]) -> list[Record]:

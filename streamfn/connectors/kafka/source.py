@@ -35,6 +35,7 @@ from ...protocols.source import (
     StartingPosition,
 )
 from ...records import Batch, Position
+from . import parsed_records
 from .columns import Fetched
 from .columns import KafkaAttributes as KafkaAttributes  # re-exported: its public home before columns.py
 from .columns import to_batch as to_batch
@@ -181,8 +182,9 @@ class PartitionFeed:
     full feed costs the garbage collector nothing, and a read hands the engine a columnar batch.
     """
 
-    def __init__(self, shard_id: str, capacity: int) -> None:
-        self.shard_id = shard_id
+    def __init__(self, topic: str, partition: int, capacity: int) -> None:
+        self.topic, self.partition = topic, partition
+        self.shard_id = shard_id_of(topic, partition)
         self.capacity = capacity
         self.next_offset: int | None = None  # None: the reader has not positioned the partition yet
         self.size = 0
@@ -207,7 +209,7 @@ class PartitionFeed:
             messages = [m for m in messages if m.offset >= expected]
             if not messages:
                 return
-        self._chunks.append(Fetched.of(messages))
+        self._chunks.append(Fetched.of(messages, self.topic, self.partition))
         self.size += len(messages)
         self.next_offset = messages[-1].offset + 1
         self.arrived.set()
@@ -283,7 +285,9 @@ class KafkaSource(Source):
             return
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(**self.consumer_options())
+        parsed_records.install()
+        # keep_value marks this consumer: its fetches hand over parsed records, not ConsumerRecords.
+        consumer = AIOKafkaConsumer(**self.consumer_options(), value_deserializer=parsed_records.keep_value)
         await consumer.start()
         self._consumer = consumer
 
@@ -356,7 +360,7 @@ class KafkaSource(Source):
 
     def reader(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> KafkaPartitionReader:
         tp = self.topic_partition(shard.shard_id)
-        feed = PartitionFeed(shard.shard_id, self.config.queue_max_records)
+        feed = PartitionFeed(tp.topic, tp.partition, self.config.queue_max_records)
         self._feeds[tp] = feed  # replaces a previous reader's feed: that reader is done
         with contextlib.suppress(Exception):  # not assigned (any more): the reader finds out when it seeks
             self.consumer.pause(tp)
