@@ -249,7 +249,8 @@ def measure(args: argparse.Namespace, bootstrap: str) -> list[dict[str, Any]]:
         rows.append({"benchmark": "kafka_vs_raw", "contender": name, "records": args.records,
                      "partitions": args.partitions, "batch": args.batch, "reps": len(found),
                      "records_per_s": round(args.records / seconds), "cpu_us_per_record": cpu / args.records * 1e6,
-                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in found)})
+                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in found),
+                     "runs": found, "checkout": str(checkouts[name])})
     ours = next((row for row in rows if row["contender"] == "streamfn"), None)
     for row in rows:
         if ours is not None and row is not ours:
