@@ -41,7 +41,7 @@ from benchmarks.common import SEED, status_kib
 from benchmarks.servers import bench_server
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
-from streamfn.connectors.kafka.offsets import KafkaCheckpointStoreConfig
+from streamfn.connectors.kafka.offsets import KafkaCheckpointStore, KafkaCheckpointStoreConfig
 from streamfn.connectors.kafka.source import KafkaSourceConfig, PartitionFeed
 from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.daemon import install_event_loop_policy
@@ -108,7 +108,7 @@ async def raw_loop(bootstrap: str, topic: str, records: int, batch: int) -> dict
                                 session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
     await consumer.start()
     loads = orjson.loads
-    done, started, cpu0 = 0, 0.0, 0.0
+    done, started, cpu0, commits = 0, 0.0, 0.0, 0
     try:
         while done < records:
             fetched = await consumer.getmany(timeout_ms=500, max_records=batch)
@@ -118,8 +118,9 @@ async def raw_loop(bootstrap: str, topic: str, records: int, batch: int) -> dict
                 for message in messages:
                     loads(message.value)
                 await consumer.commit({tp: messages[-1].offset + 1})
+                commits += 1
                 done += len(messages)
-        return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu0}
+        return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu0, "commits": commits}
     finally:
         await consumer.stop()
 
@@ -154,7 +155,10 @@ async def pipeline_run(bootstrap: str, topic: str, records: int, batch: int, fol
     try:
         await progress.done.wait()
         await pipeline.store.flush()  # the last checkpoints committed, as the raw loop's are
-        return {"seconds": time.perf_counter() - progress.first, "cpu": time.process_time() - progress.first_cpu}
+        seconds, cpu = time.perf_counter() - progress.first, time.process_time() - progress.first_cpu
+        store = pipeline.store
+        commits = store.commits if isinstance(store, KafkaCheckpointStore) else -1
+        return {"seconds": seconds, "cpu": cpu, "commits": commits}
     finally:
         PartitionFeed.put = put  # type: ignore[method-assign]
         stop.set()

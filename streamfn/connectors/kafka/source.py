@@ -7,7 +7,9 @@ drained half of it. The engine needs no other signal: while a shard retries a ba
 read, so its feed fills and the partition pauses, while the fetch task keeps polling for the
 others and the member never looks idle to the group. Offsets are committed by the Kafka
 checkpoint store (``streamfn.connectors.kafka.offsets``) and partitions are assigned by the consumer
-group (``streamfn.connectors.kafka.group``).
+group (``streamfn.connectors.kafka.group``). A feed keeps each fetch as columns (``columns``) and
+a read hands the engine a columnar batch; the consumer gets aiokafka's parsed records without a
+``ConsumerRecord`` each (``parsed_records``).
 """
 
 from __future__ import annotations
