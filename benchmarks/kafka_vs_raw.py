@@ -12,7 +12,9 @@ handled and committed (the group join is left out: it is the broker's, and Tansu
 seconds). CPU seconds and peak RSS (VmHWM) are that process's. Reps alternate the contenders;
 medians are reported.
 
-``python -m benchmarks.kafka_vs_raw [--records 1000000] [--batch 1000] [--partitions 4] [--repeats 3] [--json]``
+``python -m benchmarks.kafka_vs_raw [--records 1000000] [--batch 1000] [--partitions 4] [--repeats 3] [--json]
+[--tree LABEL=PATH ...]``: ``--tree`` adds the pipeline of another checkout (``streamfn@LABEL``, run with that
+checkout's code and harness) to the interleaved reps, so two versions are compared in one run.
 Uses the broker in STREAMFN_TEST_KAFKA, else starts Tansu (exit 77 when neither is available).
 """
 
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import importlib
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +41,7 @@ from benchmarks.common import SEED, status_kib
 from benchmarks.servers import bench_server
 from streamfn import Batch, Context
 from streamfn.config import BatchingConfig, LoadedPipeline, PipelineConfig
-from streamfn.connectors.kafka.offsets import KafkaCheckpointStoreConfig
+from streamfn.connectors.kafka.offsets import KafkaCheckpointStore, KafkaCheckpointStoreConfig
 from streamfn.connectors.kafka.source import KafkaSourceConfig, PartitionFeed
 from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.daemon import install_event_loop_policy
@@ -61,7 +64,7 @@ class Progress:
 async def json_handler(batch: Batch, context: Context) -> None:
     """The raw loop's work: decode every value (the way README tells users to)."""
     batch.json()
-    Progress.handled += len(batch.records)
+    Progress.handled += len(batch)
     if Progress.handled >= Progress.target and Progress.done is not None:
         Progress.done.set()
 
@@ -105,7 +108,7 @@ async def raw_loop(bootstrap: str, topic: str, records: int, batch: int) -> dict
                                 session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
     await consumer.start()
     loads = orjson.loads
-    done, started, cpu0 = 0, 0.0, 0.0
+    done, started, cpu0, commits = 0, 0.0, 0.0, 0
     try:
         while done < records:
             fetched = await consumer.getmany(timeout_ms=500, max_records=batch)
@@ -115,8 +118,9 @@ async def raw_loop(bootstrap: str, topic: str, records: int, batch: int) -> dict
                 for message in messages:
                     loads(message.value)
                 await consumer.commit({tp: messages[-1].offset + 1})
+                commits += 1
                 done += len(messages)
-        return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu0}
+        return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu0, "commits": commits}
     finally:
         await consumer.stop()
 
@@ -152,7 +156,10 @@ async def pipeline_run(bootstrap: str, topic: str, records: int, batch: int, fol
     try:
         await progress.done.wait()
         await pipeline.store.flush()  # the last checkpoints committed, as the raw loop's are
-        return {"seconds": time.perf_counter() - progress.first, "cpu": time.process_time() - progress.first_cpu}
+        seconds, cpu = time.perf_counter() - progress.first, time.process_time() - progress.first_cpu
+        store = pipeline.store
+        commits = store.commits if isinstance(store, KafkaCheckpointStore) else -1
+        return {"seconds": seconds, "cpu": cpu, "commits": commits}
     finally:
         PartitionFeed.put = put  # type: ignore[method-assign]
         stop.set()
@@ -180,7 +187,9 @@ def confluent_loop(bootstrap: str, topic: str, records: int, batch: int) -> dict
                 started, cpu0 = time.perf_counter(), time.process_time()
             for message in messages:
                 if message.error() is None:
-                    loads(message.value())
+                    value = message.value()
+                    if value is not None:
+                        loads(value)
                     done += 1
             if messages:
                 consumer.commit(asynchronous=False)
@@ -204,18 +213,32 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 CONTENDERS = ("raw-aiokafka", "streamfn", "raw-confluent")
 
 
+def trees(specs: list[str]) -> dict[str, Path]:
+    """``--tree LABEL=PATH`` options as contender names (``streamfn@LABEL``) and checkouts."""
+    found: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not (Path(path) / "streamfn").is_dir():
+            raise SystemExit(f"--tree {spec!r}: expected LABEL=PATH of a streamfn checkout")
+        found[f"streamfn@{label}"] = Path(path).resolve()
+    return found
+
+
 def measure(args: argparse.Namespace, bootstrap: str) -> list[dict[str, Any]]:
     topic = asyncio.run(preload(bootstrap, args.records, args.partitions))
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    here = Path(__file__).resolve().parent.parent
+    checkouts = {name: here for name in CONTENDERS} | trees(args.tree)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
     skipped: set[str] = set()
     for _ in range(args.repeats):
-        for name in CONTENDERS:
+        for name, checkout in checkouts.items():
             if name in skipped:
                 continue
-            command = [sys.executable, "-m", "benchmarks.kafka_vs_raw", "--run", name, "--bootstrap", bootstrap,
-                       "--topic", topic, "--records", str(args.records), "--batch", str(args.batch)]
-            done = subprocess.run(command, capture_output=True, check=False, timeout=1800,
-                                  cwd=Path(__file__).resolve().parent.parent)
+            command = [sys.executable, "-m", "benchmarks.kafka_vs_raw", "--run", name.partition("@")[0],
+                       "--bootstrap", bootstrap, "--topic", topic, "--records", str(args.records),
+                       "--batch", str(args.batch)]
+            env = {**os.environ, "PYTHONPATH": str(checkout)}
+            done = subprocess.run(command, capture_output=True, check=False, timeout=1800, cwd=checkout, env=env)
             if done.returncode == SKIPPED:
                 skipped.add(name)
                 continue
@@ -231,7 +254,8 @@ def measure(args: argparse.Namespace, bootstrap: str) -> list[dict[str, Any]]:
         rows.append({"benchmark": "kafka_vs_raw", "contender": name, "records": args.records,
                      "partitions": args.partitions, "batch": args.batch, "reps": len(found),
                      "records_per_s": round(args.records / seconds), "cpu_us_per_record": cpu / args.records * 1e6,
-                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in found)})
+                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in found),
+                     "runs": found, "checkout": str(checkouts[name])})
     ours = next((row for row in rows if row["contender"] == "streamfn"), None)
     for row in rows:
         if ours is not None and row is not ours:
@@ -248,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON line (the harness's contract)")
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                        help="also run the pipeline of the streamfn checkout at PATH, as streamfn@LABEL")
     parser.add_argument("--run", choices=CONTENDERS, help=argparse.SUPPRESS)  # one contender, in a child
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
@@ -268,9 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{args.records:,} records of ~246 B, {args.partitions} partitions, batch {args.batch}, "
           f"medians of {args.repeats}")
+    raw = next((row for row in rows if row["contender"] == "raw-aiokafka"), None)
     for row in rows:
-        print(f"  {row['contender']:>14}: {row['records_per_s']:>10,} records/s  {row['cpu_us_per_record']:>6.2f}"
-              f" CPU µs/record  {row['peak_rss_mib']:>5.0f} MiB peak RSS")
+        versus = "" if raw is None else (
+            f"  {row['records_per_s'] / raw['records_per_s']:.2f}x raw aiokafka's records/s"
+            f" at {row['cpu_us_per_record'] / raw['cpu_us_per_record']:.2f}x its CPU")
+        print(f"  {row['contender']:>16}: {row['records_per_s']:>10,} records/s  {row['cpu_us_per_record']:>6.2f}"
+              f" CPU µs/record  {row['peak_rss_mib']:>5.0f} MiB peak RSS{versus}")
     return 0
 
 

@@ -94,7 +94,7 @@ def test_record_attributes_read_like_the_dict_they_replace_and_cost_the_collecto
 
 
 async def test_a_feed_hands_out_each_offset_once_and_in_order() -> None:
-    feed = PartitionFeed("clicks-0", capacity=100)
+    feed = PartitionFeed("clicks", 0, capacity=100)
     feed.put(messages(0, 5))  # before the reader positioned it: nothing is kept
     assert feed.size == 0
     feed.reset(10)
