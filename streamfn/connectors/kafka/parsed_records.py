@@ -10,7 +10,7 @@ other consumer in the process gets its ``ConsumerRecord``s as before.
 
 If an aiokafka release moves that method, :func:`install` changes nothing and the mark is an
 ordinary identity deserializer: the source gets ``ConsumerRecord``s again, slower, never wrong.
-``tests/contract/test_aiokafka_private.py`` pins the method, so such a release is noticed.
+``tests/unit/test_kafka_parsed_records.py`` pins the method, so such a release is noticed.
 """
 
 from __future__ import annotations
