@@ -497,9 +497,16 @@ def _join_sequences(parts: list[Sequence[int]]) -> Sequence[int]:
     return list(chain.from_iterable(parts))
 
 
-def _join_optional(parts: list[Sequence[Any] | None], counts: list[int], default: Any) -> list[Any] | None:
-    """Optional columns joined; a part without the column contributes ``default`` per record."""
+def _join_optional(parts: list[Sequence[Any] | None], counts: list[int], default: Any) -> Sequence[Any] | None:
+    """Optional columns joined; a part without the column contributes ``default`` per record. Lazy
+    when any part is (a source's attributes stay unmade through the batcher's joins)."""
     if all(part is None for part in parts):
         return None
-    return list(chain.from_iterable(
-        repeat(default, count) if part is None else part for part, count in zip(parts, counts, strict=True)))
+
+    def joined() -> list[Any]:
+        return list(chain.from_iterable(
+            repeat(default, count) if part is None else part for part, count in zip(parts, counts, strict=True)))
+
+    if any(isinstance(part, LazyColumn) for part in parts):
+        return LazyColumn(joined, sum(counts))
+    return joined()

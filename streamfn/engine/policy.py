@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ..backoff import Backoff
-from ..records import Record
+from ..records import Record, arrival_of
 
 
 class FailurePolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +39,7 @@ class FailurePolicy(msgspec.Struct, frozen=True, kw_only=True):
         if self.max_record_age <= 0:
             return [], records
         oldest_allowed = (time.time() if now is None else now) - self.max_record_age
-        if records[0].arrival_time >= oldest_allowed:
+        if arrival_of(records, 0) >= oldest_allowed:
             return [], records  # arrival times grow along a shard: the common case costs one look
         expired = [r for r in records if r.arrival_time < oldest_allowed]
         if not expired:
