@@ -320,9 +320,9 @@ class DataColumn(Sequence[bytes]):
     stored block (the local log's layout): ``bytes`` for a record are made only when asked for,
     and a run of records that are each one JSON line decodes in one call straight from the buffer.
 
-    Each segment is ``(buffer, ends, lo, hi)``: records ``lo..hi-1`` of a block whose record ``i``
-    spans ``buffer[ends[i-1] + 1 : ends[i]]`` (from 0 for the first), and whether every record of
-    the block is one non-blank line (checked when it was written).
+    Each segment is ``(buffer, ends, lo, hi, lines)``: records ``lo..hi-1`` of a block whose record
+    ``i`` spans ``buffer[ends[i-1] + 1 : ends[i]]`` (from 0 for the first), and whether every record
+    of the block is one non-blank line (checked when it was written).
     """
 
     __slots__ = ("_length", "_segments")

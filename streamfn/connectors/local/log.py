@@ -10,9 +10,9 @@ back to back with a newline between two, ``ends`` each record's end offset in it
 little-endian) and ``lines`` whether every record is one non-blank line, so a reader hands out
 the data without a ``bytes`` per record and ``batch.json()`` decodes a block's run of records in
 one call straight from the stored buffer. Blocks of layout 1 (``[partition_keys, datas]``) are
-still read. Every record of a block shares the block's ``arrival`` (a block is one append's chunk). An index on
-``(stream, shard, last_seq)`` makes "first block with last_seq > X" one lookup, and a read
-that starts inside a block slices the decoded columns. One row per record would cost a
+still read. Every record of a block shares the block's ``arrival`` (a block is one append's
+chunk). An index on ``(stream, shard, last_seq)`` makes "first block with last_seq > X" one
+lookup, and a read that starts inside a block cuts the decoded columns. One row per record would cost a
 B-tree entry and a Python row tuple per record; blocks amortise both over ~1000 records.
 
 ``shards(stream, shard, last_seq, last_arrival)`` keeps each shard's tip, so sequences
@@ -497,7 +497,7 @@ class _Taking:
     """The columns of one read, gathered block by block and made into one batch at the end: the
     per-block cost is a few appends (with many shards, blocks hold few records each)."""
 
-    __slots__ = ("arrivals", "count", "dense", "first_seq", "keys", "next_seq", "runs", "segments", "wanted")
+    __slots__ = ("arrivals", "count", "keys", "runs", "segments", "wanted")
 
     def __init__(self, wanted: int) -> None:
         self.wanted = wanted
@@ -505,9 +505,7 @@ class _Taking:
         self.segments: list[tuple[Any, Sequence[int], int, int, bool]] = []
         self.keys: list[tuple[msgspec.Raw, int, int]] = []
         self.arrivals: list[float] = []
-        self.first_seq = self.next_seq = 0
-        self.dense = True
-        #: Each taken run's first sequence, kept only once the runs stop being consecutive.
+        #: Each block's taken sequences, as (first, stop).
         self.runs: list[tuple[int, int]] = []
 
     def take(self, block: _Block, after_seq: int) -> int:
@@ -517,12 +515,7 @@ class _Taking:
         end = min(block.last_seq - first_seq + 1, start + self.wanted)
         taken = end - start
         if taken > 0:
-            if not self.count:
-                self.first_seq = first_seq + start
-            elif first_seq + start != self.next_seq:
-                self.dense = False  # not expected: trims remove whole blocks from the front only
             self.runs.append((first_seq + start, first_seq + end))
-            self.next_seq = first_seq + end
             self.segments.append((block.buffer, block.ends, start, end, block.lines))
             self.keys.append((block.keys, start, end))
             self.arrivals += [block.arrival] * taken
@@ -533,8 +526,11 @@ class _Taking:
     def batch(self, shard_id: str) -> Batch:
         if not self.count:
             return Batch(shard_id, [])
-        sequences: Sequence[int] = (range(self.first_seq, self.next_seq) if self.dense
-                                    else [seq for first, stop in self.runs for seq in range(first, stop)])
+        runs = self.runs
+        # Consecutive blocks hold consecutive sequences (trims remove whole blocks from the front only).
+        sequences: Sequence[int] = (range(runs[0][0], runs[-1][1])
+                                    if all(a[1] == b[0] for a, b in itertools.pairwise(runs))
+                                    else [seq for first, stop in runs for seq in range(first, stop)])
         keys = self.keys
         return Batch.from_columns(shard_id, DataColumn(self.segments, self.count), sequences,
                                   LazyColumn(lambda: _decode_key_pieces(keys), self.count), self.arrivals)
