@@ -88,9 +88,11 @@ class Batch(Sequence[Record]):
     A batch made from a list of records keeps that list and derives the columns from it.
     """
 
-    __slots__ = ("_arrivals", "_attributes", "_datas", "_keys", "_records", "_sequences", "_subs", "shard_id")
+    __slots__ = ("_arrivals", "_attributes", "_count", "_datas", "_keys", "_records", "_sequences", "_subs",
+                 "shard_id")
 
     shard_id: str
+    _count: int  # the number of records (len() is on every batch's path several times)
     _records: list[Record] | None  # None until built from the columns
     _datas: Sequence[bytes] | None  # None: no columns, the records are the batch
     _sequences: Sequence[int]
@@ -101,12 +103,13 @@ class Batch(Sequence[Record]):
 
     def __init__(self, shard_id: str, records: Sequence[Record] = ()) -> None:
         self.shard_id = shard_id
-        if isinstance(records, Batch):
-            self._records = records._records
+        if type(records) is not list and isinstance(records, Batch):
+            self._records, self._count = records._records, records._count
             self._datas, self._sequences, self._keys = records._datas, records._sequences, records._keys
             self._arrivals, self._subs, self._attributes = records._arrivals, records._subs, records._attributes
             return
         self._records = records if isinstance(records, list) else list(records)
+        self._count = len(self._records)
         self._datas = None
         self._sequences = self._keys = self._arrivals = ()
         self._subs = self._attributes = None
@@ -128,6 +131,7 @@ class Batch(Sequence[Record]):
         batch = cls.__new__(cls)
         batch.shard_id = shard_id
         batch._records = None
+        batch._count = len(datas)
         batch._datas, batch._sequences, batch._keys, batch._arrivals = datas, sequences, keys, arrivals
         batch._subs, batch._attributes = sub_sequences, attributes
         return batch
@@ -214,6 +218,7 @@ class Batch(Sequence[Record]):
             return Batch(self.shard_id, self._records[start:stop])
         part = Batch.__new__(Batch)
         part.shard_id = self.shard_id
+        part._count = stop - start
         part._datas = datas.cut(start, stop) if type(datas) is DataColumn else datas[start:stop]
         part._sequences = self._sequences[start:stop]
         keys = self._keys
@@ -225,11 +230,7 @@ class Batch(Sequence[Record]):
         return part
 
     def __len__(self) -> int:
-        datas = self._datas
-        if datas is not None:
-            return len(datas)
-        assert self._records is not None
-        return len(self._records)
+        return self._count
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
@@ -272,7 +273,7 @@ class Batch(Sequence[Record]):
     @property
     def nbytes(self) -> int:
         datas = self._datas
-        if isinstance(datas, DataColumn):
+        if type(datas) is DataColumn:  # (not isinstance: a miss on an ABC is slow, and this is per batch)
             return datas.nbytes()
         return sum(map(len, self.data))
 

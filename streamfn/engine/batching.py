@@ -118,6 +118,7 @@ class Batcher:
         self._replay = replay if replay is not None else deque()
         self._shard_id = shard_id
         self._buffer = _NOTHING
+        self._buffered = 0  # len(self._buffer), kept: it is read several times per batch
         self._offset = 0
         self._shard_end = False
         self._replaying = False  # in the middle of forming a recorded batch: it must be completed
@@ -140,7 +141,7 @@ class Batcher:
         forming = _Forming(self._shard_id)
         while True:
             full = self._take(forming)
-            if full or (self._shard_end and self._offset >= len(self._buffer)):
+            if full or (self._shard_end and self._offset >= self._buffered):
                 break
             have = (forming.count > 0 or forming.through is not None) and not self._replaying
             if window <= 0:
@@ -166,13 +167,12 @@ class Batcher:
                     self._idle_wait = IDLE_WAIT_AGAIN
                 return None
             self._idle_wait = IDLE_WAIT
-        buffered = len(self._buffer)
-        if self._offset >= buffered and buffered:
-            self._buffer, self._offset = _NOTHING, 0  # nothing kept alive for an idle shard
+        if self._offset >= self._buffered and self._buffered:
+            self._buffer, self._buffered, self._offset = _NOTHING, 0, 0  # nothing kept alive for an idle shard
         through = forming.through
         if through is None:
             return Unit(Batch(self._shard_id, []), Position(-1), True) if self._shard_end else None
-        return Unit(forming.batch(), through, self._shard_end and not len(self._buffer), self._window_closed,
+        return Unit(forming.batch(), through, self._shard_end and not self._buffered, self._window_closed,
                     self._replayed)
 
     def take_counts(self) -> tuple[int, int]:
@@ -193,10 +193,11 @@ class Batcher:
             fresh = Batch(fresh[0].shard_id, fresh)
         if not self._shard_id:
             self._shard_id = fresh.shard_id
-        if self._offset >= len(self._buffer):
+        if self._offset >= self._buffered:
             self._buffer = fresh
         else:
-            self._buffer = Batch.join(self._shard_id, [self._buffer.cut(self._offset, len(self._buffer)), fresh])
+            self._buffer = Batch.join(self._shard_id, [self._buffer.cut(self._offset, self._buffered), fresh])
+        self._buffered = len(self._buffer)
         self._offset = 0
 
     def _take(self, forming: _Forming) -> bool:
@@ -204,7 +205,7 @@ class Batcher:
         if self._replay:
             buffer, offset = self._buffer, self._offset
             first = self._replay[0][0]
-            if offset >= len(buffer) or buffer.position_at(offset) >= first or (
+            if offset >= self._buffered or buffer.position_at(offset) >= first or (
                 forming.count and forming.first_position() >= first
             ):
                 return self._take_replay(forming)
@@ -213,9 +214,10 @@ class Batcher:
         if self._accept is not None or self._window_size:
             return self._take_each(forming)
         limits = self._limits
-        buffer, start = self._buffer, self._offset
+        buffer, start, buffered = self._buffer, self._offset, self._buffered
+        if start >= buffered:  # nothing waiting (each batch's first look, before its read)
+            return forming.count >= limits.max_records
         room = limits.max_records - forming.count
-        buffered = len(buffer)
         chunk = buffer if start == 0 and room >= buffered else buffer.cut(start, min(start + room, buffered))
         size = chunk.nbytes
         if forming.nbytes + size > limits.max_bytes:
@@ -227,7 +229,7 @@ class Batcher:
 
     def _take_each(self, forming: _Forming, before: Position | None = None) -> bool:
         limits, accept = self._limits, self._accept
-        records = self._buffer.records if self._offset < len(self._buffer) else []
+        records = self._buffer.records if self._offset < self._buffered else []
         window_size = self._window_size
         window = forming.first_arrival() // window_size * window_size if window_size and forming.count else None
         while self._offset < len(records):
@@ -258,7 +260,7 @@ class Batcher:
     def _take_replay(self, forming: _Forming) -> bool:
         """Form the recorded batch exactly, up to its last record, whatever the limits say now."""
         last = self._replay[0][1]
-        records = self._buffer.records if self._offset < len(self._buffer) else []
+        records = self._buffer.records if self._offset < self._buffered else []
         while self._offset < len(records):
             record = records[self._offset]
             position = record.position

@@ -313,7 +313,8 @@ class LaneWorker:
                 calls_due[self._lane] = started + env.timeout  # past it: shown as stuck
                 try:
                     with CallScope(env.pipeline, self.shard_id, records, context, env.handler_output):
-                        result = await self._slot.call(Batch(self.shard_id, records), context)
+                        result = await self._slot.call(
+                            records if type(records) is Batch else Batch(self.shard_id, records), context)
                 except HandlerError as exc:
                     outcome: Failed | PartlyFailed | None = Failed(
                         str(exc), function_error=not isinstance(exc, AnswerError))
