@@ -152,8 +152,8 @@ class Batch(Sequence[Record]):
             shard_id,
             DataColumn.join(datas) if all(isinstance(part, DataColumn) for part in datas)  # type: ignore[arg-type]
             else list(chain.from_iterable(datas)),
-            _join_sequences([part[1] for part in columns]),
-            _join_column([part[2] for part in columns]),
+            join_sequences([part[1] for part in columns]),
+            _join_column([part[2] for part in columns], counts),
             list(chain.from_iterable(part[3] for part in columns)),
             _join_optional([part[4] for part in columns], counts, 0),
             _join_optional([part[5] for part in columns], counts, None),
@@ -289,10 +289,12 @@ class Batch(Sequence[Record]):
         difference: an integer beyond 64 bits stays an ``int`` (orjson makes it a float).
         """
         column = self._datas
-        if isinstance(column, DataColumn):
+        if type(column) is DataColumn:
             values = column.json_lines()
             if values is not None:
                 return values
+            # Joining the same bytes and decoding them again would fail the same way: one by one.
+            return list(map(orjson.loads, column))
         datas = self.data
         if len(datas) > 1:
             joined = b"\n".join(datas)
@@ -331,11 +333,6 @@ class DataColumn(Sequence[bytes]):
     def __init__(self, segments: list[tuple[Any, Sequence[int], int, int, bool]], length: int | None = None) -> None:
         self._segments = segments
         self._length = sum(hi - lo for _, _, lo, hi, _ in segments) if length is None else length
-
-    @classmethod
-    def of_block(cls, buffer: Any, ends: Sequence[int], lines: bool) -> DataColumn:
-        """Every record of one block: ``buffer`` supports slicing (bytes, memoryview), ``ends`` as above."""
-        return cls([(buffer, ends, 0, len(ends), lines)])
 
     @classmethod
     def join(cls, columns: Sequence[DataColumn]) -> DataColumn:
@@ -483,14 +480,7 @@ class LazyColumn(Sequence[Any]):
         return iter(self.values())
 
 
-def _join_column(parts: list[Sequence[Any]]) -> Sequence[Any]:
-    """Columns joined; lazy when any part is (it is then made when first read)."""
-    if any(isinstance(part, LazyColumn) for part in parts):
-        return LazyColumn(lambda: list(chain.from_iterable(parts)), sum(map(len, parts)))
-    return list(chain.from_iterable(parts))
-
-
-def _join_sequences(parts: list[Sequence[int]]) -> Sequence[int]:
+def join_sequences(parts: list[Sequence[int]]) -> Sequence[int]:
     """Consecutive ranges stay one range; anything else becomes a list."""
     ranges = [part for part in parts if isinstance(part, range) and part.step == 1]
     if len(ranges) == len(parts) and all(a.stop == b.start for a, b in pairwise(ranges)):
@@ -499,10 +489,15 @@ def _join_sequences(parts: list[Sequence[int]]) -> Sequence[int]:
 
 
 def _join_optional(parts: list[Sequence[Any] | None], counts: list[int], default: Any) -> Sequence[Any] | None:
-    """Optional columns joined; a part without the column contributes ``default`` per record. Lazy
-    when any part is (a source's attributes stay unmade through the batcher's joins)."""
+    """Optional columns joined (None when no part has one); see :func:`_join_column`."""
     if all(part is None for part in parts):
         return None
+    return _join_column(parts, counts, default)
+
+
+def _join_column(parts: Sequence[Sequence[Any] | None], counts: list[int], default: Any = None) -> Sequence[Any]:
+    """Columns joined, a part without the column giving ``default`` per record. Lazy when any part
+    is (a source's keys and attributes stay unmade through the batcher's joins)."""
 
     def joined() -> list[Any]:
         return list(chain.from_iterable(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
-import sys
 from collections.abc import Callable
+
+from . import memory
 
 #: Seconds between two looks at the handled count; an idle spell is one look with no change.
 IDLE_CHECK_SECONDS = 1.0
@@ -22,14 +22,12 @@ IDLE_CHECK_SECONDS = 1.0
 
 def release_free_heap() -> bool:
     """Return the heap's free pages to the system; False where that is not possible (not glibc)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = memory.glibc()
+    if libc is None:
         return False
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        trim = libc.malloc_trim
+    except AttributeError:  # a C library without it
         return False
     trim.argtypes = (ctypes.c_size_t,)
     trim.restype = ctypes.c_int

@@ -58,17 +58,27 @@ def freeze_startup() -> None:
     gc.freeze()
 
 
-def _tune_malloc() -> None:
-    """glibc only (musl and macOS have no mallopt with these knobs): elsewhere nothing changes."""
+def glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc on Linux (the allocator knobs here are glibc's), else None."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     name = ctypes.util.find_library("c")
     if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def _tune_malloc() -> None:
+    """glibc only (musl and macOS have no mallopt with these knobs): elsewhere nothing changes."""
+    libc = glibc()
+    if libc is None:
         return
     try:
-        libc = ctypes.CDLL(name)
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except AttributeError:  # a C library without it
         return
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int

@@ -50,7 +50,7 @@ def stored(datas: list[bytes], cut: int = 0) -> Sequence[bytes]:
     cut = cut % len(datas)
     parts = [datas[:cut], datas[cut:]] if cut else [datas]
     blocks = [_decode_block(1, 0.0, msgspec.msgpack.encode(_block_payload([""] * len(part), part))) for part in parts]
-    return DataColumn.join([DataColumn.of_block(block.buffer, block.ends, block.lines) for block in blocks])
+    return DataColumn([(block.buffer, block.ends, 0, len(block.ends), block.lines) for block in blocks])
 
 
 def as_batch(c: Columns, lazy_keys: bool, in_blocks: int | None = None) -> Batch:

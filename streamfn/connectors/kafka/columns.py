@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from functools import partial
-from itertools import chain, pairwise
 from typing import Any, overload
 
 import msgspec
 
-from ...records import Batch, LazyColumn, Record
+from ...records import Batch, LazyColumn, Record, join_sequences
 
 _TIMESTAMP_NAMES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
 
@@ -225,12 +224,7 @@ class Fetched:
         """One run of consecutive parts (of one partition)."""
         if len(parts) == 1:
             return parts[0]
-        ranges = [part.offsets for part in parts if isinstance(part.offsets, range)]
-        offsets: Sequence[int]
-        if len(ranges) == len(parts) and all(a.stop == b.start for a, b in pairwise(ranges)):
-            offsets = range(ranges[0].start, ranges[-1].stop)
-        else:
-            offsets = list(chain.from_iterable(part.offsets for part in parts))
+        offsets = join_sequences([part.offsets for part in parts])
         return cls(parts[0].topic, parts[0].partition, offsets, _concat([part.datas for part in parts]),
                    _concat([part.keys for part in parts]), _concat([part.stamps for part in parts]),
                    _concat([part.headers for part in parts]), _concat([part.types for part in parts]))
