@@ -24,6 +24,11 @@ IDLE_WAIT = 0.5
 #: How long later reads wait once a read came back empty (the shard is known idle): a record that
 #: arrives still ends the wait at once, and a stop cancels it; only idle wakeups become rarer.
 IDLE_WAIT_AGAIN = 5.0
+#: Reads ask for at least this many records, whatever the batch size: what a read brings beyond one
+#: batch waits in the batcher's buffer, so a small batch costs a cut of that buffer, not a read.
+#: (Whole multiples of the batch size: the buffer then forms the batches that reading each batch's
+#: records on its own would have formed; a batch is cut short only where a read came back short.)
+MIN_READ = 64
 
 
 class BatchLimits(msgspec.Struct, frozen=True):
@@ -126,6 +131,9 @@ class Batcher:
         self._window_closed = False
         self._replayed = False
         self._idle_wait = IDLE_WAIT
+        self._read_size = limits.max_records * max(1, MIN_READ // limits.max_records)
+        #: Batches are plain cuts of the buffer: no filter, window or recorded batch looks at records.
+        self._plain = accept is None and not tumbling_window
         self.behind_ms: float | None = None
         #: Records skipped by the filter, and records the source's retention removed before they
         #: were read: counts since the caller last took them (``take_counts``).
@@ -134,7 +142,18 @@ class Batcher:
 
     async def next(self) -> Unit | None:
         """The next batch, or None when nothing arrived within the wait (the shard is caught up)."""
-        window = self._limits.window
+        limits = self._limits
+        window = limits.window
+        if window <= 0 and self._plain and not self._replay:
+            start, buffered = self._offset, self._buffered
+            if start < buffered:  # the common case: a batch cut from what the last read brought
+                stop = min(start + limits.max_records, buffered)
+                part = self._buffer.cut(start, stop)
+                if stop - start == 1 or part.nbytes <= limits.max_bytes:  # (one record is a batch, however big)
+                    self._offset = stop
+                    if stop == buffered:  # nothing kept alive for an idle shard
+                        self._buffer, self._buffered, self._offset = _NOTHING, 0, 0
+                    return Unit(part, part.position_at(-1), self._shard_end and not self._buffered)
         deadline = time.monotonic() + window
         self._window_closed = False
         self._replayed = False
@@ -156,7 +175,7 @@ class Batcher:
                     if not self._replaying:
                         return None
                     wait = IDLE_WAIT
-            result = await self._reader.read(self._limits.max_records, wait)
+            result = await self._reader.read(self._read_size, wait)
             self._refill(result.records)
             self._shard_end = self._shard_end or result.shard_end
             if result.behind_ms is not None:

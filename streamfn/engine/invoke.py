@@ -269,10 +269,11 @@ class HandlerSlot:
     A slot serves one caller at a time: its lane.
     """
 
-    __slots__ = ("_invoker", "_running", "_watchdog", "call")
+    __slots__ = ("_invoker", "_loop", "_running", "_watchdog", "call")
 
     def __init__(self, invoker: Invoker) -> None:
         self._invoker = invoker
+        self._loop: asyncio.AbstractEventLoop | None = None  # of the last call: found once, not per call
         self._running: asyncio.Future[Any] | None = None
         self._watchdog = Watchdog(invoker.timeout)
         #: An async handler runs in the lane's own task (no task, no loop turn of its own per call):
@@ -300,9 +301,14 @@ class HandlerSlot:
         cancellation and answers late has still timed out."""
         invoker = self._invoker
         payload: Any = batch if invoker._interface == "native" else invoker._event(batch, context)
-        task = asyncio.current_task()
+        # The running task, looked up in the loop of the last call: asyncio.current_task() would find
+        # the running loop first, at the price of a getpid() system call per call.
+        task = None if self._loop is None else asyncio.current_task(self._loop)
         if task is None:
-            raise RuntimeError("an async handler must be called from a task")
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("an async handler must be called from a task")
+            self._loop = task.get_loop()
         watchdog = self._watchdog
         watchdog.start(task)
         try:

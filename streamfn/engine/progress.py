@@ -11,7 +11,7 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 
 from ..protocols.checkpoint import Checkpoint, CheckpointStore
 from ..records import Position
@@ -49,10 +49,12 @@ class ShardProgress:
         the position moving). A plain function, not a coroutine: no frame of its own per batch."""
         moved = self.watermark.lane_done(lane, position)
         if moved is None:
-            return _nothing()
+            return _DONE
         self.stats.checkpoint_at = moved
-        return self.persist(self._store.save, "checkpoint store", wait, self.shard_id,
-                            Checkpoint(position=moved, window_state=window_state))
+        checkpoint = Checkpoint(position=moved, window_state=window_state)
+        if self._store.save_now(self.shard_id, checkpoint):
+            return _DONE
+        return self.persist(self._store.save, "checkpoint store", wait, self.shard_id, checkpoint)
 
     async def save(self, checkpoint: Checkpoint, wait: Wait) -> None:
         self.stats.checkpoint_at = "SHARD_END" if checkpoint.shard_end else checkpoint.position
@@ -109,5 +111,15 @@ class ShardProgress:
 _tokens = itertools.count()
 
 
-async def _nothing() -> None:
-    """The write of a lane that did not move the watermark: none."""
+class _Done:
+    """A write that is already done (the watermark did not move, or the store took the checkpoint
+    at once): awaiting it runs nothing."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()

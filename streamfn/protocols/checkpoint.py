@@ -76,6 +76,12 @@ class CheckpointStore(Protocol):
 
     async def save(self, shard_id: str, checkpoint: Checkpoint) -> None: ...
 
+    def save_now(self, shard_id: str, checkpoint: Checkpoint) -> bool:
+        """``save`` without a coroutine, for a store that keeps saves in memory until its flush:
+        True if ``checkpoint`` was taken (as ``save`` would take it); False: call ``save`` (the
+        default, and what a store does once its writes fail). Called once per batch."""
+        return False
+
     async def record_pending(self, shard_id: str, first: Position, last: Position) -> None: ...
 
     async def flush(self) -> None: ...

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamfn import Position, Record
-from streamfn.engine.batching import Batcher, BatchLimits
+from streamfn.engine.batching import MIN_READ, Batcher, BatchLimits
 from streamfn.protocols.source import ReadResult, ShardReader
 
 
@@ -120,3 +120,53 @@ async def test_replay_property_every_record_once_in_order(
     for a, b in zip(bounds[::2], bounds[1::2], strict=False):
         assert list(range(a, b + 1)) in batches
 
+
+
+class AskedReader(ListReader):
+    """Remembers how many records each read asked for."""
+
+    def __init__(self, records: list[Record], chunk: int) -> None:
+        super().__init__(records, chunk=chunk)
+        self.asked: list[int] = []
+
+    async def read(self, max_records: int, wait: float) -> ReadResult:
+        self.asked.append(max_records)
+        return await super().read(max_records, wait)
+
+
+async def test_reads_ask_for_more_than_a_small_batch_and_batches_cut_the_rest() -> None:
+    reader = AskedReader(records(100), chunk=1000)
+    batches = await drain(Batcher(reader, BatchLimits(max_records=1)))
+    assert batches == [[i] for i in range(1, 101)]
+    assert set(reader.asked) == {MIN_READ}
+    assert reader.reads == 3  # 64 + 36 records, then an empty read: one read per 64 batches, not per batch
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 50), max_size=80),
+    max_records=st.integers(1, 12),
+    max_bytes=st.integers(1, 120),
+    chunk=st.integers(1, 90),
+)
+async def test_plain_batches_hold_every_record_once_in_order_within_limits(
+    sizes: list[int], max_records: int, max_bytes: int, chunk: int
+) -> None:
+    shard = [Record("s", i, "k", b"x" * size, 0.0) for i, size in enumerate(sizes, 1)]
+    batches = await drain(Batcher(ListReader(shard, chunk=chunk), BatchLimits(max_records=max_records,
+                                                                             max_bytes=max_bytes)))
+    assert sum(batches, []) == list(range(1, len(sizes) + 1))
+    for batch in batches:
+        assert 1 <= len(batch) <= max_records
+        # Over the byte limit only as a batch of one record (a record is never split).
+        assert len(batch) == 1 or sum(sizes[i - 1] for i in batch) <= max_bytes
+
+
+async def test_reads_are_whole_multiples_of_the_batch_size() -> None:
+    reader = AskedReader(records(100), chunk=1000)
+    batches = await drain(Batcher(reader, BatchLimits(max_records=50)))
+    assert batches == [list(range(1, 51)), list(range(51, 101))]  # not cut at 64 by a read
+    assert set(reader.asked) == {50}
+    reader = AskedReader(records(10), chunk=1000)
+    await drain(Batcher(reader, BatchLimits(max_records=3)))
+    assert set(reader.asked) == {63}

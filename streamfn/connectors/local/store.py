@@ -164,22 +164,34 @@ class LocalCheckpointStore(CheckpointStore):
             self._current[shard_id] = checkpoint
         return checkpoint
 
-    async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
-        """Keep ``checkpoint`` in memory; the flusher commits it (called once per batch: kept lean)."""
-        if self._error is not None:
-            self._raise_if_failed()
-        previous = self._current.get(shard_id)
-        if (previous is not None and previous.pending) or checkpoint.pending or checkpoint.shard_end:
-            checkpoint = advance(previous, checkpoint)  # else it would return ``checkpoint`` as it is
-        self._current[shard_id] = checkpoint
-        if self._failing is not None:
-            self._dirty.add(shard_id)
-            self._write()  # the state folder is failing: say so to the caller, rather than pile up
-            return
+    def save_now(self, shard_id: str, checkpoint: Checkpoint) -> bool:
+        """What ``save`` does while the state folder works: keep ``checkpoint`` in memory for the
+        flusher (called once per batch, without a coroutine). False once writes fail: ``save`` then
+        says why, and the caller retries it."""
+        if self._error is not None or self._failing is not None:
+            return False
+        self._keep(shard_id, checkpoint)
         dirty = self._dirty
         if shard_id not in dirty:  # a dirty shard's commit is due already (the flusher was woken for it)
             dirty.add(shard_id)
             self._wake.set()
+        return True
+
+    async def save(self, shard_id: str, checkpoint: Checkpoint) -> None:
+        """Keep ``checkpoint`` in memory; the flusher commits it (``save_now``). While the state
+        folder is failing, write at once instead: the caller hears why, rather than saves pile up."""
+        if self.save_now(shard_id, checkpoint):
+            return
+        self._raise_if_failed()
+        self._keep(shard_id, checkpoint)
+        self._dirty.add(shard_id)
+        self._write()
+
+    def _keep(self, shard_id: str, checkpoint: Checkpoint) -> None:
+        previous = self._current.get(shard_id)
+        if (previous is not None and previous.pending) or checkpoint.pending or checkpoint.shard_end:
+            checkpoint = advance(previous, checkpoint)  # else it would return ``checkpoint`` as it is
+        self._current[shard_id] = checkpoint
 
     async def record_pending(self, shard_id: str, first: Position, last: Position) -> None:
         self._raise_if_failed()
