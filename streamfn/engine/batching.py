@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from ..protocols.source import ShardReader
+from ..protocols.source import ReadResult, ShardReader
 from ..records import Batch, Position, Record
 
 RecordFilter = Callable[[Record], bool]
@@ -142,18 +142,24 @@ class Batcher:
 
     async def next(self) -> Unit | None:
         """The next batch, or None when nothing arrived within the wait (the shard is caught up)."""
-        limits = self._limits
-        window = limits.window
+        window = self._limits.window
         if window <= 0 and self._plain and not self._replay:
-            start, buffered = self._offset, self._buffered
-            if start < buffered:  # the common case: a batch cut from what the last read brought
-                stop = min(start + limits.max_records, buffered)
-                part = self._buffer.cut(start, stop)
-                if stop - start == 1 or part.nbytes <= limits.max_bytes:  # (one record is a batch, however big)
-                    self._offset = stop
-                    if stop == buffered:  # nothing kept alive for an idle shard
-                        self._buffer, self._buffered, self._offset = _NOTHING, 0, 0
-                    return Unit(part, part.position_at(-1), self._shard_end and not self._buffered)
+            # The common case: batches cut from the buffer, refilled by one read when it is empty.
+            unit = self._cut()
+            if unit is not None:
+                return unit
+            if not self._shard_end and self._offset >= self._buffered:
+                result = await self._reader.read(self._read_size, self._idle_wait)
+                self._absorb(result)
+                if not result.records and not self._shard_end:
+                    self._idle_wait = IDLE_WAIT_AGAIN
+                    return None
+                self._idle_wait = IDLE_WAIT
+                # (A lane's recorded batches are known once its records are: look again after a read.)
+                unit = None if self._replay else self._cut()
+                if unit is not None:
+                    return unit
+            # (the end of the shard, a recorded batch, or a batch the byte limit cuts: formed below)
         deadline = time.monotonic() + window
         self._window_closed = False
         self._replayed = False
@@ -176,11 +182,7 @@ class Batcher:
                         return None
                     wait = IDLE_WAIT
             result = await self._reader.read(self._read_size, wait)
-            self._refill(result.records)
-            self._shard_end = self._shard_end or result.shard_end
-            if result.behind_ms is not None:
-                self.behind_ms = result.behind_ms
-            self.trimmed += result.trimmed
+            self._absorb(result)
             if window <= 0 and not result.records and not have and not self._shard_end and not self._replaying:
                 if not self._window_size:  # a tumbling window's end needs its periodic check
                     self._idle_wait = IDLE_WAIT_AGAIN
@@ -193,6 +195,30 @@ class Batcher:
             return Unit(Batch(self._shard_id, []), Position(-1), True) if self._shard_end else None
         return Unit(forming.batch(), through, self._shard_end and not self._buffered, self._window_closed,
                     self._replayed)
+
+    def _cut(self) -> Unit | None:
+        """The next batch of a plain shard cut from the buffer, or None: the buffer is empty, or
+        the byte limit needs records weighed one by one."""
+        start, buffered = self._offset, self._buffered
+        if start >= buffered:
+            return None
+        limits = self._limits
+        stop = min(start + limits.max_records, buffered)
+        part = self._buffer.cut(start, stop)
+        if stop - start > 1 and part.nbytes > limits.max_bytes:  # (one record is a batch, however big)
+            return None
+        self._offset = stop
+        if stop == buffered:  # nothing kept alive for an idle shard
+            self._buffer, self._buffered, self._offset = _NOTHING, 0, 0
+        return Unit(part, part.position_at(-1), self._shard_end and not self._buffered)
+
+    def _absorb(self, result: ReadResult) -> None:
+        """Take in what a read returned."""
+        self._refill(result.records)
+        self._shard_end = self._shard_end or result.shard_end
+        if result.behind_ms is not None:
+            self.behind_ms = result.behind_ms
+        self.trimmed += result.trimmed
 
     def take_counts(self) -> tuple[int, int]:
         """(filtered, trimmed) since the last call: each lane's batcher adds its own to the shard's."""

@@ -14,7 +14,7 @@ import asyncio
 from collections import Counter, defaultdict
 from typing import Any, ClassVar
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from streamfn import Batch, Context, Position, Record, Result
@@ -147,6 +147,10 @@ controls = st.fixed_dictionaries({
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(controls)
+# Lanes forming recorded batches again after crashes, their batchers reading ahead of the batch size.
+@example({"window": 0, "max_attempts": 2, "n": 34, "lanes": 2, "max_records": 3, "bisect": True,
+          "poison": {16, 45}, "crashes": [118, 28, 6, 100, 79],
+          "flaky": {10: {1, 2}, 40: {2}, 57: {3}, 42: {2}, 30: {1, 2}, 22: {3}}, "partial": True})
 def test_every_record_is_output_once_through_crashes(c: dict[str, Any]) -> None:
     if c["window"]:
         c["lanes"] = 1  # the config refuses windows with lanes
