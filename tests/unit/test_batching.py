@@ -135,11 +135,11 @@ class AskedReader(ListReader):
 
 
 async def test_reads_ask_for_more_than_a_small_batch_and_batches_cut_the_rest() -> None:
-    reader = AskedReader(records(100), chunk=1000)
+    reader = AskedReader(records(MIN_READ + 10), chunk=10_000)
     batches = await drain(Batcher(reader, BatchLimits(max_records=1)))
-    assert batches == [[i] for i in range(1, 101)]
+    assert batches == [[i] for i in range(1, MIN_READ + 11)]
     assert set(reader.asked) == {MIN_READ}
-    assert reader.reads == 3  # 64 + 36 records, then an empty read: one read per 64 batches, not per batch
+    assert reader.reads == 3  # MIN_READ records, the last 10, then an empty read: not a read per batch
 
 
 @settings(max_examples=80, deadline=None)
@@ -163,10 +163,13 @@ async def test_plain_batches_hold_every_record_once_in_order_within_limits(
 
 
 async def test_reads_are_whole_multiples_of_the_batch_size() -> None:
-    reader = AskedReader(records(100), chunk=1000)
-    batches = await drain(Batcher(reader, BatchLimits(max_records=50)))
-    assert batches == [list(range(1, 51)), list(range(51, 101))]  # not cut at 64 by a read
-    assert set(reader.asked) == {50}
-    reader = AskedReader(records(10), chunk=1000)
+    reader = AskedReader(records(400), chunk=10_000)
+    batches = await drain(Batcher(reader, BatchLimits(max_records=100)))
+    assert batches == [list(range(i, i + 100)) for i in range(1, 401, 100)]  # none cut short by a read
+    assert set(reader.asked) == {MIN_READ // 100 * 100}
+    reader = AskedReader(records(10), chunk=10_000)
     await drain(Batcher(reader, BatchLimits(max_records=3)))
-    assert set(reader.asked) == {63}
+    assert set(reader.asked) == {MIN_READ // 3 * 3}
+    reader = AskedReader(records(10), chunk=10_000)
+    await drain(Batcher(reader, BatchLimits(max_records=1000)))
+    assert set(reader.asked) == {1000}
