@@ -28,7 +28,9 @@ IDLE_WAIT_AGAIN = 5.0
 #: batch waits in the batcher's buffer, so a small batch costs a cut of that buffer, not a read.
 #: (Whole multiples of the batch size: the buffer then forms the batches that reading each batch's
 #: records on its own would have formed; a batch is cut short only where a read came back short.)
-MIN_READ = 256
+#: Small, as the local reader's READ_AHEAD: 256 made batches of 100 cost 15 % fewer instructions
+#: but kept 20 MB more heap after 1,024 shards drained (104 against 84 MB).
+MIN_READ = 64
 
 
 class BatchLimits(msgspec.Struct, frozen=True):

@@ -267,7 +267,12 @@ class LocalShardReader(ShardReader):
             if tip > self._after:
                 # Whole multiples of the batch size, so what waits here forms the same batches as
                 # reading each batch's records then would have (a batch is cut short only at the tip).
-                records = await self._read(max_records * max(1, READ_AHEAD // max_records), tip - self._after)
+                wanted = max_records * max(1, READ_AHEAD // max_records)
+                args = (self._stream, self._shard_id, self._after, wanted)
+                # A read of up to DIRECT_READ_MAX records runs here (no coroutine or thread of its own);
+                # a bigger one in a thread, so the loop keeps serving other shards meanwhile.
+                records = (self._log.read(*args) if min(tip - self._after, wanted) <= DIRECT_READ_MAX
+                           else await asyncio.to_thread(self._log.read, *args))
                 # Dense sequences: a gap before the first record (or no record at all) is a trim.
                 next_seq = records.position_at(0).sequence if records else self._first_retained()
                 trimmed = self._skip_trimmed(next_seq)
@@ -316,12 +321,6 @@ class LocalShardReader(ShardReader):
         )
         self._after = next_seq - 1
         return skipped
-
-    async def _read(self, max_records: int, pending: int) -> Batch:
-        args = (self._stream, self._shard_id, self._after, max_records)
-        if min(pending, max_records) <= DIRECT_READ_MAX:
-            return self._log.read(*args)
-        return await asyncio.to_thread(self._log.read, *args)
 
     async def close(self) -> None:
         """Nothing to release: the log's connections belong to the source."""
