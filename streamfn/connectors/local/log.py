@@ -186,6 +186,10 @@ class LocalLog:
         #: Trims through this object that removed blocks: what was seen of a shard's oldest
         #: retained sequence before one is out of date.
         self.trims = 0
+        #: Per (stream, shard): small blocks at the shard's end as this object last knew it, so an
+        #: append looks for blocks to merge only once there may be enough (a hint: appends by other
+        #: objects or processes make it low, and the look itself decides).
+        self._small_tail: dict[tuple[str, int], int] = {}
         try:
             with storage_faults(self.path, "opening the local log"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,11 +316,13 @@ class LocalLog:
             return 0
         conn = self._conn()
         tips: dict[int, int] = {}
+        small: dict[tuple[str, int], int] = {}
         with storage_faults(self.path, f"appending to stream {stream!r}"), self._transaction(conn):
             now = time.time() if arrival_time is None else arrival_time
             for shard in range(shard_count):
                 if keys[shard]:
-                    tips[shard] = self._append_shard(conn, stream, shard, keys[shard], datas[shard], now)
+                    tips[shard] = self._append_shard(conn, stream, shard, keys[shard], datas[shard], now, small)
+        self._small_tail.update(small)  # once committed
         for listener in self._listeners:
             listener(stream, tips)
         return total
@@ -338,7 +344,10 @@ class LocalLog:
         keys: list[str],
         datas: list[bytes],
         now: float,
+        small: dict[tuple[str, int], int] | None = None,
     ) -> int:
+        """Append one shard's records as blocks (inside the caller's transaction); the new tip.
+        ``small`` gets the shard's new count of small blocks at its end, for ``_small_tail``."""
         last_seq, last_arrival = conn.execute(
             "SELECT last_seq, last_arrival FROM shards WHERE stream = ? AND shard = ?", (stream, shard)
         ).fetchone()
@@ -354,30 +363,47 @@ class LocalLog:
             "UPDATE shards SET last_seq = ?, last_arrival = ? WHERE stream = ? AND shard = ?",
             (seq, arrival, stream, shard),
         )
-        if len(rows[-1][5]) < SMALL_BLOCK_BYTES:
-            self._merge_tail(conn, stream, shard)
+        trailing = 0
+        for row in reversed(rows):
+            if len(row[5]) >= SMALL_BLOCK_BYTES:
+                break
+            trailing += 1
+        known = trailing
+        if trailing == len(rows):
+            known += self._small_tail.get((stream, shard), 0)
+        if known >= MERGE_BLOCKS:
+            known = self._merge_tail(conn, stream, shard)
+        if small is not None:
+            small[(stream, shard)] = known
         return int(seq)
 
-    def _merge_tail(self, conn: sqlite3.Connection, stream: str, shard: int) -> None:
+    def _merge_tail(self, conn: sqlite3.Connection, stream: str, shard: int) -> int:
         """Merge the shard's last ``MERGE_BLOCKS`` blocks into one if each is small and together
-        they fit a block (inside the caller's transaction)."""
+        they fit a block (inside the caller's transaction); how many small blocks end it then.
+
+        The newest block's row becomes the merged block (its last sequence and arrival are the
+        merged block's): the others are deleted, no index entry of it changes.
+        """
         tail = conn.execute(
             "SELECT rowid, first_seq, last_seq, length(payload) FROM blocks WHERE stream = ? AND shard = ?"
             " ORDER BY last_seq DESC LIMIT ?",
             (stream, shard, MERGE_BLOCKS),
         ).fetchall()
-        if (len(tail) < MERGE_BLOCKS or any(size >= SMALL_BLOCK_BYTES for *_, size in tail)
-                or sum(size for *_, size in tail) > BLOCK_BYTES or tail[0][2] - tail[-1][1] >= BLOCK_RECORDS
+        small = len(list(itertools.takewhile(lambda row: row[3] < SMALL_BLOCK_BYTES, tail)))
+        if (small < MERGE_BLOCKS or sum(size for *_, size in tail) > BLOCK_BYTES
+                or tail[0][2] - tail[-1][1] >= BLOCK_RECORDS
                 or any(newer[1] != older[2] + 1 for newer, older in itertools.pairwise(tail))):
-            return
+            # Too many records together (or a gap, which a trim never leaves): these stay as they are.
+            return 0 if small == MERGE_BLOCKS else small
         rowids = [row[0] for row in reversed(tail)]
         marks = ",".join("?" * len(rowids))
         blocks = [_decode_block(first_seq, arrival, payload) for first_seq, arrival, payload in conn.execute(
             f"SELECT first_seq, arrival, payload FROM blocks WHERE rowid IN ({marks}) ORDER BY last_seq", rowids)]
-        conn.execute(f"DELETE FROM blocks WHERE rowid IN ({marks})", rowids)
-        conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
-                     (stream, shard, blocks[0].first_seq, blocks[-1].last_seq, blocks[-1].arrival,
-                      self._encode(_merged_payload(blocks))))
+        payload = self._encode(_merged_payload(blocks))
+        conn.execute(f"DELETE FROM blocks WHERE rowid IN ({','.join('?' * (len(rowids) - 1))})", rowids[:-1])
+        conn.execute("UPDATE blocks SET first_seq = ?, payload = ? WHERE rowid = ?",
+                     (blocks[0].first_seq, payload, rowids[-1]))
+        return 1 if len(payload) < SMALL_BLOCK_BYTES else 0
 
     def trim(self, stream: str, retention: Retention, now: float | None = None) -> list[TrimmedRange]:
         """Drop the whole blocks that ``retention`` no longer keeps; what each shard lost.
