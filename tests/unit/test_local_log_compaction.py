@@ -19,6 +19,7 @@ from streamfn.connectors.local.log import (
     SMALL_BLOCK_BYTES,
     LocalLog,
     Retention,
+    TrimmedRange,
     _block_payload,
     shard_for_key,
 )
@@ -222,3 +223,26 @@ def test_readers_in_other_connections_see_each_record_once_while_appends_merge(t
     expected = [(n + 1, f"k{n}", b"%d" % n, float(n - n % chunk)) for n in range(total)]
     assert results[0] == expected
     assert results[1] == expected
+
+
+def test_a_trim_racing_a_merge_reports_only_what_it_removed(tmp_path: Path, monkeypatch: Any) -> None:
+    """A trim decides its cut-offs before its delete; an append that merges the cut-off block in
+    between keeps those records (in the merged block), and the trim reports only what went."""
+    log = LocalLog(tmp_path / "log.sqlite3")
+    log.create_stream("s", 1)
+    try:
+        log.append("s", [("k", b"x" * SMALL_BLOCK_BYTES)], arrival_time=0.0)  # never merged
+        for i in range(MERGE_BLOCKS - 1):
+            log.append("s", [("k", b"%d" % i)], arrival_time=float(i))
+        decide = log._trim_cutoffs
+
+        def decide_then_append(*args: Any) -> dict[int, int]:
+            cutoffs = decide(*args)
+            log.append("s", [("k", b"last")], arrival_time=100.0)  # the eighth small block: all eight merge
+            return cutoffs
+
+        monkeypatch.setattr(log, "_trim_cutoffs", decide_then_append)
+        assert log.trim("s", Retention(max_age=10.0), now=50.0) == [TrimmedRange("shard-0000", 1, 1)]
+        assert [w.data for w in read_all(log, 0, 0, [100])] == [*(b"%d" % i for i in range(MERGE_BLOCKS - 1)), b"last"]
+    finally:
+        log.close()

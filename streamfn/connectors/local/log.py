@@ -420,17 +420,19 @@ class LocalLog:
             for shard, cutoff in sorted(cutoffs.items()):
                 conn = self._conn()
                 with self._transaction(conn):
-                    first = conn.execute(
-                        "SELECT min(first_seq) FROM blocks WHERE stream = ? AND shard = ? AND last_seq <= ?",
+                    # What goes, as it is now: an append may have merged the cut-off block since.
+                    first, last = conn.execute(
+                        "SELECT min(first_seq), max(last_seq) FROM blocks WHERE stream = ? AND shard = ?"
+                        " AND last_seq <= ?",
                         (stream, shard, cutoff),
-                    ).fetchone()[0]
+                    ).fetchone()
                     if first is None:
                         continue
                     conn.execute("DELETE FROM blocks WHERE stream = ? AND shard = ? AND last_seq <= ?",
                                  (stream, shard, cutoff))
                 self._partial.pop((stream, shard), None)
                 self.trims += 1
-                trimmed.append(TrimmedRange(shard_id_of(shard), int(first), cutoff))
+                trimmed.append(TrimmedRange(shard_id_of(shard), int(first), int(last)))
             return trimmed
 
     def _trim_cutoffs(self, stream: str, retention: Retention, now: float) -> dict[int, int]:
@@ -583,8 +585,10 @@ class _Block(NamedTuple):
     buffer: Any  # bytes, or a memoryview of the stored payload
     ends: Sequence[int]
     lines: bool
-    #: A merged block's arrivals as ``(count, arrival)`` runs; None: every record has ``arrival``.
+    #: A merged block's arrivals as ``(count, arrival)`` runs, and one per record (a read slices
+    #: it); None: every record has ``arrival``.
     runs: list[tuple[int, float]] | None = None
+    arrivals: list[float] | None = None
 
 
 class _Taking:
@@ -612,10 +616,10 @@ class _Taking:
             self.runs.append((first_seq + start, first_seq + end))
             self.segments.append((block.buffer, block.ends, start, end, block.lines))
             self.keys.append((block.keys, start, end))
-            if block.runs is None:
+            if block.arrivals is None:
                 self.arrivals += [block.arrival] * taken
             else:
-                self.arrivals += _arrivals(block.runs, start, end)
+                self.arrivals += block.arrivals[start:end]
             self.count += taken
             self.wanted -= taken
         return first_seq + end - 1
@@ -677,7 +681,9 @@ def _decode_block(first_seq: int, arrival: float, payload: bytes) -> _Block:
         swapped = array.array("I", bytes(ends))
         swapped.byteswap()
         offsets = swapped
-    return _Block(first_seq, first_seq + len(offsets) - 1, arrival, keys, buffer, offsets, lines, runs)
+    arrivals = None if runs is None else list(itertools.chain.from_iterable(
+        itertools.repeat(at, count) for count, at in runs))
+    return _Block(first_seq, first_seq + len(offsets) - 1, arrival, keys, buffer, offsets, lines, runs, arrivals)
 
 
 def _merged_payload(blocks: list[_Block]) -> tuple[list[str], bytes, bytes, bool, list[tuple[int, float]]]:
@@ -699,20 +705,6 @@ def _merged_payload(blocks: list[_Block]) -> tuple[list[str], bytes, bytes, bool
         ends.byteswap()
     buffer = b"\n".join(bytes(block.buffer) for block in blocks)
     return keys, buffer, ends.tobytes(), all(block.lines for block in blocks), runs
-
-
-def _arrivals(runs: list[tuple[int, float]], start: int, end: int) -> list[float]:
-    """The arrivals of a merged block's records ``start..end - 1``."""
-    taken: list[float] = []
-    at = 0
-    for count, arrival in runs:
-        low, high = max(start, at), min(end, at + count)
-        if high > low:
-            taken += [arrival] * (high - low)
-        at += count
-        if at >= end:
-            break
-    return taken
 
 
 def _decode_key_pieces(pieces: list[tuple[msgspec.Raw, int, int]]) -> list[str]:
