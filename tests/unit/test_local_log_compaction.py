@@ -246,3 +246,31 @@ def test_a_trim_racing_a_merge_reports_only_what_it_removed(tmp_path: Path, monk
         assert [w.data for w in read_all(log, 0, 0, [100])] == [*(b"%d" % i for i in range(MERGE_BLOCKS - 1)), b"last"]
     finally:
         log.close()
+
+
+def test_a_merge_runs_after_the_commit_and_the_wake_ups_and_a_failed_one_changes_nothing(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    log = LocalLog(tmp_path / "log.sqlite3")
+    log.create_stream("s", 1)
+    seen_by_listener: list[int] = []
+    log.add_listener(lambda stream, tips: seen_by_listener.append(len(block_sizes(log))))
+    try:
+        for i in range(MERGE_BLOCKS - 1):
+            log.append("s", [("k", b"%d" % i)])
+        merge = log._merge_tail
+
+        def failing(*args: Any) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(log, "_merge_tail", failing)
+        assert log.append("s", [("k", b"7")]) == 1  # committed, whatever the merge did
+        assert block_sizes(log) == [1] * MERGE_BLOCKS
+        monkeypatch.setattr(log, "_merge_tail", merge)
+        log.append("s", [("k", b"8")])  # the next append tries again
+        assert block_sizes(log) == [1, MERGE_BLOCKS]  # the last eight
+        # Readers were woken while the shard still had its small blocks: the merge came after.
+        assert seen_by_listener[MERGE_BLOCKS - 1] == MERGE_BLOCKS
+        assert [w.data for w in read_all(log, 0, 0, [4])] == [b"%d" % i for i in range(MERGE_BLOCKS + 1)]
+    finally:
+        log.close()

@@ -19,7 +19,8 @@ Compaction (layout 3). A producer spreading its appends over many shards leaves 
 block per append of a few records, and reading a shard then costs a row, a page and a decode per
 few records (1,024 shards, 10,000-record appends: ~10 records a block, reads ~2x the CPU of
 ~100-record blocks). So an append that leaves ``MERGE_BLOCKS`` small blocks (each under
-``SMALL_BLOCK_BYTES``) at the end of a shard merges them into one, in its own transaction: a
+``SMALL_BLOCK_BYTES``) at the end of a shard merges them into one, in a transaction of its own
+once its records are committed and their readers woken (a merge never delays a record): a
 reader sees the small blocks or the merged one, never both, and a block it holds decoded stays
 right (the merged block holds the same records under the same sequences). A merged block's
 payload has a fifth element, its arrivals as ``[[count, arrival], ...]`` runs, so every record
@@ -52,6 +53,7 @@ import array
 import contextlib
 import hashlib
 import itertools
+import logging
 import operator
 import sqlite3
 import sys
@@ -68,6 +70,8 @@ import msgspec
 from ...errors import SourceError
 from ...records import Batch, DataColumn, LazyColumn
 from ...storage_errors import is_transient, storage_error, storage_faults
+
+log = logging.getLogger("streamfn.source.local")
 
 #: Told ``(stream, {shard index: new tip})`` after each append through a LocalLog commits.
 AppendListener = Callable[[str, dict[int, int]], None]
@@ -325,7 +329,25 @@ class LocalLog:
         self._small_tail.update(small)  # once committed
         for listener in self._listeners:
             listener(stream, tips)
+        due = [shard for (_, shard), count in small.items() if count >= MERGE_BLOCKS]
+        if due:  # after the commit and the wake-ups: readers never wait on a merge
+            self._merge_tails(conn, stream, due)
         return total
+
+    def _merge_tails(self, conn: sqlite3.Connection, stream: str, shards: list[int]) -> None:
+        """Merge the small blocks at the end of ``shards`` in one transaction of its own. Only an
+        optimisation: if it fails (a busy or full disk), the blocks stay as they are, the append
+        it follows has committed regardless, and a later append tries again."""
+        merged: dict[tuple[str, int], int] = {}
+        try:
+            with self._transaction(conn):
+                for shard in shards:
+                    merged[(stream, shard)] = self._merge_tail(conn, stream, shard)
+        except sqlite3.Error as exc:
+            log.debug("merging small blocks failed; they stay as they are",
+                      extra={"path": str(self.path), "stream": stream, "error": repr(exc)})
+            return
+        self._small_tail.update(merged)
 
     def add_listener(self, listener: AppendListener) -> None:
         """Call ``listener(stream, {shard: new tip})`` after each commit of ``append`` through this
@@ -347,7 +369,8 @@ class LocalLog:
         small: dict[tuple[str, int], int] | None = None,
     ) -> int:
         """Append one shard's records as blocks (inside the caller's transaction); the new tip.
-        ``small`` gets the shard's new count of small blocks at its end, for ``_small_tail``."""
+        ``small`` gets the shard's new count of small blocks at its end (``_small_tail``: merged
+        by ``append`` once enough)."""
         last_seq, last_arrival = conn.execute(
             "SELECT last_seq, last_arrival FROM shards WHERE stream = ? AND shard = ?", (stream, shard)
         ).fetchone()
@@ -371,15 +394,14 @@ class LocalLog:
         known = trailing
         if trailing == len(rows):
             known += self._small_tail.get((stream, shard), 0)
-        if known >= MERGE_BLOCKS:
-            known = self._merge_tail(conn, stream, shard)
         if small is not None:
             small[(stream, shard)] = known
         return int(seq)
 
     def _merge_tail(self, conn: sqlite3.Connection, stream: str, shard: int) -> int:
         """Merge the shard's last ``MERGE_BLOCKS`` blocks into one if each is small and together
-        they fit a block (inside the caller's transaction); how many small blocks end it then.
+        they fit a block (inside the caller's transaction); how many small blocks end it then
+        (the look decides: the count it was called on is a hint).
 
         The newest block's row becomes the merged block (its last sequence and arrival are the
         merged block's): the others are deleted, no index entry of it changes.
