@@ -163,7 +163,6 @@ def test_blocks_of_older_layouts_merge_with_new_ones(tmp_path: Path) -> None:
     conn.execute("INSERT INTO blocks VALUES ('s', 0, 3, 3, 2.0, ?)",
                  (msgspec.msgpack.encode(_block_payload(["c"], [b'{"v": 3}'])),))  # layout 2
     conn.execute("UPDATE shards SET last_seq = 3, last_arrival = 2.0 WHERE stream = 's' AND shard = 0")
-    log._small_tail[("s", 0)] = 2  # as if this object had appended them (it looks only once there may be 8)
     try:
         for i in range(MERGE_BLOCKS - 2):
             log.append("s", [(f"n{i}", b'{"v": %d}' % (i + 4))], arrival_time=3.0 + i)
@@ -272,5 +271,21 @@ def test_a_merge_runs_after_the_commit_and_the_wake_ups_and_a_failed_one_changes
         # Readers were woken while the shard still had its small blocks: the merge came after.
         assert seen_by_listener[MERGE_BLOCKS - 1] == MERGE_BLOCKS
         assert [w.data for w in read_all(log, 0, 0, [4])] == [b"%d" % i for i in range(MERGE_BLOCKS + 1)]
+    finally:
+        log.close()
+
+
+def test_a_producer_that_opens_the_log_for_each_append_merges_too(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    for i in range(MERGE_BLOCKS * 2 + 1):
+        log = LocalLog(path)
+        log.create_stream("s", 1)
+        log.append("s", [("k", b"%d" % i)] * 3, arrival_time=float(i))
+        log.close()
+    log = LocalLog(path)
+    try:
+        assert block_sizes(log) == [3 * (MERGE_BLOCKS * 2 - 1), 3, 3]
+        arrivals = [float(i) for i in range(MERGE_BLOCKS * 2 + 1) for _ in range(3)]
+        assert [w.arrival for w in read_all(log, 0, 0, [7])] == arrivals
     finally:
         log.close()

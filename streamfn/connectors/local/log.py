@@ -190,9 +190,9 @@ class LocalLog:
         #: Trims through this object that removed blocks: what was seen of a shard's oldest
         #: retained sequence before one is out of date.
         self.trims = 0
-        #: Per (stream, shard): small blocks at the shard's end as this object last knew it, so an
-        #: append looks for blocks to merge only once there may be enough (a hint: appends by other
-        #: objects or processes make it low, and the look itself decides).
+        #: Per (stream, shard): small blocks at the shard's end as this object last knew it (counted
+        #: at its first append to the shard), so an append looks for blocks to merge only once there
+        #: may be enough (a hint: appends by other objects or processes make it low; the look decides).
         self._small_tail: dict[tuple[str, int], int] = {}
         try:
             with storage_faults(self.path, "opening the local log"):
@@ -393,10 +393,22 @@ class LocalLog:
             trailing += 1
         known = trailing
         if trailing == len(rows):
-            known += self._small_tail.get((stream, shard), 0)
+            hint = self._small_tail.get((stream, shard))
+            # First append to this shard through this object (a producer may open the log per
+            # append): the look counts the small blocks at its end, these rows included.
+            known = self._count_small_tail(conn, stream, shard) if hint is None else known + hint
         if small is not None:
             small[(stream, shard)] = known
         return int(seq)
+
+    @staticmethod
+    def _count_small_tail(conn: sqlite3.Connection, stream: str, shard: int) -> int:
+        """How many blocks under ``SMALL_BLOCK_BYTES`` end the shard (up to ``MERGE_BLOCKS``)."""
+        sizes = conn.execute(
+            "SELECT length(payload) FROM blocks WHERE stream = ? AND shard = ? ORDER BY last_seq DESC LIMIT ?",
+            (stream, shard, MERGE_BLOCKS),
+        ).fetchall()
+        return len(list(itertools.takewhile(lambda row: row[0] < SMALL_BLOCK_BYTES, sizes)))
 
     def _merge_tail(self, conn: sqlite3.Connection, stream: str, shard: int) -> int:
         """Merge the shard's last ``MERGE_BLOCKS`` blocks into one if each is small and together
