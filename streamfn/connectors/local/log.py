@@ -184,7 +184,8 @@ class LocalLog:
         self._encode = msgspec.msgpack.Encoder().encode
         self._shard_counts: dict[str, int] = {}
         # Per shard, the last block a read stopped inside of: a reader taking 100 records at a
-        # time then decodes each 1000-record block once, not ten times. Blocks never change.
+        # time then decodes each 1000-record block once, not ten times. A block kept here stays
+        # right: blocks never change, and a merge keeps their records under the same sequences.
         self._partial: dict[tuple[str, int], _Block] = {}
         self._listeners: list[AppendListener] = []
         #: Trims through this object that removed blocks: what was seen of a shard's oldest
@@ -592,7 +593,6 @@ class LocalLog:
         if row[0] is None:
             raise SourceError(f"no shard {shard_id!r} in stream {stream!r} of {self.path}")
         return int(row[0])
-
 
     def shard_bounds(self, stream: str) -> list[tuple[int, int]]:
         """Per shard (by index): the tip and the oldest retained sequence (the tip + 1 when none is),
