@@ -15,7 +15,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamfn.connectors.local.log import LocalLog, _block_payload, _decode_block
+from streamfn.connectors.local.log import LAYOUT_VERSION, LocalLog, _block_payload, _decode_block
 from streamfn.engine.batching import Batcher, BatchLimits
 from streamfn.protocols.source import ReadResult, ShardReader
 from streamfn.records import Batch, DataColumn, LazyColumn, Position, Record
@@ -238,7 +238,7 @@ def test_blocks_of_the_previous_layout_are_read_with_the_new_ones(tmp_path: Path
     assert [(r.sequence, r.partition_key, r.data) for r in batch] == [
         (i, k, d) for i, (k, d) in enumerate([*old, ("new", b'{"new": 6}'), ("new", b"not json")], 1)]
     assert batch[:6].json() == [{"old": i} for i in range(1, 6)] + [{"new": 6}]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
     log.close()
 
 

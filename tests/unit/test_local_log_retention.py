@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfn.config import json_schema
-from streamfn.connectors.local.log import BLOCK_RECORDS, LocalLog, Retention, TrimmedRange, shard_for_key
+from streamfn.connectors.local.log import BLOCK_RECORDS, MERGE_BLOCKS, LocalLog, Retention, TrimmedRange, shard_for_key
 from streamfn.connectors.local.source import LocalSource, LocalSourceConfig
 from streamfn.protocols.source import ShardInfo, StartingPosition
 
@@ -85,7 +85,8 @@ def test_unlimited_keeps_everything(log: LocalLog) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    appends=st.lists(st.tuples(st.integers(1, 30), st.integers(0, 300)), min_size=1, max_size=8),
+    # Fewer appends than make a merge: one block per append (merged blocks: test_local_log_compaction.py).
+    appends=st.lists(st.tuples(st.integers(1, 30), st.integers(0, 300)), min_size=1, max_size=MERGE_BLOCKS - 1),
     shard_limit=st.one_of(st.none(), st.integers(1, 20_000)),
     max_age=st.one_of(st.none(), st.floats(0.5, 10.0)),
 )

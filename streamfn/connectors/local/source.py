@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from ...errors import StateMismatchError
+from ...errors import SourceError, StateMismatchError
 from ...lambda_shapes import kinesis_event
 from ...protocols.source import (
     ReadResult,
@@ -25,7 +25,7 @@ from ...protocols.source import (
     StartingPosition,
 )
 from ...records import Batch, Position
-from .log import LocalLog, Retention, TrimmedRange, shard_index_of
+from .log import LocalLog, Retention, TrimmedRange, shard_id_of, shard_index_of
 from .tips import TipWatcher
 
 log = logging.getLogger("streamfn.source.local")
@@ -49,6 +49,11 @@ TRIM_INTERVAL = 60.0
 READ_AHEAD = 64
 #: Seconds between tip lookups of a reader without a (healthy) tip watcher.
 FALLBACK_POLL = 0.01
+#: Seconds a look at every shard's bounds (tip, oldest retained sequence) serves the readers
+#: made after it: shards starting together cost one query. Older than this, it is taken again.
+#: A trim through this source makes it out of date at once; one by another process within it reads
+#: as one made just after the reader started (its records are counted and logged as trimmed).
+BOUNDS_FRESH = 0.5
 
 
 _PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -120,6 +125,9 @@ class LocalSource(Source):
         self._trimmer: asyncio.Task[None] | None = None
         self._trimming: asyncio.Future[list[TrimmedRange]] | None = None
         self._tips: TipWatcher | None = None
+        self._bounds: list[tuple[int, int]] = []
+        self._bounds_at = -BOUNDS_FRESH
+        self._bounds_trims = 0
 
     @property
     def log(self) -> LocalLog:
@@ -135,13 +143,19 @@ class LocalSource(Source):
 
     async def shard_tips(self, shard_ids: Sequence[str]) -> dict[str, ShardTip]:
         """Newest sequences; records before the oldest retained one were trimmed (no lag)."""
-        log = self.log
-        return {shard_id: ShardTip(log.last_seq(self.name, shard_id), log.first_retained_seq(self.name, shard_id) - 1)
-                for shard_id in shard_ids}
+        bounds = self.log.shard_bounds(self.name)  # one query for every shard
+        shown = {}
+        for shard_id in shard_ids:
+            index = shard_index_of(shard_id)
+            if index >= len(bounds):
+                raise SourceError(f"no shard {shard_id!r} in stream {self.name!r} of {self.path}")
+            tip, first = bounds[index]
+            shown[shard_id] = ShardTip(tip, first - 1)
+        return shown
 
     def tips(self) -> dict[str, int]:
         """Each shard's newest sequence (0: nothing appended yet)."""
-        return {shard_id: self.log.last_seq(self.name, shard_id) for shard_id in self.log.shard_ids(self.name)}
+        return {shard_id_of(index): tip for index, (tip, _) in enumerate(self.log.shard_bounds(self.name))}
 
     async def open(self) -> None:
         if self._log is None:
@@ -178,17 +192,31 @@ class LocalSource(Source):
         return [ShardInfo(shard_id) for shard_id in self.log.shard_ids(self.name)]
 
     def reader(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> LocalShardReader:
-        return LocalShardReader(self.log, self.name, shard.shard_id, self._start_after(shard, after, start),
-                                self._tips)
+        tip, first = self._shard_bounds(shard.shard_id)
+        return LocalShardReader(self.log, self.name, shard.shard_id, self._start_after(shard, after, start, first),
+                                self._tips, known_tip=tip)
 
-    def _start_after(self, shard: ShardInfo, after: Position | None, start: StartingPosition) -> int:
-        """The sequence the reader continues after: records strictly above it are read."""
+    def _shard_bounds(self, shard_id: str) -> tuple[int, int]:
+        """A shard's tip (or an older one: tips only grow) and its oldest retained sequence, from a
+        look at every shard taken at most ``BOUNDS_FRESH`` seconds ago."""
+        log, now = self.log, time.monotonic()
+        if now - self._bounds_at > BOUNDS_FRESH or log.trims != self._bounds_trims:
+            self._bounds_trims = log.trims
+            self._bounds, self._bounds_at = log.shard_bounds(self.name), now
+        index = shard_index_of(shard_id)
+        if index >= len(self._bounds):
+            raise SourceError(f"no shard {shard_id!r} in stream {self.name!r} of {self.path}")
+        return self._bounds[index]
+
+    def _start_after(self, shard: ShardInfo, after: Position | None, start: StartingPosition, retained: int) -> int:
+        """The sequence the reader continues after: records strictly above it are read (``retained``:
+        the oldest retained sequence, as recently seen)."""
         if after is not None:
             return after.sequence
         if start.position is not None:  # sequences are dense here: at N is after N - 1
             return start.position.sequence - 1
         if start.kind == "trim_horizon":  # the oldest record retained: nothing counts as trimmed
-            return self.log.first_retained_seq(self.name, shard.shard_id) - 1
+            return retained - 1
         tip = self.log.last_seq(self.name, shard.shard_id)
         if start.kind == "latest":
             return tip
@@ -230,8 +258,10 @@ class LocalShardReader(ShardReader):
     """
 
     def __init__(self, log: LocalLog, stream: str, shard_id: str, after_seq: int,
-                 tips: TipWatcher | None = None) -> None:
-        tip = log.last_seq(stream, shard_id)
+                 tips: TipWatcher | None = None, *, known_tip: int = -1) -> None:
+        """``known_tip``: the shard's tip as seen recently (tips only grow); looked up when lower
+        than ``after_seq``."""
+        tip = known_tip if known_tip >= after_seq else log.last_seq(stream, shard_id)
         if after_seq > tip:
             # Sequences never restart, so a position past the tip was made against another log.
             raise StateMismatchError(
