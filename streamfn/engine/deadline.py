@@ -7,12 +7,15 @@ armed at a call's due time and lets it run on across calls. When it fires it eit
 call it was armed for over (and re-arms at the running call's due time, or rests while none
 runs), or the running call past its due time: it cancels the task, as ``asyncio.timeout`` does.
 A call then costs a clock read and a few attribute stores; the timer fires about once per
-timeout period while calls keep coming.
+timeout period while calls keep coming. The timer runs in an empty context of its own: armed
+inside a call, it would keep that call's context (its ``CallScope``, hence its batch) alive for a
+whole timeout period (measured: ~35 MB held by 1,024 idle shards).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 #: A timer may fire this much before its time (uvloop rounds delays to whole milliseconds): a call
@@ -51,7 +54,7 @@ class Watchdog:
         self._due = due = loop.time() + self._delay
         if self._handle is None or self._loop is not loop:  # else the armed timer re-arms when it fires
             self._loop = loop
-            self._handle = loop.call_at(due, self._check)
+            self._handle = loop.call_at(due, self._check, context=contextvars.Context())
 
     def stop(self) -> bool:
         """The call ended: True if it timed out (its task's cancellation is then taken back)."""
@@ -73,4 +76,4 @@ class Watchdog:
             self._expired = True
             task.cancel()
         else:
-            self._handle = loop.call_at(self._due, self._check)
+            self._handle = loop.call_at(self._due, self._check, context=contextvars.Context())

@@ -117,3 +117,35 @@ async def test_a_handler_that_swallows_the_timeout_still_counts_as_timed_out() -
         await asyncio.sleep(10)
     assert watchdog.stop()
     assert task.cancelling() == 0
+
+
+async def test_the_armed_timer_keeps_nothing_of_the_call_that_armed_it_alive() -> None:
+    """The timer outlives the call (it rests armed for the next ones): what the call's context held
+    (the engine's CallScope, hence the batch) must not stay reachable through it."""
+    import contextvars
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    scope: contextvars.ContextVar[Held | None] = contextvars.ContextVar("scope", default=None)
+    watchdog = Watchdog(60)
+    task = current()
+
+    async def call() -> weakref.ref[Held]:
+        held = Held()
+        scope.set(held)  # as CallScope does for the call's duration, in a copy of the context
+        watchdog.start(task)
+        await asyncio.sleep(0)
+        assert not watchdog.stop()
+        return weakref.ref(held)
+
+    calling = asyncio.create_task(call(), context=contextvars.copy_context())
+    ref = await calling
+    del calling
+    for _ in range(3):
+        await asyncio.sleep(0)  # the loop lets go of the finished task
+    gc.collect()
+    assert watchdog._handle is not None  # still armed: the case that held the call's context
+    assert ref() is None
