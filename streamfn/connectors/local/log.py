@@ -343,6 +343,9 @@ class LocalLog:
         try:
             with self._transaction(conn):
                 for shard in shards:
+                    # Merging is Python work under the GIL: a thread waiting for it (a pipeline's
+                    # event loop in this process, just woken by this append) goes first.
+                    time.sleep(0)
                     merged[(stream, shard)] = self._merge_tail(conn, stream, shard)
         except sqlite3.Error as exc:
             log.debug("merging small blocks failed; they stay as they are",
