@@ -121,7 +121,6 @@ async def test_replay_property_every_record_once_in_order(
         assert list(range(a, b + 1)) in batches
 
 
-
 class AskedReader(ListReader):
     """Remembers how many records each read asked for."""
 
