@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +36,17 @@ class Written(msgspec.Struct, frozen=True):
     arrival: float
 
 
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[LocalLog]:
+    """A log with one stream, ``s``, of one shard."""
+    opened = LocalLog(tmp_path / "log.sqlite3")
+    opened.create_stream("s", 1)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 def block_sizes(log: LocalLog, shard: int = 0) -> list[int]:
     """Records per block of a shard, oldest first."""
     return [last - first + 1 for first, last in log._conn().execute(
@@ -42,7 +55,8 @@ def block_sizes(log: LocalLog, shard: int = 0) -> list[int]:
 
 def read_all(log: LocalLog, shard: int, after: int, sizes: list[int]) -> list[Written]:
     """Every record of a shard after ``after``, read in pieces of the given sizes (cycled)."""
-    shard_id, seen, turn = f"shard-{shard:04d}", [], 0
+    shard_id, turn = f"shard-{shard:04d}", 0
+    seen: list[Written] = []
     while True:
         batch = log.read("s", shard_id, after, sizes[turn % len(sizes)])
         turn += 1
@@ -115,66 +129,51 @@ def test_every_record_reads_back_once_in_order_with_its_key_and_arrival(
         log.close()
 
 
-def test_small_appends_merge_into_bigger_blocks_and_big_ones_stay_as_they_are(tmp_path: Path) -> None:
-    log = LocalLog(tmp_path / "log.sqlite3")
-    log.create_stream("s", 1)
-    try:
-        pad = "x" * (SMALL_BLOCK_BYTES // MERGE_BLOCKS // 10)  # eight blocks of ten make a block that is not small
-        for i in range(MERGE_BLOCKS * 2):
-            log.append("s", [("k", orjson.dumps({"n": i, "pad": pad}))] * 10, arrival_time=100.0 + i)
-        assert block_sizes(log) == [10 * MERGE_BLOCKS] * 2
-        log.append("s", [("k", b"z")] * 3)  # tiny blocks then merge with each other, and again while small
-        for _ in range(MERGE_BLOCKS * 2 - 1):
-            log.append("s", [("k", b"z")] * 3)
-        assert block_sizes(log) == [10 * MERGE_BLOCKS] * 2 + [3 * (MERGE_BLOCKS * 2 - 1), 3]
-        log.append("s", [("k", b"x" * SMALL_BLOCK_BYTES)])  # a big block is never merged
-        for _ in range(MERGE_BLOCKS):
-            log.append("s", [("k", b"y")])
-        assert block_sizes(log) == [10 * MERGE_BLOCKS] * 2 + [3 * (MERGE_BLOCKS * 2 - 1), 3, 1, MERGE_BLOCKS]
-        batch = log.read("s", "shard-0000", 0, 1000)
-        assert [r.arrival_time for r in batch[: 10 * MERGE_BLOCKS]] == [100.0 + i // 10 for i in range(80)]
-        assert batch[:20].json() == [{"n": i // 10, "pad": pad} for i in range(20)]
-        assert log._conn().execute("SELECT arrival FROM blocks ORDER BY last_seq LIMIT 1").fetchone()[0] == 107.0
-    finally:
-        log.close()
+def test_small_appends_merge_into_bigger_blocks_and_big_ones_stay_as_they_are(log: LocalLog) -> None:
+    pad = "x" * (SMALL_BLOCK_BYTES // MERGE_BLOCKS // 10)  # eight blocks of ten make a block that is not small
+    for i in range(MERGE_BLOCKS * 2):
+        log.append("s", [("k", orjson.dumps({"n": i, "pad": pad}))] * 10, arrival_time=100.0 + i)
+    assert block_sizes(log) == [10 * MERGE_BLOCKS] * 2
+    log.append("s", [("k", b"z")] * 3)  # tiny blocks then merge with each other, and again while small
+    for _ in range(MERGE_BLOCKS * 2 - 1):
+        log.append("s", [("k", b"z")] * 3)
+    assert block_sizes(log) == [10 * MERGE_BLOCKS] * 2 + [3 * (MERGE_BLOCKS * 2 - 1), 3]
+    log.append("s", [("k", b"x" * SMALL_BLOCK_BYTES)])  # a big block is never merged
+    for _ in range(MERGE_BLOCKS):
+        log.append("s", [("k", b"y")])
+    assert block_sizes(log) == [10 * MERGE_BLOCKS] * 2 + [3 * (MERGE_BLOCKS * 2 - 1), 3, 1, MERGE_BLOCKS]
+    batch = log.read("s", "shard-0000", 0, 1000)
+    assert [r.arrival_time for r in batch[: 10 * MERGE_BLOCKS]] == [100.0 + i // 10 for i in range(80)]
+    assert batch[:20].json() == [{"n": i // 10, "pad": pad} for i in range(20)]
+    assert log._conn().execute("SELECT arrival FROM blocks ORDER BY last_seq LIMIT 1").fetchone()[0] == 107.0
 
 
-def test_merges_never_make_a_block_bigger_than_a_block(tmp_path: Path) -> None:
-    log = LocalLog(tmp_path / "log.sqlite3")
-    log.create_stream("s", 1)
-    try:
-        per = BLOCK_RECORDS // MERGE_BLOCKS + 1  # eight appends of this many are more than a block holds
-        for _ in range(MERGE_BLOCKS * 2):
-            log.append("s", [("k", b"1")] * per)
-        assert max(block_sizes(log)) <= BLOCK_RECORDS
-        assert len(read_all(log, 0, 0, [BLOCK_RECORDS])) == per * MERGE_BLOCKS * 2
-    finally:
-        log.close()
+def test_merges_never_make_a_block_bigger_than_a_block(log: LocalLog) -> None:
+    per = BLOCK_RECORDS // MERGE_BLOCKS + 1  # eight appends of this many are more than a block holds
+    for _ in range(MERGE_BLOCKS * 2):
+        log.append("s", [("k", b"1")] * per)
+    assert max(block_sizes(log)) <= BLOCK_RECORDS
+    assert len(read_all(log, 0, 0, [BLOCK_RECORDS])) == per * MERGE_BLOCKS * 2
 
 
-def test_blocks_of_older_layouts_merge_with_new_ones(tmp_path: Path) -> None:
+def test_blocks_of_older_layouts_merge_with_new_ones(log: LocalLog) -> None:
     """A log written by the previous releases (layouts 1 and 2, one arrival per block) merges its
     last small blocks with new appends: every record keeps its data, key and arrival."""
-    log = LocalLog(tmp_path / "log.sqlite3")
-    log.create_stream("s", 1)
     conn = log._conn()
     conn.execute("INSERT INTO blocks VALUES ('s', 0, 1, 2, 1.0, ?)",
                  (msgspec.msgpack.encode((["a", "b"], [b'{"v": 1}', b"two"])),))  # layout 1
     conn.execute("INSERT INTO blocks VALUES ('s', 0, 3, 3, 2.0, ?)",
                  (msgspec.msgpack.encode(_block_payload(["c"], [b'{"v": 3}'])),))  # layout 2
     conn.execute("UPDATE shards SET last_seq = 3, last_arrival = 2.0 WHERE stream = 's' AND shard = 0")
-    try:
-        for i in range(MERGE_BLOCKS - 2):
-            log.append("s", [(f"n{i}", b'{"v": %d}' % (i + 4))], arrival_time=3.0 + i)
-        assert block_sizes(log) == [MERGE_BLOCKS + 1]
-        records = read_all(log, 0, 0, [3])
-        assert [(w.sequence, w.key, w.data, w.arrival) for w in records[:4]] == [
-            (1, "a", b'{"v": 1}', 1.0), (2, "b", b"two", 1.0), (3, "c", b'{"v": 3}', 2.0), (4, "n0", b'{"v": 4}', 3.0)]
-        assert [w.arrival for w in records] == [1.0, 1.0, 2.0, *[3.0 + i for i in range(MERGE_BLOCKS - 2)]]
-        batch = log.read("s", "shard-0000", 2, 100)
-        assert batch.json() == [{"v": v} for v in range(3, MERGE_BLOCKS + 2)]  # one buffer, decoded in one call
-    finally:
-        log.close()
+    for i in range(MERGE_BLOCKS - 2):
+        log.append("s", [(f"n{i}", b'{"v": %d}' % (i + 4))], arrival_time=3.0 + i)
+    assert block_sizes(log) == [MERGE_BLOCKS + 1]
+    records = read_all(log, 0, 0, [3])
+    assert [(w.sequence, w.key, w.data, w.arrival) for w in records[:4]] == [
+        (1, "a", b'{"v": 1}', 1.0), (2, "b", b"two", 1.0), (3, "c", b'{"v": 3}', 2.0), (4, "n0", b'{"v": 4}', 3.0)]
+    assert [w.arrival for w in records] == [1.0, 1.0, 2.0, *[3.0 + i for i in range(MERGE_BLOCKS - 2)]]
+    batch = log.read("s", "shard-0000", 2, 100)
+    assert batch.json() == [{"v": v} for v in range(3, MERGE_BLOCKS + 2)]  # one buffer, decoded in one call
 
 
 def test_readers_in_other_connections_see_each_record_once_while_appends_merge(tmp_path: Path) -> None:
@@ -224,55 +223,45 @@ def test_readers_in_other_connections_see_each_record_once_while_appends_merge(t
     assert results[1] == expected
 
 
-def test_a_trim_racing_a_merge_reports_only_what_it_removed(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_trim_racing_a_merge_reports_only_what_it_removed(log: LocalLog, monkeypatch: Any) -> None:
     """A trim decides its cut-offs before its delete; an append that merges the cut-off block in
     between keeps those records (in the merged block), and the trim reports only what went."""
-    log = LocalLog(tmp_path / "log.sqlite3")
-    log.create_stream("s", 1)
-    try:
-        log.append("s", [("k", b"x" * SMALL_BLOCK_BYTES)], arrival_time=0.0)  # never merged
-        for i in range(MERGE_BLOCKS - 1):
-            log.append("s", [("k", b"%d" % i)], arrival_time=float(i))
-        decide = log._trim_cutoffs
+    log.append("s", [("k", b"x" * SMALL_BLOCK_BYTES)], arrival_time=0.0)  # never merged
+    for i in range(MERGE_BLOCKS - 1):
+        log.append("s", [("k", b"%d" % i)], arrival_time=float(i))
+    decide = log._trim_cutoffs
 
-        def decide_then_append(*args: Any) -> dict[int, int]:
-            cutoffs = decide(*args)
-            log.append("s", [("k", b"last")], arrival_time=100.0)  # the eighth small block: all eight merge
-            return cutoffs
+    def decide_then_append(*args: Any) -> dict[int, int]:
+        cutoffs = decide(*args)
+        log.append("s", [("k", b"last")], arrival_time=100.0)  # the eighth small block: all eight merge
+        return cutoffs
 
-        monkeypatch.setattr(log, "_trim_cutoffs", decide_then_append)
-        assert log.trim("s", Retention(max_age=10.0), now=50.0) == [TrimmedRange("shard-0000", 1, 1)]
-        assert [w.data for w in read_all(log, 0, 0, [100])] == [*(b"%d" % i for i in range(MERGE_BLOCKS - 1)), b"last"]
-    finally:
-        log.close()
+    monkeypatch.setattr(log, "_trim_cutoffs", decide_then_append)
+    assert log.trim("s", Retention(max_age=10.0), now=50.0) == [TrimmedRange("shard-0000", 1, 1)]
+    assert [w.data for w in read_all(log, 0, 0, [100])] == [*(b"%d" % i for i in range(MERGE_BLOCKS - 1)), b"last"]
 
 
 def test_a_merge_runs_after_the_commit_and_the_wake_ups_and_a_failed_one_changes_nothing(
-    tmp_path: Path, monkeypatch: Any,
+    log: LocalLog, monkeypatch: Any,
 ) -> None:
-    log = LocalLog(tmp_path / "log.sqlite3")
-    log.create_stream("s", 1)
     seen_by_listener: list[int] = []
     log.add_listener(lambda stream, tips: seen_by_listener.append(len(block_sizes(log))))
-    try:
-        for i in range(MERGE_BLOCKS - 1):
-            log.append("s", [("k", b"%d" % i)])
-        merge = log._merge_tail
+    for i in range(MERGE_BLOCKS - 1):
+        log.append("s", [("k", b"%d" % i)])
+    merge = log._merge_tail
 
-        def failing(*args: Any) -> int:
-            raise sqlite3.OperationalError("disk I/O error")
+    def failing(*args: Any) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
 
-        monkeypatch.setattr(log, "_merge_tail", failing)
-        assert log.append("s", [("k", b"7")]) == 1  # committed, whatever the merge did
-        assert block_sizes(log) == [1] * MERGE_BLOCKS
-        monkeypatch.setattr(log, "_merge_tail", merge)
-        log.append("s", [("k", b"8")])  # the next append tries again
-        assert block_sizes(log) == [1, MERGE_BLOCKS]  # the last eight
-        # Readers were woken while the shard still had its small blocks: the merge came after.
-        assert seen_by_listener[MERGE_BLOCKS - 1] == MERGE_BLOCKS
-        assert [w.data for w in read_all(log, 0, 0, [4])] == [b"%d" % i for i in range(MERGE_BLOCKS + 1)]
-    finally:
-        log.close()
+    monkeypatch.setattr(log, "_merge_tail", failing)
+    assert log.append("s", [("k", b"7")]) == 1  # committed, whatever the merge did
+    assert block_sizes(log) == [1] * MERGE_BLOCKS
+    monkeypatch.setattr(log, "_merge_tail", merge)
+    log.append("s", [("k", b"8")])  # the next append tries again
+    assert block_sizes(log) == [1, MERGE_BLOCKS]  # the last eight
+    # Readers were woken while the shard still had its small blocks: the merge came after.
+    assert seen_by_listener[MERGE_BLOCKS - 1] == MERGE_BLOCKS
+    assert [w.data for w in read_all(log, 0, 0, [4])] == [b"%d" % i for i in range(MERGE_BLOCKS + 1)]
 
 
 def test_a_producer_that_opens_the_log_for_each_append_merges_too(tmp_path: Path) -> None:
