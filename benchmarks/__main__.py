@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="shards 1,16,256,1024 and the sync JSON handler")
     parser.add_argument("--live-seconds", type=float, default=2.0, help="live phase for latency (default 2 s)")
     parser.add_argument("--live-rate", type=int, default=1_000, help="records/s appended in the live phase")
+    parser.add_argument("--producer", choices=["process", "thread"], default="process",
+                        help="the live phase's producer: a process of its own (default, as in use) or a thread"
+                        " of the pipeline's process")
     parser.add_argument("--no-peers", action="store_true", help="skip Bytewax")
     parser.add_argument("--no-connectors", action="store_true", help="skip the connector benchmarks")
     parser.add_argument("--no-chart", action="store_true")
@@ -119,7 +122,7 @@ class Contender:
 
 def contenders(args: argparse.Namespace, logs: dict[tuple[int, int], Path]) -> list[Contender]:
     found = []
-    live = ["--live-seconds", str(args.live_seconds), "--live-rate", str(args.live_rate)]
+    live = ["--live-seconds", str(args.live_seconds), "--live-rate", str(args.live_rate), "--producer", args.producer]
     for shards in ints(args.shards):
         found.append(Contender(f"floor shards={shards}", "floor", logs[shards, args.records],
                                ["--shards", str(shards)]))

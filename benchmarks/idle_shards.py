@@ -21,7 +21,8 @@ from streamfn.connectors.local.log import LocalLog
 from streamfn.engine.memory import freeze_startup, tune_process
 from streamfn.engine.pipeline import Pipeline
 
-from .local_log import STREAM, Scenario, pipeline_for, status_kib
+from .common import STREAM, status_kib
+from .local_log import Scenario, pipeline_for
 
 
 async def run(shards: int, seconds: float) -> dict[str, Any]:

@@ -4,9 +4,10 @@ Two phases over one pipeline:
 1. throughput: the pipeline drains the ``records`` already in the log; records/s, CPU µs per
    record, page faults and batches come from this phase (the no-op handler's figure is µs per
    batch: what is left is the engine's own cost).
-2. live: a producer thread appends small chunks at ``live_rate`` records/s for ``live_seconds``
-   while the pipeline runs; the handler records, per record, the seconds from append to the end
-   of its call (p50/p99).
+2. live: a producer appends small chunks at ``live_rate`` records/s for ``live_seconds`` while
+   the pipeline runs; the handler records, per record, the seconds from append to the end of its
+   call (p50/p99). The producer is a process of its own (``benchmarks/live_producer.py``), as
+   producers are in use; ``--producer thread`` runs it in a thread of this process instead.
 
 ``python -m benchmarks.local_log --log L --handler json --batch 1000 --shards 16`` prints one JSON
 object. The log is changed by the live phase: give each run a copy (the harness does).
@@ -16,27 +17,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import statistics
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
 
 from streamfn.config import LoadedPipeline, pipeline_config_type
 from streamfn.connectors.local.log import LocalLog
-from streamfn.connectors.local.produce import synthetic_clicks
 from streamfn.engine.heap import IDLE_CHECK_SECONDS, release_when_idle
 from streamfn.engine.memory import freeze_startup, tune_process
 from streamfn.engine.pipeline import Pipeline
 
 from . import handlers
-from .common import SEED, STREAM, Span, prepare_log, status_kib
+from .common import STREAM, Span, prepare_log, status_kib
+from .live_producer import produce
 
 #: Seconds after the live phase before anonymous memory is sampled: shards go idle after 0.5 s, and
 #: the daemon gives free heap back after one idle look (``engine/heap.py``).
@@ -52,6 +51,7 @@ class Scenario(msgspec.Struct, kw_only=True, frozen=True):
     records: int
     live_seconds: float = 2.0
     live_rate: int = 2_000
+    producer: Literal["process", "thread"] = "process"
 
     @property
     def label(self) -> str:
@@ -115,18 +115,6 @@ async def wait_handled(pipeline: Pipeline, target: int, limit: float) -> None:
             await asyncio.sleep(0.002)
 
 
-def live_producer(log: LocalLog, scenario: Scenario, stop: threading.Event) -> int:
-    """Append ``live_rate`` records/s in 20 chunks a second; returns how many were appended."""
-    per_chunk = max(1, scenario.live_rate // 20)
-    records = synthetic_clicks(int(scenario.live_rate * scenario.live_seconds) + per_chunk, SEED + 1)
-    appended, started = 0, time.monotonic()
-    while not stop.is_set() and time.monotonic() - started < scenario.live_seconds:
-        chunk = list(itertools.islice(records, per_chunk))
-        appended += log.append(STREAM, chunk)
-        time.sleep(0.05)
-    return appended
-
-
 async def run(scenario: Scenario, log_path: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="streamfn-bench-") as tmp:
         loaded = pipeline_for(scenario, Path(tmp), log_path)
@@ -144,7 +132,7 @@ async def run(scenario: Scenario, log_path: Path) -> dict[str, Any]:
                 with Span() as span:
                     await wait_handled(pipeline, scenario.records, 1200)
                 _, batches = totals(pipeline)
-                latencies = await live_phase(pipeline, log, scenario)
+                latencies = await live_phase(pipeline, log, log_path, scenario)
                 await asyncio.sleep(SETTLE_SECONDS)  # every shard idle again: what is still held stays
                 settled_kib = anon_rss_kib()
         finally:
@@ -167,19 +155,34 @@ async def run(scenario: Scenario, log_path: Path) -> dict[str, Any]:
     }
 
 
-async def live_phase(pipeline: Pipeline, log: LocalLog, scenario: Scenario) -> list[float]:
+async def live_phase(pipeline: Pipeline, log: LocalLog, log_path: Path, scenario: Scenario) -> list[float]:
     """Append at a steady rate while the pipeline runs; the handler records each record's latency."""
     handled_before, _ = totals(pipeline)
     handlers.LATENCIES.clear()
     handlers.MEASURE = True
     halt = threading.Event()
     try:
-        appended = await asyncio.to_thread(live_producer, log, scenario, halt)
+        if scenario.producer == "thread":
+            appended = await asyncio.to_thread(produce, log, scenario.live_rate, scenario.live_seconds, halt)
+        else:
+            appended = await produce_in_process(log_path, scenario)
         await wait_handled(pipeline, handled_before + appended, 60)
     finally:
         halt.set()
         handlers.MEASURE = False
     return list(handlers.LATENCIES)
+
+
+async def produce_in_process(log_path: Path, scenario: Scenario) -> int:
+    """Run ``benchmarks.live_producer`` in a process of its own; how many records it appended."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.live_producer", "--log", str(log_path),
+        "--rate", str(scenario.live_rate), "--seconds", str(scenario.live_seconds),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"the live producer failed (exit {process.returncode}): {err.decode()[-2000:]}")
+    return int(orjson.loads(out)["appended"])
 
 
 def percentile(values: list[float], pct: int) -> float:
@@ -200,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=200_000, help="records in the log (default 200000)")
     parser.add_argument("--live-seconds", type=float, default=2.0)
     parser.add_argument("--live-rate", type=int, default=2_000)
+    parser.add_argument("--producer", choices=["process", "thread"], default="process",
+                        help="where the live phase's producer runs (default: a process of its own)")
     args = parser.parse_args(argv)
     scenario = Scenario(handler=args.handler, batch=args.batch, shards=args.shards, records=args.records,
-                        live_seconds=args.live_seconds, live_rate=args.live_rate)
+                        live_seconds=args.live_seconds, live_rate=args.live_rate, producer=args.producer)
     from streamfn.engine.daemon import install_event_loop_policy
 
     install_event_loop_policy()
