@@ -119,6 +119,9 @@ LAYOUT_VERSION = 3
 #: Compaction: this many blocks under this size at the end of a shard are merged into one.
 MERGE_BLOCKS = 8
 SMALL_BLOCK_BYTES = 16 << 10
+#: An append that touches at least 1/LOOK_AT_ALL_SHARDS of a stream's shards reads every shard's
+#: tip in one query rather than one query per shard.
+LOOK_AT_ALL_SHARDS = 8
 
 
 class Retention(msgspec.Struct, frozen=True):
@@ -320,13 +323,10 @@ class LocalLog:
         if not total:
             return 0
         conn = self._conn()
-        tips: dict[int, int] = {}
         small: dict[tuple[str, int], int] = {}
         with storage_faults(self.path, f"appending to stream {stream!r}"), self._transaction(conn):
             now = time.time() if arrival_time is None else arrival_time
-            for shard in range(shard_count):
-                if keys[shard]:
-                    tips[shard] = self._append_shard(conn, stream, shard, keys[shard], datas[shard], now, small)
+            tips = self._append_shards(conn, stream, keys, datas, now, small)
         self._small_tail.update(small)  # once committed
         for listener in self._listeners:
             listener(stream, tips)
@@ -362,48 +362,59 @@ class LocalLog:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
-    def _append_shard(
+    def _append_shards(
         self,
         conn: sqlite3.Connection,
         stream: str,
-        shard: int,
-        keys: list[str],
-        datas: list[bytes],
+        keys: list[list[str]],
+        datas: list[list[bytes]],
         now: float,
-        small: dict[tuple[str, int], int] | None = None,
-    ) -> int:
-        """Append one shard's records as blocks (inside the caller's transaction); the new tip.
-        ``small`` gets the shard's new count of small blocks at its end (``_small_tail``: merged
-        by ``append`` once enough)."""
-        last_seq, last_arrival = conn.execute(
-            "SELECT last_seq, last_arrival FROM shards WHERE stream = ? AND shard = ?", (stream, shard)
-        ).fetchone()
-        arrival = max(now, last_arrival)  # a clock step back must not reorder arrivals
-        rows = []
-        seq = last_seq
-        for start, end in _chunks(datas):
-            payload = self._encode(_block_payload(keys[start:end], datas[start:end]))
-            rows.append((stream, shard, seq + 1, seq + end - start, arrival, payload))
-            seq += end - start
-        conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)", rows)
-        conn.execute(
-            "UPDATE shards SET last_seq = ?, last_arrival = ? WHERE stream = ? AND shard = ?",
-            (seq, arrival, stream, shard),
-        )
-        trailing = 0
-        for row in reversed(rows):
-            if len(row[5]) >= SMALL_BLOCK_BYTES:
-                break
-            trailing += 1
-        known = trailing
-        if trailing == len(rows):
-            hint = self._small_tail.get((stream, shard))
-            # First append to this shard through this object (a producer may open the log per
-            # append): the look counts the small blocks at its end, these rows included.
-            known = self._count_small_tail(conn, stream, shard) if hint is None else known + hint
-        if small is not None:
-            small[(stream, shard)] = known
-        return int(seq)
+        small: dict[tuple[str, int], int],
+    ) -> dict[int, int]:
+        """Append each shard's records as blocks (inside the caller's transaction); the new tips.
+        ``small`` gets each shard's new count of small blocks at its end (``_small_tail``: merged
+        by ``append`` once enough).
+
+        All shards' blocks go in one INSERT statement and their tips in one UPDATE: statements
+        per shard were most of the cost of a small append over many shards, and an append's
+        records wait for its commit."""
+        blocks: list[tuple[str, int, int, int, float, bytes]] = []
+        moved: list[tuple[int, float, str, int]] = []
+        tips: dict[int, int] = {}
+        small_ends: dict[int, tuple[int, bool]] = {}  # shard: (small blocks ending this append, all small)
+        touched = [shard for shard, shard_keys in enumerate(keys) if shard_keys]
+        known: dict[int, tuple[int, float]] | None = None
+        if len(touched) > 1 and len(touched) * LOOK_AT_ALL_SHARDS >= len(keys):  # one query, not one per shard
+            known = {shard: (last_seq, last_arrival) for shard, last_seq, last_arrival in conn.execute(
+                "SELECT shard, last_seq, last_arrival FROM shards WHERE stream = ?", (stream,))}
+        for shard in touched:
+            shard_keys, shard_datas = keys[shard], datas[shard]
+            last_seq, last_arrival = known[shard] if known is not None else conn.execute(
+                "SELECT last_seq, last_arrival FROM shards WHERE stream = ? AND shard = ?", (stream, shard)
+            ).fetchone()
+            arrival = max(now, last_arrival)  # a clock step back must not reorder arrivals
+            seq = last_seq
+            sizes = []
+            for start, end in _chunks(shard_datas):
+                payload = self._encode(_block_payload(shard_keys[start:end], shard_datas[start:end]))
+                blocks.append((stream, shard, seq + 1, seq + end - start, arrival, payload))
+                sizes.append(len(payload))
+                seq += end - start
+            moved.append((seq, arrival, stream, shard))
+            tips[shard] = int(seq)
+            trailing = len(list(itertools.takewhile(lambda size: size < SMALL_BLOCK_BYTES, reversed(sizes))))
+            small_ends[shard] = (trailing, trailing == len(sizes))
+        conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)", blocks)
+        conn.executemany("UPDATE shards SET last_seq = ?, last_arrival = ? WHERE stream = ? AND shard = ?", moved)
+        for shard, (trailing, all_small) in small_ends.items():
+            count = trailing
+            if all_small:
+                hint = self._small_tail.get((stream, shard))
+                # First append to this shard through this object (a producer may open the log per
+                # append): the look counts the small blocks at its end, these rows included.
+                count = self._count_small_tail(conn, stream, shard) if hint is None else trailing + hint
+            small[(stream, shard)] = count
+        return tips
 
     @staticmethod
     def _count_small_tail(conn: sqlite3.Connection, stream: str, shard: int) -> int:
