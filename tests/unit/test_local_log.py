@@ -323,3 +323,34 @@ def test_a_block_read_past_is_not_kept_alive(log: LocalLog) -> None:
         after, seen = records[-1].sequence, seen + len(records)
     assert seen == 2500
     assert log._partial == {}
+
+
+def test_a_read_served_from_cached_blocks_up_to_the_tip_makes_no_query(log: LocalLog) -> None:
+    log.create_stream("s", 1)
+    log.append("s", [("k", b"1"), ("k", b"2")])
+    mark = log.newest_block()
+    log.append("s", [("k", b"3")])
+    log.append("s", [("k", b"4"), ("k", b"5")])
+    # Blocks that do not hold the next record are not cached; the one that does is.
+    mark = log.cache_next_blocks("s", mark, {0: 4}, limit=10)
+    assert mark == log.newest_block()
+    statements: list[str] = []
+    log._conn().set_trace_callback(statements.append)
+    batch = log.read("s", "shard-0000", 3, 100, tip=5)
+    assert [(r.sequence, r.data) for r in batch] == [(4, b"4"), (5, b"5")] and statements == []
+    batch = log.read("s", "shard-0000", 2, 100, tip=5)  # the cached block was read past: a query again
+    assert [r.data for r in batch] == [b"3", b"4", b"5"] and statements
+    log._conn().set_trace_callback(None)
+
+
+def test_caching_new_blocks_gives_up_past_its_limit_and_after_rowids_restart(log: LocalLog) -> None:
+    log.create_stream("s", 1)
+    mark = log.newest_block()
+    for n in range(3):
+        log.append("s", [("k", b"%d" % n)])
+    # More new blocks than the limit: none cached (the shard reads its own), the mark jumps to the newest.
+    assert log.cache_next_blocks("s", mark, {0: 1}, limit=2) == log.newest_block()
+    assert log._partial == {}
+    # A mark past every block (the table's end was trimmed away, rowids restart lower): it comes back down.
+    assert log.cache_next_blocks("s", 10_000, {0: 4}, limit=2) == log.newest_block()
+    assert log.read("s", "shard-0000", 0, 10, tip=3).json() == [0, 1, 2]

@@ -78,20 +78,24 @@ _appends = st.lists(st.tuples(st.integers(1, 12), st.integers(0, 3),
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(appends=_appends, reads=st.lists(st.integers(1, 40), min_size=1, max_size=6),
        trims=st.lists(st.integers(0, 59), max_size=3), look=st.integers(0, 59),
-       retention=st.sampled_from([Retention(max_age=2.0), Retention(max_age=None, max_shard_bytes=40_000)]))
+       retention=st.sampled_from([Retention(max_age=2.0), Retention(max_age=None, max_shard_bytes=40_000)]),
+       cached=st.lists(st.booleans(), min_size=1, max_size=5), limit=st.integers(1, 6))
 def test_every_record_reads_back_once_in_order_with_its_key_and_arrival(
     tmp_path_factory: Any, appends: list[tuple[int, int, int]], reads: list[int], trims: list[int], look: int,
-    retention: Retention,
+    retention: Retention, cached: list[bool], limit: int,
 ) -> None:
     """Random appends (sizes, arrival steps, record sizes: many merge), trims by age or size at
     random points, and a reader that reads in random pieces between appends (holding a partly read
-    block across merges): what it reads is exactly what was appended and not trimmed."""
+    block across merges), some reads after the new blocks were cached for it as the tip watcher
+    does (``cache_next_blocks``, bounded by the tip): what it reads is exactly what was appended
+    and not trimmed."""
     log = LocalLog(tmp_path_factory.mktemp("log") / "log.sqlite3")
     log.create_stream("s", SHARDS)
     written: dict[int, list[Written]] = {shard: [] for shard in range(SHARDS)}
     seen: dict[int, list[Written]] = {shard: [] for shard in range(SHARDS)}
     after = dict.fromkeys(range(SHARDS), 0)
     arrival = 1000.0
+    mark = log.newest_block()
     try:
         for step, (count, gap, size) in enumerate(appends):
             arrival += gap
@@ -112,7 +116,11 @@ def test_every_record_reads_back_once_in_order_with_its_key_and_arrival(
                     for probe in {w.arrival for w in written[index]}:
                         first = next(w.sequence for w in written[index] if w.arrival >= probe)
                         assert log.first_seq_at_or_after("s", f"shard-{index:04d}", probe) == first
-            batch = log.read("s", f"shard-{shard:04d}", after[shard], reads[step % len(reads)])
+            tip = None
+            if cached[step % len(cached)]:
+                mark = log.cache_next_blocks("s", mark, {shard: after[shard] + 1}, limit)
+                tip = log.last_seq("s", f"shard-{shard:04d}")
+            batch = log.read("s", f"shard-{shard:04d}", after[shard], reads[step % len(reads)], tip=tip)
             if batch:
                 seen[shard] += [Written(r.sequence, r.partition_key, r.data, r.arrival_time) for r in batch]
                 after[shard] = batch.position_at(-1).sequence

@@ -106,3 +106,29 @@ async def test_small_reads_are_served_from_one_read_ahead_in_order(source: Local
             break
     assert got == list(range(1, 601))
     assert (await reader.read(5, 0)).records == []  # nothing left over
+
+
+async def test_readers_woken_by_one_commit_read_their_new_blocks_without_a_query_each(
+    source: LocalSource,
+) -> None:
+    """The watcher reads the blocks of every shard one commit woke in one query, before waking them:
+    each waiting reader then finds its next records in the read cache and makes no query of its own."""
+    keys = {shard_for_key(f"k{n}", 4): f"k{n}" for n in range(50)}
+    assert sorted(keys) == [0, 1, 2, 3]
+    source.log.append("s", [(key, b"old") for key in keys.values()])
+    readers = [source.reader(ShardInfo(shard_id_of(shard)), None, StartingPosition()) for shard in range(4)]
+    for reader in readers:
+        assert [r.data for r in (await reader.read(10, 0)).records] == [b"old"]
+    waiting = [asyncio.create_task(reader.read(10, LONG)) for reader in readers]
+    await asyncio.sleep(0.05)
+    statements: list[str] = []
+    source.log._conn().set_trace_callback(statements.append)  # the loop thread's connection: every read here
+    try:
+        source.log.append("s", [(key, b"new-%d" % shard) for shard, key in keys.items()])
+        results = await asyncio.wait_for(asyncio.gather(*waiting), LONG / 2)
+    finally:
+        source.log._conn().set_trace_callback(None)
+    assert [[r.data for r in result.records] for result in results] == [[b"new-%d" % s] for s in range(4)]
+    assert [r.sequence for result in results for r in result.records] == [2, 2, 2, 2]
+    reads = [sql for sql in statements if sql.startswith("SELECT") and "FROM blocks" in sql]
+    assert len(reads) == 1 and "rowid >" in reads[0], statements  # the watcher's one query, no reader's

@@ -67,7 +67,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ...errors import SourceError
+from ...errors import SourceError, StreamfnError
 from ...records import Batch, DataColumn, LazyColumn
 from ...storage_errors import is_transient, storage_error, storage_faults
 
@@ -520,32 +520,36 @@ class LocalLog:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, stream: str, shard_id: str, after_seq: int, max_records: int) -> Batch:
+    def read(self, stream: str, shard_id: str, after_seq: int, max_records: int, tip: int | None = None) -> Batch:
         """Up to ``max_records`` records of one shard with sequence > ``after_seq``, in order, as a
         columnar batch: the block's decoded columns sliced, no ``Record`` built.
 
         Records trimmed away are skipped: the read starts at the oldest block left (a caller
-        sees the gap in the sequences; see ``first_retained_seq``).
+        sees the gap in the sequences; see ``first_retained_seq``). ``tip``: the newest sequence
+        the caller knows of; a read that reaches it from the read cache (``cache_next_blocks``)
+        makes no query for more.
         """
         shard = shard_index_of(shard_id)
         if max_records <= 0:
             return Batch(shard_id, [])
         try:  # not ``with storage_faults``: a context manager costs microseconds on this hot path
-            return self._read(stream, shard, shard_id, after_seq, max_records)
+            return self._read(stream, shard, shard_id, after_seq, max_records, tip)
         except sqlite3.Error as exc:
             if not is_transient(exc):
                 raise
             raise storage_error(exc, self.path, f"reading {stream!r} {shard_id}") from exc
 
-    def _read(self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int) -> Batch:
+    def _read(
+        self, stream: str, shard: int, shard_id: str, after_seq: int, max_records: int, tip: int | None
+    ) -> Batch:
         taking = _Taking(max_records)
         cached = self._partial.get((stream, shard))
         if cached is not None:
-            if cached.first_seq <= after_seq < cached.last_seq:
+            if cached.first_seq <= after_seq + 1 <= cached.last_seq:  # it holds the next record
                 after_seq = taking.take(cached, after_seq)
-            if after_seq >= cached.last_seq or after_seq < cached.first_seq:
+            if after_seq >= cached.last_seq or after_seq + 1 < cached.first_seq:
                 self._partial.pop((stream, shard), None)  # read past (or moved away): keep no block alive
-            if not taking.wanted:
+            if not taking.wanted or (tip is not None and after_seq >= tip):
                 return taking.batch(shard_id)
         rows = self._conn().execute(
             "SELECT first_seq, arrival, payload FROM blocks"
@@ -563,6 +567,36 @@ class LocalLog:
         finally:
             rows.close()
         return taking.batch(shard_id)
+
+    def newest_block(self) -> int:
+        """The rowid of the newest block of any stream (0 for none): where ``cache_next_blocks`` starts."""
+        with storage_faults(self.path, "reading the local log"):
+            return int(self._conn().execute("SELECT coalesce(max(rowid), 0) FROM blocks").fetchone()[0])
+
+    def cache_next_blocks(self, stream: str, after_block: int, next_seqs: dict[int, int], limit: int) -> int:
+        """Put the blocks added since ``after_block`` (a rowid) that hold a shard's next record
+        (``next_seqs``: shard index to the sequence it reads next) in the read cache, so those
+        shards' next reads make no query: one query for every shard a commit woke, not one each.
+        Returns the newest rowid seen, the next call's ``after_block``.
+
+        Only an optimisation, so it never raises: a block it misses (more than ``limit`` new
+        blocks, a storage fault, a rowid reused after a trim emptied the table's end) is read by
+        the shard's own query, as without it. A cached block stays right: a block's records
+        never change, and a merge keeps them under the same sequences.
+        """
+        try:
+            rows = self._conn().execute(
+                "SELECT rowid, stream, shard, first_seq, last_seq, arrival, payload FROM blocks"
+                " WHERE rowid > ? ORDER BY rowid LIMIT ?", (after_block, limit)).fetchall()
+            if len(rows) == limit or not rows:  # too many to be worth it, or rowids restarted lower
+                return self.newest_block()
+            for _, block_stream, shard, first_seq, last_seq, arrival, payload in rows:
+                next_seq = next_seqs.get(shard)
+                if block_stream == stream and next_seq is not None and first_seq <= next_seq <= last_seq:
+                    self._partial[(stream, shard)] = _decode_block(first_seq, arrival, payload)
+        except (sqlite3.Error, StreamfnError, msgspec.DecodeError):
+            return after_block
+        return int(rows[-1][0])
 
     def last_seq(self, stream: str, shard_id: str) -> int:
         """The newest sequence of a shard, 0 when nothing was ever appended."""

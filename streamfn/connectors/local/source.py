@@ -298,7 +298,7 @@ class LocalShardReader(ShardReader):
                 # Whole multiples of the batch size, so what waits here forms the same batches as
                 # reading each batch's records then would have (a batch is cut short only at the tip).
                 wanted = max_records * max(1, READ_AHEAD // max_records)
-                args = (self._stream, self._shard_id, self._after, wanted)
+                args = (self._stream, self._shard_id, self._after, wanted, tip)
                 # A read of up to DIRECT_READ_MAX records runs here (no coroutine or thread of its own);
                 # a bigger one in a thread, so the loop keeps serving other shards meanwhile.
                 records = (self._log.read(*args) if min(tip - self._after, wanted) <= DIRECT_READ_MAX
