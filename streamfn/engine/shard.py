@@ -23,7 +23,7 @@ from ..protocols.sink import Sink, SinkBatch
 from ..protocols.source import ShardInfo, ShardReader, Source, StartingPosition
 from ..records import Batch, Position, Record, arrival_of, position_of
 from . import tracing, windows
-from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit
+from .batching import IDLE_WAIT, Batcher, BatchLimits, RecordFilter, Unit, read_size
 from .capture import CallScope, Mode
 from .invoke import Invoker
 from .lanes import LaneQueue, lane_of
@@ -646,8 +646,9 @@ class ShardRunner:
         """Read the shard and route each record to its key's lane, in shard order."""
         lanes, watermark, done_through = len(queues), progress.watermark, progress.position
         replaying: dict[int, tuple[Position, Position]] = {}
+        size = read_size(self.env.limits)
         while True:
-            result = await reader.read(self.env.limits.max_records, IDLE_WAIT)
+            result = await reader.read(size, IDLE_WAIT)
             self._dispatcher_idle = not result.records
             self.stats.trimmed += result.trimmed
             for record in result.records:

@@ -94,17 +94,23 @@ async def test_a_reader_without_a_watcher_looks_up_its_tip_itself(source: LocalS
         other.close()
 
 
-async def test_small_reads_are_served_from_one_read_ahead_in_order(source: LocalSource) -> None:
-    source.log.append("s", [("k", b"%d" % i) for i in range(600)])
+async def test_small_reads_are_served_in_order_from_one_read_of_the_block(source: LocalSource) -> None:
+    source.log.append("s", [("k", b"%d" % i) for i in range(600)])  # one block
     reader = source.reader(shard_of("k"), None, StartingPosition())
+    statements: list[str] = []
+    source.log._conn().set_trace_callback(statements.append)
     got = []
-    for size in [1, 3, 1, 300, 7] * 40:
-        records = (await reader.read(size, 0)).records
-        assert len(records) <= size
-        got.extend(r.sequence for r in records)
-        if len(got) == 600:
-            break
+    try:
+        for size in [1, 3, 1, 300, 7] * 40:
+            records = (await reader.read(size, 0)).records
+            assert len(records) == min(size, 600 - len(got))  # never more than asked: no read-ahead here
+            got.extend(r.sequence for r in records)
+            if len(got) == 600:
+                break
+    finally:
+        source.log._conn().set_trace_callback(None)
     assert got == list(range(1, 601))
+    assert len([sql for sql in statements if "FROM blocks" in sql]) == 1  # the log's read cache serves the rest
     assert (await reader.read(5, 0)).records == []  # nothing left over
 
 

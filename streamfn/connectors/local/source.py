@@ -42,11 +42,6 @@ LOG_FILE = "log.sqlite3"
 DIRECT_READ_MAX = 1000
 #: Seconds between two retention passes of a running source (and the first runs at open).
 TRIM_INTERVAL = 60.0
-#: The fewest records a reader takes from the log at once, whatever the batch size: with small
-#: batches one log read then serves many of them (the rest wait in the reader). Small, because
-#: more read at once by many shards raises the peak, and a fragmented heap keeps it (measured:
-#: 256 kept +37 MB after 1,024 shards drained at batch size 100; 64 keeps nothing more).
-READ_AHEAD = 64
 #: Seconds between tip lookups of a reader without a (healthy) tip watcher.
 FALLBACK_POLL = 0.01
 #: Seconds a look at every shard's bounds (tip, oldest retained sequence) serves the readers
@@ -246,7 +241,6 @@ class LocalSource(Source):
             self._log = None
 
 
-_NOTHING = Batch("", [])
 
 
 class LocalShardReader(ShardReader):
@@ -276,8 +270,6 @@ class LocalShardReader(ShardReader):
         self._after = after_seq
         self._tips = tips
         self._shard = shard_index_of(shard_id)
-        self._ahead = _NOTHING  # read from the log, not handed out yet
-        self._ahead_at = 0
 
     @property
     def after_seq(self) -> int:
@@ -287,32 +279,26 @@ class LocalShardReader(ShardReader):
         return Position(self._after)
 
     async def read(self, max_records: int, wait: float) -> ReadResult:
-        if self._ahead:
-            return self._hand_out(max_records, 0)
         deadline = time.monotonic() + wait
         tips = self._tips
         while True:
             # The watcher's tip when it is healthy: an idle shard then costs no lookup at all.
             tip = tips.tips[self._shard] if tips is not None and tips.healthy else self._tip()
             if tip > self._after:
-                # Whole multiples of the batch size, so what waits here forms the same batches as
-                # reading each batch's records then would have (a batch is cut short only at the tip).
-                wanted = max_records * max(1, READ_AHEAD // max_records)
-                args = (self._stream, self._shard_id, self._after, wanted, tip)
+                # (No read-ahead here: the engine asks for whole multiples of the batch size itself,
+                # and a small read inside a block already read is served by the log's read cache.)
+                args = (self._stream, self._shard_id, self._after, max_records, tip)
                 # A read of up to DIRECT_READ_MAX records runs here (no coroutine or thread of its own);
                 # a bigger one in a thread, so the loop keeps serving other shards meanwhile.
-                records = (self._log.read(*args) if min(tip - self._after, wanted) <= DIRECT_READ_MAX
+                records = (self._log.read(*args) if min(tip - self._after, max_records) <= DIRECT_READ_MAX
                            else await asyncio.to_thread(self._log.read, *args))
                 # Dense sequences: a gap before the first record (or no record at all) is a trim.
                 next_seq = records.position_at(0).sequence if records else self._first_retained()
                 trimmed = self._skip_trimmed(next_seq)
                 if records:
                     self._after = records.position_at(-1).sequence
-                    if len(records) <= max_records:
-                        behind = max(0.0, (time.time() - records.arrival_at(-1)) * 1000.0)
-                        return ReadResult(records, behind_ms=behind, trimmed=trimmed)
-                    self._ahead, self._ahead_at = records, 0
-                    return self._hand_out(max_records, trimmed)
+                    behind = max(0.0, (time.time() - records.arrival_at(-1)) * 1000.0)
+                    return ReadResult(records, behind_ms=behind, trimmed=trimmed)
                 if trimmed:
                     return ReadResult([], behind_ms=None, trimmed=trimmed)
             remaining = deadline - time.monotonic()
@@ -322,16 +308,6 @@ class LocalShardReader(ShardReader):
                 await tips.wait(self._shard, self._after, remaining)
             else:
                 await asyncio.sleep(min(FALLBACK_POLL, remaining))
-
-    def _hand_out(self, max_records: int, trimmed: int) -> ReadResult:
-        """The next records read ahead; the list is dropped once all are handed out."""
-        start = self._ahead_at
-        records = self._ahead.cut(start, min(start + max_records, len(self._ahead)))
-        self._ahead_at = start + len(records)
-        if self._ahead_at >= len(self._ahead):
-            self._ahead, self._ahead_at = _NOTHING, 0
-        behind = max(0.0, (time.time() - records.arrival_at(-1)) * 1000.0)
-        return ReadResult(records, behind_ms=behind, trimmed=trimmed)
 
     def _tip(self) -> int:
         return self._log.last_seq(self._stream, self._shard_id)
