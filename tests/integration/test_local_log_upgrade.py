@@ -5,7 +5,8 @@ recorded as pending with no output (a crash before its sink write), 400 records 
 ``prev_release`` (commit 2aff918) predates the log identity: neither the log nor the checkpoints
 carry one. ``release_be736e6`` is the release before the connector layout and the columnar batch;
 ``release_49e03b2`` wrote local log layout 1, read here as it is (a log holding both layouts:
-``tests/unit/test_columnar_batch.py``); ``release_8a49744``, the previous release, wrote layout 2.
+``tests/unit/test_columnar_batch.py``); ``release_8a49744`` wrote layout 2; ``release_d0eb09d``,
+the previous release, layout 3 (small blocks merged).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from streamfn.connectors.local.log import LocalLog
 from tests.pipelines import output_objects, run_until_caught_up
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-RELEASES = ["prev_release", "release_be736e6", "release_49e03b2", "release_8a49744"]
+RELEASES = ["prev_release", "release_be736e6", "release_49e03b2", "release_8a49744", "release_d0eb09d"]
 PRODUCED = 1000
 
 COUNTING_HANDLER = '''
