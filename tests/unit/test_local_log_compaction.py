@@ -23,6 +23,7 @@ from streamfn.connectors.local.log import (
     Retention,
     TrimmedRange,
     _block_payload,
+    _join_encoded_lists,
     shard_for_key,
 )
 
@@ -286,3 +287,30 @@ def test_a_producer_that_opens_the_log_for_each_append_merges_too(tmp_path: Path
         assert [w.arrival for w in read_all(log, 0, 0, [7])] == arrivals
     finally:
         log.close()
+
+
+@settings(max_examples=80, deadline=None)
+@given(lists=st.lists(st.lists(st.text(max_size=6), max_size=40), max_size=6))
+def test_encoded_key_lists_join_into_the_list_of_all_their_keys(lists: list[list[str]]) -> None:
+    """A merge joins its blocks' encoded keys without decoding them: the joined array decodes as
+    every key in order, across the array header sizes (up to 15 items, then 16-bit counts)."""
+    joined = _join_encoded_lists([msgspec.Raw(msgspec.msgpack.encode(keys)) for keys in lists])
+    assert msgspec.msgpack.decode(joined, type=list[str]) == [key for keys in lists for key in keys]
+
+
+def test_encoded_key_lists_of_more_than_65535_keys_join_under_a_32_bit_count() -> None:
+    lists = [["k"] * 40_000, ["j"] * 30_000, []]
+    joined = _join_encoded_lists([msgspec.Raw(msgspec.msgpack.encode(keys)) for keys in lists])
+    assert bytes(joined)[0] == 0xDD
+    assert msgspec.msgpack.decode(joined, type=list[str]) == ["k"] * 40_000 + ["j"] * 30_000
+    with pytest.raises(ValueError, match="not a msgpack array"):
+        _join_encoded_lists([msgspec.Raw(msgspec.msgpack.encode("k"))])
+
+
+def test_a_block_that_does_not_decode_leaves_the_merge_undone_and_the_append_committed(log: LocalLog) -> None:
+    for n in range(MERGE_BLOCKS - 1):
+        log.append("s", [("k", b"%d" % n)])
+    log._conn().execute("UPDATE blocks SET payload = x'95c0' WHERE first_seq = 1")  # a block cut short
+    assert log.append("s", [("k", b"last")]) == 1  # committed, and no error from the merge after it
+    assert block_sizes(log) == [1] * MERGE_BLOCKS
+    assert log.last_seq("s", "shard-0000") == MERGE_BLOCKS

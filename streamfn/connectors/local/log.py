@@ -337,8 +337,10 @@ class LocalLog:
 
     def _merge_tails(self, conn: sqlite3.Connection, stream: str, shards: list[int]) -> None:
         """Merge the small blocks at the end of ``shards`` in one transaction of its own. Only an
-        optimisation: if it fails (a busy or full disk), the blocks stay as they are, the append
-        it follows has committed regardless, and a later append tries again."""
+        optimisation: if it fails (a busy or full disk; a stored block that does not decode, which
+        its readers report), the blocks stay as they are, the append it follows has committed
+        regardless (raising from it would have its caller append the records again), and a later
+        append tries again."""
         merged: dict[tuple[str, int], int] = {}
         try:
             with self._transaction(conn):
@@ -347,7 +349,7 @@ class LocalLog:
                     # event loop in this process, just woken by this append) goes first.
                     time.sleep(0)
                     merged[(stream, shard)] = self._merge_tail(conn, stream, shard)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:
             log.debug("merging small blocks failed; they stay as they are",
                       extra={"path": str(self.path), "stream": stream, "error": repr(exc)})
             return
@@ -446,8 +448,9 @@ class LocalLog:
             return 0 if small == MERGE_BLOCKS else small
         rowids = [row[0] for row in reversed(tail)]
         marks = ",".join("?" * len(rowids))
-        blocks = [_decode_block(first_seq, arrival, payload) for first_seq, arrival, payload in conn.execute(
-            f"SELECT first_seq, arrival, payload FROM blocks WHERE rowid IN ({marks}) ORDER BY last_seq", rowids)]
+        rows = conn.execute(
+            f"SELECT first_seq, arrival, payload FROM blocks WHERE rowid IN ({marks}) ORDER BY last_seq", rowids)
+        blocks = [_decode_block(first_seq, arrival, payload, for_reading=False) for first_seq, arrival, payload in rows]
         payload = self._encode(_merged_payload(blocks))
         conn.execute(f"DELETE FROM blocks WHERE rowid IN ({','.join('?' * (len(rowids) - 1))})", rowids[:-1])
         conn.execute("UPDATE blocks SET first_seq = ?, payload = ? WHERE rowid = ?",
@@ -745,8 +748,9 @@ def _block_payload(keys: list[str], datas: list[bytes]) -> tuple[list[str], byte
     return keys, buffer, ends.tobytes(), lines
 
 
-def _decode_block(first_seq: int, arrival: float, payload: bytes) -> _Block:
-    """A stored block, whichever layout wrote it (a layout-1 block is joined into a buffer here)."""
+def _decode_block(first_seq: int, arrival: float, payload: bytes, *, for_reading: bool = True) -> _Block:
+    """A stored block, whichever layout wrote it (a layout-1 block is joined into a buffer here).
+    Not ``for_reading`` (a merge): a merged block's arrivals stay as runs, no list per record."""
     buffer: bytes | memoryview
     runs = None
     if payload[0] == _V2_HEADER:
@@ -763,15 +767,15 @@ def _decode_block(first_seq: int, arrival: float, payload: bytes) -> _Block:
         swapped = array.array("I", bytes(ends))
         swapped.byteswap()
         offsets = swapped
-    arrivals = None if runs is None else list(itertools.chain.from_iterable(
+    arrivals = None if runs is None or not for_reading else list(itertools.chain.from_iterable(
         itertools.repeat(at, count) for count, at in runs))
     return _Block(first_seq, first_seq + len(offsets) - 1, arrival, keys, buffer, offsets, lines, runs, arrivals)
 
 
-def _merged_payload(blocks: list[_Block]) -> tuple[list[str], bytes, bytes, bool, list[tuple[int, float]]]:
-    """What a block merged from consecutive ``blocks`` stores: their columns joined, each record's
-    arrival kept as ``(count, arrival)`` runs."""
-    keys = [key for block in blocks for key in _decode_keys(block.keys)]
+def _merged_payload(blocks: list[_Block]) -> tuple[msgspec.Raw, bytes, bytes, bool, list[tuple[int, float]]]:
+    """What a block merged from consecutive ``blocks`` stores: their columns joined (the keys
+    still encoded), each record's arrival kept as ``(count, arrival)`` runs."""
+    keys = _join_encoded_lists([block.keys for block in blocks])
     ends = array.array("I")
     runs: list[tuple[int, float]] = []
     offset = 0
@@ -787,6 +791,32 @@ def _merged_payload(blocks: list[_Block]) -> tuple[list[str], bytes, bytes, bool
         ends.byteswap()
     buffer = b"\n".join(bytes(block.buffer) for block in blocks)
     return keys, buffer, ends.tobytes(), all(block.lines for block in blocks), runs
+
+
+def _join_encoded_lists(lists: list[msgspec.Raw]) -> msgspec.Raw:
+    """msgpack arrays joined into one without decoding their items (a merge re-encoded every key
+    of the blocks it joins, and the block at a shard's end is merged again until it is big)."""
+    count = 0
+    items = []
+    for encoded in lists:
+        view = memoryview(encoded)
+        head = view[0]
+        if head & 0xF0 == 0x90:  # fixarray
+            count, skip = count + (head & 0x0F), 1
+        elif head == 0xDC:  # array 16
+            count, skip = count + int.from_bytes(view[1:3], "big"), 3
+        elif head == 0xDD:  # array 32
+            count, skip = count + int.from_bytes(view[1:5], "big"), 5
+        else:
+            raise ValueError(f"not a msgpack array (first byte {head:#x})")
+        items.append(view[skip:])
+    if count < 0x10:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return msgspec.Raw(header + b"".join(items))
 
 
 def _decode_key_pieces(pieces: list[tuple[msgspec.Raw, int, int]]) -> list[str]:
