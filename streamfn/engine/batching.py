@@ -29,8 +29,8 @@ IDLE_WAIT_AGAIN = 5.0
 #: (Whole multiples of the batch size: the buffer then forms the batches that reading each batch's
 #: records on its own would have formed; a batch is cut short only where a read came back short.)
 #: Small: 256 made batches of 100 cost 15 % fewer instructions but kept 20 MB more heap after 1,024
-#: shards drained (104 against 84 MB). The one read size of the engine (``read_size``): sources do
-#: not read ahead of what they are asked for.
+#: shards drained (104 against 84 MB). The one read size of the engine (``read_size``): the local
+#: reader returns what it is asked for (the Kafka and Kinesis sources buffer what a fetch brings).
 MIN_READ = 64
 
 

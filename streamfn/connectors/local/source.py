@@ -241,8 +241,6 @@ class LocalSource(Source):
             self._log = None
 
 
-
-
 class LocalShardReader(ShardReader):
     """Reads one shard after a sequence; while it is idle, waits on the source's tip watcher
     (without one, or while the watcher cannot read the log, it looks up its tip every few ms).
