@@ -14,7 +14,6 @@ then shares the pipeline's GIL.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import threading
 import time
@@ -23,9 +22,8 @@ from pathlib import Path
 import orjson
 
 from streamfn.connectors.local.log import LocalLog
-from streamfn.connectors.local.produce import synthetic_clicks
 
-from .common import SEED, STREAM
+from .common import SEED, STREAM, event_chunks
 
 #: Bursts a second: each appends ``rate / CHUNKS_PER_SECOND`` records in one transaction.
 CHUNKS_PER_SECOND = 20
@@ -34,10 +32,10 @@ CHUNKS_PER_SECOND = 20
 def produce(log: LocalLog, rate: int, seconds: float, stop: threading.Event | None = None) -> int:
     """Append ``rate`` records/s in bursts for ``seconds`` (or until ``stop``); how many were appended."""
     per_chunk = max(1, rate // CHUNKS_PER_SECOND)
-    records = synthetic_clicks(int(rate * seconds) + per_chunk, SEED + 1)
     appended, started = 0, time.monotonic()
-    while (stop is None or not stop.is_set()) and time.monotonic() - started < seconds:
-        chunk = list(itertools.islice(records, per_chunk))
+    for chunk in event_chunks(int(rate * seconds) + per_chunk, SEED + 1, per_chunk):
+        if (stop is not None and stop.is_set()) or time.monotonic() - started >= seconds:
+            break
         appended += log.append(STREAM, chunk)
         time.sleep(1 / CHUNKS_PER_SECOND)
     return appended

@@ -60,9 +60,8 @@ class TipWatcher:
         self.tips = [0] * shard_count
         #: False while the watcher cannot read the log: readers look up their tip themselves.
         self.healthy = False
-        self._waiters: dict[int, asyncio.Future[None]] = {}
-        #: Per waiting shard, the sequence its reader has read through.
-        self._after: dict[int, int] = {}
+        #: Per waiting shard (one reader each): its wake-up, and the sequence it has read through.
+        self._waiters: dict[int, tuple[asyncio.Future[None], int]] = {}
         #: The newest block (rowid) the last look saw: blocks after it are new (``_advance``).
         self._block_mark = 0
         self._conn: sqlite3.Connection | None = None
@@ -138,11 +137,8 @@ class TipWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake_all()
         self._waiters.clear()
-        self._after.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -154,16 +150,14 @@ class TipWatcher:
             return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters[shard] = waiter  # one reader per shard
-        self._after[shard] = after
+        self._waiters[shard] = (waiter, after)
         timer = loop.call_later(at_most, _settle, waiter)
         try:
             await waiter
         finally:
             timer.cancel()
-            if self._waiters.get(shard) is waiter:
+            if self._waiters.get(shard, (None,))[0] is waiter:
                 del self._waiters[shard]
-                del self._after[shard]
 
     async def _run(self) -> None:
         while True:
@@ -210,23 +204,23 @@ class TipWatcher:
     def _advance(self, moved: dict[int, int]) -> None:
         """Tips only grow (sequences never restart); wake the readers whose shard moved, their new
         blocks read first in one query for all of them (``LocalLog.cache_next_blocks``)."""
-        tips, waiters, after = self.tips, self._waiters, self._after
+        tips, waiters = self.tips, self._waiters
         woken: dict[int, int] = {}  # shard: the sequence its reader reads next
         for shard, last_seq in moved.items():
             if shard < len(tips) and last_seq > tips[shard]:
                 tips[shard] = last_seq
-                waiter = waiters.get(shard)
-                if waiter is not None and not waiter.done():
-                    woken[shard] = after[shard] + 1
+                waiting = waiters.get(shard)
+                if waiting is not None and not waiting[0].done():
+                    woken[shard] = waiting[1] + 1
         if not woken:
             return
         self._block_mark = self.log.cache_next_blocks(
             self.stream, self._block_mark, woken, CACHE_BLOCKS_PER_SHARD * len(woken))
         for shard in woken:
-            waiters[shard].set_result(None)
+            waiters[shard][0].set_result(None)
 
     def _wake_all(self) -> None:
-        for waiter in self._waiters.values():
+        for waiter, _ in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
 
