@@ -128,6 +128,9 @@ class ObservedPipeline(Protocol):
     @property
     def runners(self) -> Mapping[str, ObservedRunner]: ...
     @property
+    def shard_stats(self) -> Mapping[str, ShardStats]:
+        """Every shard run in this process, running or not (the pipeline's totals sum these)."""
+    @property
     def assigner(self) -> Assigner: ...
     @property
     def store(self) -> CheckpointStore: ...
@@ -265,7 +268,7 @@ class StatsCollector:
                 self._add_shard(labels, runner.stats, counters, gauges, histogram, stalled_after)
                 for (target, kind), count in list(runner.stats.write_errors.items()):
                     write_errors.add_metric([*labels, target, kind], count)
-            buckets, seconds = done_buckets(runner.stats for _, runner in runners)
+            buckets, seconds = done_buckets(list(pipeline.shard_stats.values()))
             append_to_done.add_metric([pipeline.name], buckets, seconds)
         yield from counters.values()
         yield write_errors

@@ -113,8 +113,8 @@ class Fleet:
                 raise result
 
     def handled(self) -> int:
-        """Records handled so far by every running pipeline's shards."""
-        return sum(runner.stats.handled for pipeline in self.pipelines for runner in list(pipeline.runners.values()))
+        """Records handled so far by every running pipeline's shards, also those that stopped since."""
+        return sum(stats.handled for pipeline in self.pipelines for stats in list(pipeline.shard_stats.values()))
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [entry.task for entry in self.running.values() if entry.task is not None]

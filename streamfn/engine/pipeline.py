@@ -25,6 +25,7 @@ from .handler_threads import HANDLER_THREAD_PREFIX, HandlerThreads
 from .invoke import Invoker, load_handler
 from .record_filter import record_filter
 from .shard import ShardEnv, ShardRunner
+from .stats import ShardStats
 from .versioned import versioned_invoker
 
 log = logging.getLogger("streamfn.pipeline")
@@ -129,6 +130,10 @@ class Pipeline:
             function_arn=config.function_arn or local_function_arn(self.name),
         )
         self.runners: dict[str, ShardRunner] = {}
+        #: Every shard this pipeline ran in this process, running or not: a shard that stops and starts
+        #: again (a lease lost and taken back) continues its counters, and the pipeline's totals never
+        #: go down when a shard moves to another worker.
+        self.shard_stats: dict[str, ShardStats] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.failed: BaseException | None = None
 
@@ -145,7 +150,12 @@ class Pipeline:
     async def start_shard(self, shard: ShardInfo) -> None:
         if shard.shard_id in self._tasks:
             return
-        runner = ShardRunner(shard, self.env)
+        stats = self.shard_stats.get(shard.shard_id)
+        if stats is None:
+            stats = self.shard_stats[shard.shard_id] = ShardStats(shard.shard_id)
+        else:
+            stats.restart()
+        runner = ShardRunner(shard, self.env, stats)
         self.runners[shard.shard_id] = runner
         self._tasks[shard.shard_id] = asyncio.create_task(self._supervise(runner), name=f"shard:{shard.shard_id}")
         log.info("shard started", extra={"pipeline": self.name, "shard": shard.shard_id})

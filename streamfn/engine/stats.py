@@ -89,6 +89,16 @@ class ShardStats:
         self.last_error: str | None = None
         self.started = time.time()
 
+    def restart(self) -> None:
+        """The shard starts again in this process (its lease came back): what it is doing now starts
+        afresh, while its counters go on, as a Prometheus counter must (only a new process resets it)."""
+        self.attempt = 0
+        self.behind_ms = None
+        self.checkpoint_at = None
+        self.blocked_since = None
+        self.blocked_cause = None
+        self.last_error = None
+
     @property
     def checkpoint(self) -> str | None:
         """The checkpoint as text ("12", "12:3", "SHARD_END"), or None before the first."""

@@ -81,7 +81,7 @@ def test_an_accepted_loss_is_a_metric() -> None:
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    pipelines: Any = [SimpleNamespace(name=name, runners={}, assigner=AllShardsAssigner(None),  # type: ignore[arg-type]
+    pipelines: Any = [SimpleNamespace(name=name, runners={}, shard_stats={}, assigner=AllShardsAssigner(None),  # type: ignore[arg-type]
                                       store=store) for name, store in (("lossy", AcceptedLoss()),
                                                                        ("exact", MemoryCheckpointStore()))]
     text = generate_latest(build_registry(StatsCollector(lambda: pipelines), process=False)).decode()

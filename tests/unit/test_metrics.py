@@ -34,6 +34,7 @@ class FakeAssigner(Assigner):
 def fake_pipeline(name: str, *stats: ShardStats, settled: bool = True, leases: int | None = None) -> Any:
     assigner = FakeAssigner(settled, leases)
     return SimpleNamespace(name=name, runners={s.shard_id: SimpleNamespace(stats=s) for s in stats},
+                           shard_stats={s.shard_id: s for s in stats},
                            assigner=assigner, store=MemoryCheckpointStore())
 
 
@@ -220,3 +221,47 @@ async def test_a_busy_port_is_a_config_error() -> None:
             await second.start()
     finally:
         await first.close()
+
+
+async def test_a_shard_started_again_continues_its_counters(tmp_path: Path) -> None:
+    """A lease lost and taken back restarts the shard in the same process: its counters (and the
+    pipeline's append-to-done histogram) must not go back, or Prometheus reads a reset."""
+    pytest.importorskip("streamfn.connectors.local.source")
+    from prometheus_client import generate_latest
+
+    from streamfn.config import load_pipeline
+    from streamfn.engine.pipeline import Pipeline
+    from streamfn.protocols.source import ShardInfo
+    from tests.pipelines import append, write_pipeline
+
+    config = write_pipeline(tmp_path, "def handle(batch, context):\n    return None\n", name="again", shards=1)
+    pipeline = Pipeline(load_pipeline(config))
+    await pipeline.open()
+    shard = ShardInfo("shard-0000")
+
+    async def scrape_once_handled(total: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        deadline = time.monotonic() + 20
+        while (stats := pipeline.shard_stats.get(shard.shard_id)) is None or stats.handled < total:
+            assert time.monotonic() < deadline, f"{total} records not handled within 20s"
+            await asyncio.sleep(0.02)
+        return samples(generate_latest(build_registry(StatsCollector(lambda: [pipeline]), process=False)).decode())
+
+    try:
+        append(config, [("k", orjson.dumps({"v": i})) for i in range(30)])
+        await pipeline.start_shard(shard)
+        first = await scrape_once_handled(30)
+        stats = pipeline.shard_stats[shard.shard_id]
+        stats.mark_blocked("sink", "still blocked when the shard stopped")
+        await pipeline.stop_shard(shard.shard_id)
+        append(config, [("k", orjson.dumps({"v": i})) for i in range(30, 50)])
+        await pipeline.start_shard(shard)
+        assert pipeline.runners[shard.shard_id].stats is stats
+        assert stats.blocked_since is None  # what it was doing did not come back with it
+        second = await scrape_once_handled(50)
+    finally:
+        await pipeline.shutdown()
+    labels = (("pipeline", "again"), ("shard", shard.shard_id))
+    assert first[("streamfn_records_handled_total", labels)] == 30
+    assert second[("streamfn_records_handled_total", labels)] == 50
+    done = ("streamfn_append_to_done_seconds_count", (("pipeline", "again"),))
+    assert second[done] == first[done] + 20

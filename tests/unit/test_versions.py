@@ -254,7 +254,8 @@ def test_the_active_version_is_a_metric(tmp_path: Path) -> None:
     slot = invoker.slot()
     store.set_alias("live", 2)
     asyncio.run(_call(slot, _records(1, 1)))
-    pipelines: Any = [SimpleNamespace(name=invoker.pipeline, runners={}, assigner=AllShardsAssigner(None),  # type: ignore[arg-type]
+    pipelines: Any = [SimpleNamespace(name=invoker.pipeline, runners={}, shard_stats={},
+                                      assigner=AllShardsAssigner(None),  # type: ignore[arg-type]
                                       store=MemoryCheckpointStore())]
     text = generate_latest(build_registry(StatsCollector(lambda: pipelines), process=False)).decode()
     values = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
