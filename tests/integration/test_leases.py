@@ -17,7 +17,8 @@ import pytest
 
 from streamfn.connectors.lease_table.assigner import LeaseAssigner
 from streamfn.connectors.lease_table.store import DynamoDBCheckpointStore, DynamoDBCheckpointStoreConfig, LeaseSettings
-from streamfn.errors import LeaseLostError
+from streamfn.connectors.lease_table.table import LeaseTable
+from streamfn.errors import LeaseLostError, RetryableError
 from streamfn.protocols.checkpoint import Checkpoint
 from streamfn.protocols.source import ShardInfo, Source, SourceTraits
 from streamfn.records import Position
@@ -313,6 +314,60 @@ async def test_lost_lease_stops_its_shard_without_checkpoint(workers: StoreFacto
         assert victim.held == {}
     finally:
         await stop([task])
+
+
+class AnswersLost(LeaseTable):
+    """The real table, but the next fenced write's answer never arrives: the write is applied or not
+    (as a timed-out request may be), and the caller sees a timeout either way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.next_write_applied: bool | None = None
+
+    async def fenced_update(self, *args: Any, **kwargs: Any) -> None:
+        applied, self.next_write_applied = self.next_write_applied, None
+        if applied is None:
+            return await super().fenced_update(*args, **kwargs)
+        if applied:
+            await super().fenced_update(*args, **kwargs)
+        raise RetryableError("dynamodb update_item got no answer within 2s", kind="timeout")
+
+
+@pytest.mark.parametrize(("applied", "edited"), [(True, False), (False, False), (True, True), (False, True)])
+async def test_a_write_that_got_no_answer_loses_the_lease_only_if_another_moved_it(
+        workers: StoreFactory, applied: bool, edited: bool) -> None:
+    """Like KCL after a failed renewal: the next conditional write failing because our own unanswered
+    write was applied keeps the lease; an operator's edit (same owner, counter bumped) still stops it."""
+    settings = DynamoDBCheckpointStoreConfig(table=workers.table, worker_id="w", failover_time=30.0,
+                                             renew_interval=600.0, endpoint_url=workers.endpoint).settings("pipe")
+    table = AnswersLost(settings.table, prefix=settings.prefix, endpoint_url=workers.endpoint, request_timeout=5.0)
+    store = DynamoDBCheckpointStore(settings, table)
+    await store.open()
+    workers.stores.append(store)
+    assert await store.acquire("s1")
+    table.next_write_applied = applied
+    await store.renew_all()  # logs "renewal failed; will retry", keeps the lease: failover is 30 s
+    assert "s1" in store.held
+    if edited:
+        seen = await table.get("s1")
+        assert seen is not None
+        await table.overwrite(seen, [], [], {}, force=True)  # what `streamfn checkpoints set --force` does
+
+    await store.save("s1", Checkpoint(position=Position(5)))
+    if edited:
+        with pytest.raises(LeaseLostError):
+            await store.flush()
+        assert store.lost.get_nowait() == "s1"
+        after = await table.get("s1")
+        assert after is not None and after.checkpoint.position is None
+        return
+    await store.flush()
+    assert store.lost.empty() and "s1" in store.held
+    after = await table.get("s1")
+    assert after is not None and after.owner == "w" and after.checkpoint.position == Position(5)
+    await store.renew_all()
+    renewed = await table.get("s1")
+    assert store.lost.empty() and renewed is not None and store.held["s1"].counter == renewed.counter
 
 
 async def test_graceful_release_hands_over_without_waiting_for_failover(workers: StoreFactory) -> None:

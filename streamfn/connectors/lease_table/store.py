@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -147,6 +148,9 @@ class HeldLease:
     confirmed_at: float
     dirty: bool = False
     lost: bool = False
+    #: Ids of fenced writes sent since the last confirmed one that got no answer (a timeout, a cut
+    #: connection): any of them may have been applied and moved the counter unseen.
+    unsure: set[str] = field(default_factory=set)
     written_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Set by a flush: the writer stops waiting for ``checkpoint_interval`` and writes now.
@@ -179,6 +183,10 @@ class DynamoDBCheckpointStore(CheckpointStore):
         self._renewer: asyncio.Task[None] | None = None
         self._renewing = asyncio.Lock()
         self._opened = False
+        self._write_ids = itertools.count()
+        #: Unique to this store object, so that no other process's write ids (even under the same
+        #: configured worker_id) can be taken for this one's.
+        self._write_prefix = f"{self.worker_id}/{uuid.uuid4().hex[:8]}/"
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -279,8 +287,8 @@ class DynamoDBCheckpointStore(CheckpointStore):
             held.hurry.clear()
             held.dirty = False
             try:
-                await self._fenced(held, lambda counter: self.table.write_checkpoint(
-                    held.shard_id, self.worker_id, counter, held.checkpoint))
+                await self._fenced(held, lambda counter, write_id: self.table.write_checkpoint(
+                    held.shard_id, self.worker_id, counter, write_id, held.checkpoint))
             except BaseException:
                 if not held.lost:
                     held.dirty = True
@@ -304,18 +312,42 @@ class DynamoDBCheckpointStore(CheckpointStore):
             await asyncio.shield(held.writer)
 
     async def _fenced(self, held: HeldLease, write: _FencedWrite) -> None:
-        """Run one counter-conditional write under the lease's lock; a failed condition loses it."""
+        """Run one counter-conditional write under the lease's lock; a failed condition loses the
+        lease, unless it failed because a write of ours that got no answer had been applied."""
         async with held.lock:
             if held.lost:
                 raise LeaseLostError(f"shard {held.shard_id}: lease lost")
-            sent_at = time.monotonic()
-            try:
-                await write(held.counter)
-            except LeaseLostError:
-                self._lose(held, "a conditional write failed: another worker holds the lease")
-                raise
-            held.counter += 1
-            held.confirmed_at = sent_at
+            while True:
+                write_id = f"{self._write_prefix}{next(self._write_ids)}"
+                sent_at = time.monotonic()
+                try:
+                    await write(held.counter, write_id)
+                except LeaseLostError:
+                    if held.unsure and await self._unsure_write_applied(held):
+                        continue  # once at most: the lease's counter is known again, nothing unsure
+                    self._lose(held, "a conditional write failed: another worker holds the lease")
+                    raise
+                except BaseException:
+                    held.unsure.add(write_id)
+                    raise
+                held.counter += 1
+                held.confirmed_at = sent_at
+                held.unsure.clear()
+                return
+
+    async def _unsure_write_applied(self, held: HeldLease) -> bool:
+        """Whether the lease moved only by one of our own writes that got no answer (as the Kinesis
+        Client Library checks after a failed renewal): still ours, one step on, and that write's id
+        stored. Then the lease is held at its new counter. A failed read raises (retry later)."""
+        lease = await self.table.get(held.shard_id)
+        if (lease is None or lease.owner != self.worker_id or lease.counter != held.counter + 1
+                or lease.last_write not in held.unsure):
+            return False
+        held.counter += 1
+        held.unsure.clear()
+        log.info("a lease write that got no answer had been applied; the lease is kept",
+                 extra={"shard": held.shard_id, "worker": self.worker_id, "counter": held.counter})
+        return True
 
     # -- leases --------------------------------------------------------------------------
     async def take(self, lease: Lease) -> HeldLease | None:
@@ -350,7 +382,8 @@ class DynamoDBCheckpointStore(CheckpointStore):
             return
         try:
             await self._flush_one(held)
-            await self._fenced(held, lambda counter: self.table.release(shard_id, self.worker_id, counter))
+            await self._fenced(held, lambda counter, write_id: self.table.release(
+                shard_id, self.worker_id, counter, write_id))
         except LeaseLostError:
             return
         finally:
@@ -386,7 +419,8 @@ class DynamoDBCheckpointStore(CheckpointStore):
 
     async def _renew(self, held: HeldLease) -> None:
         try:
-            await self._fenced(held, lambda counter: self.table.renew(held.shard_id, self.worker_id, counter))
+            await self._fenced(held, lambda counter, write_id: self.table.renew(
+                held.shard_id, self.worker_id, counter, write_id))
         except LeaseLostError:
             return
         except Exception as exc:
@@ -421,7 +455,7 @@ class DynamoDBCheckpointStore(CheckpointStore):
 
 
 class _FencedWrite(Protocol):
-    def __call__(self, counter: int, /) -> Awaitable[None]: ...
+    def __call__(self, counter: int, write_id: str, /) -> Awaitable[None]: ...
 
 
 def _note_failure(task: asyncio.Task[None]) -> None:

@@ -64,6 +64,9 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     sentinel: str | None = None
     #: Where to start without a checkpoint, as set by ``streamfn checkpoints reset``.
     reset_to: StartingPosition | None = None
+    #: The id of the last fenced write a streamfn worker applied (``streamfnWrite``): a worker whose
+    #: write got no answer tells by it whether that write was applied.
+    last_write: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -117,6 +120,7 @@ def lease_from_item(item: dict[str, Any], prefix: str) -> Lease | None:
         owner_switches=int(item.get("ownerSwitchesSinceCheckpoint", {}).get("N", "0")),
         sentinel=sentinel,
         reset_to=reset_to,
+        last_write=item.get("streamfnWrite", {}).get("S"),
     )
 
 
@@ -290,17 +294,20 @@ class LeaseTable:
             raise
         return lease_from_item(result["Attributes"], self.prefix)
 
-    async def fenced_update(self, shard_id: str, owner: str, counter: int, sets: list[str],
+    async def fenced_update(self, shard_id: str, owner: str, counter: int, write_id: str, sets: list[str],
                             removes: Sequence[str] = (), values: dict[str, Any] | None = None) -> None:
-        """Apply an update only while ``owner`` holds the lease at ``counter``; it bumps the counter.
+        """Apply an update only while ``owner`` holds the lease at ``counter``; it bumps the counter
+        and stores ``write_id`` (see ``Lease.last_write``).
 
-        Raises LeaseLostError when the condition fails: someone else moved the lease.
+        Raises LeaseLostError when the condition fails: the lease moved since ``counter``.
         """
-        all_values = {":counter": {"N": str(counter)}, ":me": {"S": owner}, ":one": {"N": "1"}, **(values or {})}
+        all_values = {":counter": {"N": str(counter)}, ":me": {"S": owner}, ":one": {"N": "1"},
+                      ":write": {"S": write_id}, **(values or {})}
         try:
             await self.call(
                 "update_item", TableName=self.table, Key=self._key(shard_id),
-                UpdateExpression=update_expression(["leaseCounter = leaseCounter + :one", *sets], list(removes)),
+                UpdateExpression=update_expression(
+                    ["leaseCounter = leaseCounter + :one", "streamfnWrite = :write", *sets], list(removes)),
                 ConditionExpression="leaseCounter = :counter AND leaseOwner = :me",
                 ExpressionAttributeValues=all_values,
             )
@@ -309,15 +316,16 @@ class LeaseTable:
                 raise LeaseLostError(f"lease of shard {shard_id} lost (owner or counter changed)") from exc
             raise
 
-    async def renew(self, shard_id: str, owner: str, counter: int) -> None:
-        await self.fenced_update(shard_id, owner, counter, [])
+    async def renew(self, shard_id: str, owner: str, counter: int, write_id: str) -> None:
+        await self.fenced_update(shard_id, owner, counter, write_id, [])
 
-    async def release(self, shard_id: str, owner: str, counter: int) -> None:
-        await self.fenced_update(shard_id, owner, counter, [], ["leaseOwner"])
+    async def release(self, shard_id: str, owner: str, counter: int, write_id: str) -> None:
+        await self.fenced_update(shard_id, owner, counter, write_id, [], ["leaseOwner"])
 
-    async def write_checkpoint(self, shard_id: str, owner: str, counter: int, checkpoint: Checkpoint) -> None:
+    async def write_checkpoint(self, shard_id: str, owner: str, counter: int, write_id: str,
+                               checkpoint: Checkpoint) -> None:
         sets, removes, values = checkpoint_update(checkpoint)
-        await self.fenced_update(shard_id, owner, counter, sets, removes, values)
+        await self.fenced_update(shard_id, owner, counter, write_id, sets, removes, values)
 
     async def overwrite(self, lease: Lease, sets: list[str], removes: Sequence[str], values: dict[str, Any], *,
                         force: bool = False) -> None:
