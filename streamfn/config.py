@@ -357,6 +357,12 @@ def check_components(loaded: LoadedPipeline) -> None:
         except ConfigError as exc:
             field = f"sinks[{index}]" + (f".{exc.field.removeprefix('sinks.')}" if exc.field else "")
             raise ConfigError(exc.message, file=str(loaded.path), field=field) from None
+    if config.on_failure is not None:
+        try:
+            config.on_failure.check(ctx)
+        except ConfigError as exc:
+            field = "on_failure" + (f".{exc.field}" if exc.field else "")
+            raise ConfigError(exc.message, file=str(loaded.path), field=field) from None
     looping = config.on_failure.feeds(config.source, ctx) if config.on_failure is not None else None
     if looping is not None:
         raise ConfigError("the on_failure destination is the pipeline's own source stream: failure records would "

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import RetryableError, SinkError
+from .errors import ConfigError, RetryableError, SinkError
 from .storage_errors import STORAGE_ERRNOS
 
 #: Pipeline names: they appear in object keys, state rows and ARNs, so path syntax is kept out.
@@ -26,6 +26,31 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 NAME_ERRNOS = frozenset({
     errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.EILSEQ, errno.ELOOP,
 })
+
+
+def output_folder(root: Path) -> Path:
+    """``root``, checked as the folder a sink or destination writes under: a path that is a file,
+    or lies under one, is refused as a config error (field ``path``) instead of failing every write."""
+    for part in (root, *root.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(_not_a_folder(root, part), field="path")
+            break
+    return root
+
+
+def make_output_folder(root: Path) -> None:
+    """Create the folder ``root`` (at open: a file may have appeared there since the config loaded)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((part for part in (root, *root.parents) if part.exists() and not part.is_dir()), root)
+        raise ConfigError(_not_a_folder(root, blocking), field="path") from None
+
+
+def _not_a_folder(root: Path, blocking: Path) -> str:
+    where = "is a file" if blocking == root else f"is under {blocking}, which is a file"
+    return f"{root} {where}, not a folder: output is written under a folder; choose another path or move the file"
 
 
 def name_problem(name: str) -> str | None:

@@ -65,6 +65,11 @@ class DestinationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
         """``(field, why)`` for settings of this config that cannot work, fields relative to it."""
         return []
 
+    def check(self, ctx: BuildContext) -> None:
+        """Checks that need the config's folder (a path that cannot be written under): raise
+        ConfigError with the field relative to this config. Run when the config loads."""
+        return None
+
     def feeds(self, source: SourceConfig, ctx: BuildContext) -> str | None:
         """The field naming the stream when this destination writes into ``source``'s own stream
         (failure records would be read back and fail again, forever); None otherwise."""

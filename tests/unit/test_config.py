@@ -210,3 +210,31 @@ def test_validate_refuses_a_pipeline_named_dot_dot(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2  # as run exits for the same error
     assert f"{path}: field `name`: '..' is not a valid name" in done.stderr
+
+
+@pytest.mark.parametrize(("section", "path", "field", "words"), [
+    ("[[sinks]]\ntype='local'", "taken", "sinks[0].path", "taken is a file, not a folder"),
+    ("[[sinks]]\ntype='local'", "taken/out", "sinks[0].path", "is under"),
+    ("[on_failure]\ntype='local'", "taken", "on_failure.path", "taken is a file, not a folder"),
+])
+def test_an_output_folder_that_is_a_file_is_refused_with_its_field(tmp_path: Path, section: str, path: str,
+                                                                    field: str, words: str) -> None:
+    (tmp_path / "taken").write_text("a file where output would go\n")
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f"name='p'\n{LOCAL}{section}\npath='{path}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(config)
+    assert (info.value.file, info.value.field) == (str(config), field)
+    assert words in info.value.message
+
+
+@pytest.mark.parametrize("kind", ["sink", "destination"])
+async def test_a_file_that_appears_after_loading_is_refused_at_open(tmp_path: Path, kind: str) -> None:
+    from streamfn.connectors.local.destination import LocalDestination
+    from streamfn.connectors.local.sink import LocalSink
+
+    root = tmp_path / "out"
+    part = LocalSink(root) if kind == "sink" else LocalDestination(root)
+    root.write_text("appeared meanwhile\n")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        await part.open()

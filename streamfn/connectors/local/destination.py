@@ -10,7 +10,7 @@ import msgspec
 import orjson
 
 from ...errors import SinkError
-from ...paths import write_atomically
+from ...paths import make_output_folder, output_folder, write_atomically
 from ...protocols.destination import DestinationConfig, FailedBatch
 from ..shared.failure_record import failure_key, failure_record
 
@@ -26,7 +26,10 @@ class LocalDestinationConfig(DestinationConfig, kw_only=True, tag="local"):
         "The folder failure records are written under (one JSON file per batch), relative to the config's folder."))]
 
     def build(self, ctx: BuildContext) -> LocalDestination:
-        return LocalDestination(ctx.resolve(self.path))
+        return LocalDestination(output_folder(ctx.resolve(self.path)))
+
+    def check(self, ctx: BuildContext) -> None:
+        output_folder(ctx.resolve(self.path))
 
 
 class LocalDestination:
@@ -36,7 +39,7 @@ class LocalDestination:
         self.root = root
 
     async def open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_output_folder(self.root)
 
     async def send(self, failure: FailedBatch) -> None:
         """Raises ``SinkError`` for a key outside the root (a crafted shard id) or a record that

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import msgspec
 
-from ...paths import write_atomically
+from ...paths import make_output_folder, output_folder, write_atomically
 from ...protocols.sink import SinkBatch, SinkConfig
 from ..shared.keys import DEFAULT_TEMPLATE, check_template, render_key
 from ..shared.ndjson import encode_ndjson
@@ -31,7 +31,7 @@ class LocalSinkConfig(SinkConfig, kw_only=True, tag="local"):
 
     def build(self, ctx: BuildContext) -> LocalSink:
         check_template(self.key, "sinks.key")
-        return LocalSink(ctx.resolve(self.path), key=self.key, compress=self.gzip, fsync=self.fsync)
+        return LocalSink(output_folder(ctx.resolve(self.path)), key=self.key, compress=self.gzip, fsync=self.fsync)
 
     def check(self, pipeline: str, stream: str) -> None:
         check_template(self.key, "sinks.key", pipeline=pipeline, stream=stream)
@@ -50,7 +50,7 @@ class LocalSink:
         self._fsync = fsync
 
     async def open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_output_folder(self.root)
 
     async def write(self, batch: SinkBatch) -> None:
         """Raises ``SinkError`` for items JSON cannot hold or a key outside the root, and
