@@ -14,7 +14,8 @@ import pytest
 
 from streamfn import Record
 from streamfn.aws import AwsClient
-from streamfn.connectors.kafka.destination import KafkaDestination
+from streamfn.components import BuildContext
+from streamfn.connectors.kafka.destination import KafkaDestinationConfig
 from streamfn.connectors.kinesis.destination import KinesisDestination
 from streamfn.connectors.local.log import LocalLog
 from streamfn.connectors.local.log_destination import LocalLogDestination
@@ -113,7 +114,8 @@ async def test_kafka_destination(kafka_bootstrap: str) -> None:
     from aiokafka import AIOKafkaConsumer
 
     topic = f"failures-{uuid.uuid4().hex[:8]}"
-    destination = KafkaDestination(kafka_bootstrap, topic, "test")
+    destination = KafkaDestinationConfig(bootstrap_servers=kafka_bootstrap, topic=topic,
+                                         client_id="test").build(BuildContext("p", Path(), Path()))
     await destination.open()
     await destination.send(failure())
     await destination.close()

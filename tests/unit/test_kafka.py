@@ -8,6 +8,7 @@ import base64
 import gc
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -256,3 +257,37 @@ def test_the_source_start_overrides_the_pipeline_start() -> None:
     assert source._starting(StartingPosition("latest")) == StartingPosition("latest")
     override = KafkaSource(msgspec.structs.replace(source.config, starting_position="earliest"))
     assert override._starting(StartingPosition("latest")) == StartingPosition("trim_horizon")
+
+
+def test_the_on_failure_destination_connects_as_the_source_does(tmp_path: Path) -> None:
+    """A pipeline on a secured cluster writes its failure records over TLS and SASL too."""
+    from streamfn.components import BuildContext
+    from streamfn.config import load_pipeline
+    from streamfn.connectors.kafka.destination import KafkaDestinationConfig
+    from streamfn.errors import ConfigError
+
+    fields = {"bootstrap_servers": "k:9093", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
+              "sasl_plain_username": "u", "sasl_plain_password": "p"}
+    source = msgspec.convert({"type": "kafka", "topic": "clicks", "group_id": "g", **fields}, KafkaSourceConfig)
+    destination = msgspec.convert({"type": "kafka", "topic": "failures", **fields}, KafkaDestinationConfig)
+    consumer, producer = source.consumer_options(), destination.producer_options()
+    shared = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+    assert {k: producer[k] for k in shared} == {k: consumer[k] for k in shared}
+    assert producer["ssl_context"] is not None and producer["acks"] == "all"
+
+    certifi = pytest.importorskip("certifi")
+    (tmp_path / "ca.pem").write_bytes(Path(certifi.where()).read_bytes())
+    tls = msgspec.convert({"type": "kafka", "topic": "failures", "bootstrap_servers": "k:9093",
+                           "security_protocol": "SSL", "ssl_cafile": "ca.pem"}, KafkaDestinationConfig)
+    tls.build(BuildContext("p", tmp_path, tmp_path))  # the CA file is found next to the config, not in the cwd
+    with pytest.raises(ConfigError, match=r"elsewhere/ca\.pem is not a file") as info:
+        tls.build(BuildContext("p", tmp_path / "elsewhere", tmp_path))
+    assert info.value.field == "ssl_cafile"
+
+    config = tmp_path / "p.toml"
+    config.write_text("name = 'p'\nhandler = 'h:handle'\n[source]\ntype = 'local'\nstream = 's'\n[on_failure]\n"
+                      "type = 'kafka'\nbootstrap_servers = 'k:9093'\ntopic = 'f'\nsecurity_protocol = 'SSL'\n"
+                      "ssl_certfile = 'client.pem'\n")
+    with pytest.raises(ConfigError) as loading:
+        load_pipeline(config)
+    assert (loading.value.file, loading.value.field) == (str(config), "on_failure.ssl_certfile")

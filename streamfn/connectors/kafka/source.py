@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -42,6 +42,7 @@ from .columns import Fetched
 from .columns import KafkaAttributes as KafkaAttributes  # re-exported: its public home before columns.py
 from .columns import to_batch as to_batch
 from .columns import to_records as to_records
+from .connection import KafkaConnection
 from .partitions import partition_of, shard_id_of
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ POLL_WHILE_BLOCKED = 0.005
 #: before its reader runs dry (nothing can wake a waiting ``getmany`` early).
 BLOCKED_POLL_MS = 5
 
-class KafkaSourceConfig(SourceConfig, kw_only=True, tag="kafka"):
+class KafkaSourceConfig(SourceConfig, KafkaConnection, kw_only=True, tag="kafka"):
     """A Kafka topic read by a consumer group: run several daemons with one ``group_id`` to split it."""
 
     bootstrap_servers: Annotated[str, msgspec.Meta(description=(
@@ -101,24 +102,6 @@ class KafkaSourceConfig(SourceConfig, kw_only=True, tag="kafka"):
         "Records buffered per partition before it is paused (it resumes when half is read)."))] = 10_000
     isolation_level: Annotated[Literal["read_uncommitted", "read_committed"], msgspec.Meta(description=(
         "`read_committed` skips records of aborted transactions and waits for open ones."))] = "read_uncommitted"
-    security_protocol: Annotated[Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], msgspec.Meta(description=(
-        "How to reach the brokers: plain TCP, TLS, SASL over TCP or SASL over TLS."))] = "PLAINTEXT"
-    sasl_mechanism: Annotated[
-        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"],
-        msgspec.Meta(description="The SASL mechanism, with security_protocol SASL_PLAINTEXT or SASL_SSL."),
-    ] = "PLAIN"
-    sasl_plain_username: Annotated[str | None, msgspec.Meta(description="SASL user name (PLAIN, SCRAM).")] = None
-    sasl_plain_password: Annotated[str | None, msgspec.Meta(description=(
-        "SASL password (PLAIN, SCRAM); write `${VAR}` to keep it out of the file."))] = None
-    ssl_cafile: Annotated[str | None, msgspec.Meta(description=(
-        "CA bundle (PEM) that verifies the brokers, relative to the config's folder."))] = None
-    ssl_certfile: Annotated[str | None, msgspec.Meta(description=(
-        "Client certificate (PEM) for TLS client authentication, relative to the config's folder."))] = None
-    ssl_keyfile: Annotated[str | None, msgspec.Meta(description=(
-        "Private key (PEM) of ssl_certfile, relative to the config's folder."))] = None
-    ssl_password: Annotated[str | None, msgspec.Meta(description=(
-        "Password of ssl_keyfile; write `${VAR}` to keep it out of the file."))] = None
-
     def __post_init__(self) -> None:
         if self.starting_position == "at_timestamp" and self.starting_timestamp is None:
             raise ValueError("starting_position 'at_timestamp' needs starting_timestamp")
@@ -140,9 +123,9 @@ class KafkaSourceConfig(SourceConfig, kw_only=True, tag="kafka"):
         return [("starting_timestamp", "is used only with source.starting_position = 'at_timestamp'"
                  if self.starting_timestamp is not None and self.starting_position != "at_timestamp" else None)]
 
-    def consumer_options(self, resolve: Any = str) -> dict[str, Any]:
+    def consumer_options(self, resolve: Callable[[str], str] = str) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaConsumer`` (SSL files resolved against the config's folder)."""
-        options: dict[str, Any] = {
+        return {
             "bootstrap_servers": self.bootstrap_servers,
             "client_id": self.client_id,
             "group_id": self.group_id,
@@ -158,21 +141,8 @@ class KafkaSourceConfig(SourceConfig, kw_only=True, tag="kafka"):
             "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
             "max_poll_records": self.max_poll_records,
             "isolation_level": self.isolation_level,
-            "security_protocol": self.security_protocol,
-            "sasl_mechanism": self.sasl_mechanism,
-            "sasl_plain_username": self.sasl_plain_username,
-            "sasl_plain_password": self.sasl_plain_password,
+            **self.connection_options(resolve),
         }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            options["ssl_context"] = create_ssl_context(
-                cafile=resolve(self.ssl_cafile) if self.ssl_cafile else None,
-                certfile=resolve(self.ssl_certfile) if self.ssl_certfile else None,
-                keyfile=resolve(self.ssl_keyfile) if self.ssl_keyfile else None,
-                password=self.ssl_password,
-            )
-        return options
 
 
 class PartitionFeed:
