@@ -46,7 +46,6 @@ class ShardStats:
         "sent_to_destination",
         "shard_id",
         "sink_seconds",
-        "started",
         "trimmed",
         "write_errors",
         "writes_in_flight",
@@ -87,7 +86,6 @@ class ShardStats:
         #: Records the source's retention removed before this shard read them.
         self.trimmed = 0
         self.last_error: str | None = None
-        self.started = time.time()
 
     def restart(self) -> None:
         """The shard starts again in this process (its lease came back): what it is doing now starts
