@@ -354,3 +354,38 @@ def test_caching_new_blocks_gives_up_past_its_limit_and_after_rowids_restart(log
     # A mark past every block (the table's end was trimmed away, rowids restart lower): it comes back down.
     assert log.cache_next_blocks("s", 10_000, {0: 4}, limit=2) == log.newest_block()
     assert log.read("s", "shard-0000", 0, 10, tip=3).json() == [0, 1, 2]
+
+
+def wal_frames(path: Path) -> int:
+    """Frames in a SQLite file's WAL since it last started over (what a checkpoint would copy)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+    finally:
+        db.close()
+
+
+def test_appends_checkpoint_the_wal_themselves_never_inside_a_commit(log: LocalLog,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint (two fsyncs) inside an append's commit delayed its records by 10-40 ms. The log's
+    connections never run one on commit; an append runs it after its commit, wake-ups and merges,
+    once the WAL is long, so the WAL still stays bounded."""
+    from streamfn.connectors.local import log as log_module
+    from streamfn.connectors.local import wal
+
+    log.create_stream("s", 4)
+    assert log._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    monkeypatch.setattr(wal, "CHECKPOINT_FRAMES", 40)
+    steps: list[str] = []
+    monkeypatch.setattr(log_module, "checkpoint", lambda conn, path, real=wal.checkpoint: (
+        steps.append("checkpoint"), real(conn, path)))
+    log.add_listener(lambda stream, tips: steps.append("told"))
+    for n in range(200):
+        steps.append("append")
+        log.append("s", [(f"k{n}-{i}", b'{"v": 1}') for i in range(8)])
+    frames = wal_frames(log.path)
+    assert frames < 100, f"{frames} frames: the WAL was never checkpointed"
+    appends = " ".join(steps).split("append")[1:]
+    assert {a.strip() for a in appends} == {"told", "told checkpoint"}  # some checkpoints, each after the wake-ups

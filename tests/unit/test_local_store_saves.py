@@ -9,6 +9,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,3 +58,34 @@ def test_what_is_read_back_is_the_latest_save_with_the_pending_bounds_it_has_not
         stored, model = asyncio.run(run(Path(folder) / "checkpoints.sqlite3"))
     for shard in SHARDS:
         assert stored[shard] == model.get(shard)
+
+
+async def test_the_flusher_checkpoints_the_wal_in_a_thread_not_in_a_commit(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint inside a commit on the event loop stalled every shard for its two fsyncs; the
+    store's connection never runs one, and the flusher runs them in a thread, so the WAL stays bounded."""
+    import threading
+
+    from streamfn.connectors.local import store as store_module
+    from streamfn.connectors.local import wal
+    from tests.unit.test_local_log import wal_frames
+
+    monkeypatch.setattr(wal, "CHECKPOINT_FRAMES", 20)
+    threads: list[bool] = []
+    real = store_module.checkpoint_file
+    monkeypatch.setattr(store_module, "checkpoint_file", lambda path: (
+        threads.append(threading.current_thread() is threading.main_thread()), real(path)))
+    path = tmp_path / "checkpoints.sqlite3"
+    store = LocalCheckpointStore(path, "p", interval=0.0)
+    await store.open()
+    try:
+        assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for n in range(1, 301):
+            await store.save("shard-0", Checkpoint(position=Position(n)))
+            await asyncio.sleep(0)  # the flusher commits each one
+        await store.flush()
+        frames = wal_frames(path)
+    finally:
+        await store.close()
+    assert threads and not any(threads), "checkpoints ran on the event loop's thread, or never"
+    assert frames < 100, f"{frames} frames: the WAL was never checkpointed"

@@ -70,6 +70,7 @@ import msgspec
 from ...errors import SourceError, StreamfnError
 from ...records import Batch, DataColumn, LazyColumn
 from ...storage_errors import is_transient, storage_error, storage_faults
+from .wal import checkpoint, checkpoint_due, quiet_commits
 
 log = logging.getLogger("streamfn.source.local")
 
@@ -235,6 +236,7 @@ class LocalLog:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+            quiet_commits(conn)  # appends checkpoint after their commit (``wal``)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -333,6 +335,8 @@ class LocalLog:
         due = [shard for (_, shard), count in small.items() if count >= MERGE_BLOCKS]
         if due:  # after the commit and the wake-ups: readers never wait on a merge
             self._merge_tails(conn, stream, due)
+        if checkpoint_due(self.path):  # after the commit, the wake-ups and the merges (``wal``)
+            checkpoint(conn, self.path)
         return total
 
     def _merge_tails(self, conn: sqlite3.Connection, stream: str, shards: list[int]) -> None:
@@ -485,6 +489,8 @@ class LocalLog:
                 self._partial.pop((stream, shard), None)
                 self.trims += 1
                 trimmed.append(TrimmedRange(shard_id_of(shard), int(first), int(last)))
+            if trimmed and checkpoint_due(self.path):
+                checkpoint(self._conn(), self.path)
             return trimmed
 
     def _trim_cutoffs(self, stream: str, retention: Retention, now: float) -> dict[int, int]:

@@ -34,6 +34,7 @@ from ...protocols.checkpoint import Checkpoint, CheckpointConfig, CheckpointStor
 from ...records import Position
 from ...storage_errors import is_transient, storage_error, storage_faults
 from .source import LocalSource
+from .wal import checkpoint_due, checkpoint_file, quiet_commits
 
 if TYPE_CHECKING:
     from ...components import BuildContext
@@ -142,6 +143,7 @@ class LocalCheckpointStore(CheckpointStore):
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={'FULL' if self._full_sync else 'NORMAL'}")
                 db.execute("PRAGMA busy_timeout=10000")
+                quiet_commits(db)  # the flusher checkpoints, in a thread
                 db.executescript(_SCHEMA)
             except BaseException:
                 db.close()
@@ -371,6 +373,8 @@ class LocalCheckpointStore(CheckpointStore):
                 return  # latched in self._error: every later call raises it
             else:
                 backoff.reset()
+                if checkpoint_due(self._path):  # in a thread: SQLite would run it in a commit, on the loop
+                    await asyncio.to_thread(checkpoint_file, self._path)
 
 
 async def bind_local_log(source: object, store: object) -> None:
