@@ -70,7 +70,7 @@ import msgspec
 from ...errors import SourceError, StreamfnError
 from ...records import Batch, DataColumn, LazyColumn
 from ...storage_errors import is_transient, storage_error, storage_faults
-from .wal import checkpoint, checkpoint_due, quiet_commits
+from .wal import WalCount, checkpoint, quiet_commits
 
 log = logging.getLogger("streamfn.source.local")
 
@@ -112,6 +112,8 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+#: Frames an ordinary commit writes (the table's and both indexes' leaves it touches), for ``WalCount``.
+FRAMES_PER_COMMIT = 8
 #: The layout this code writes (``PRAGMA user_version``); 0 is the layout before ``meta``, 1 the
 #: one before blocks kept their data as one buffer, 2 the one before merged blocks (which keep
 #: their records' arrivals). A log is upgraded in place by opening it: older blocks stay as they
@@ -199,6 +201,7 @@ class LocalLog:
         #: at its first append to the shard), so an append looks for blocks to merge only once there
         #: may be enough (a hint: appends by other objects or processes make it low; the look decides).
         self._small_tail: dict[tuple[str, int], int] = {}
+        self._wal = WalCount()
         try:
             with storage_faults(self.path, "opening the local log"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,12 +333,13 @@ class LocalLog:
             now = time.time() if arrival_time is None else arrival_time
             tips = self._append_shards(conn, stream, keys, datas, now, small)
         self._small_tail.update(small)  # once committed
+        self._wal.wrote(FRAMES_PER_COMMIT + sum(sum(map(len, shard_datas)) for shard_datas in datas) // PAGE_SIZE)
         for listener in self._listeners:
             listener(stream, tips)
         due = [shard for (_, shard), count in small.items() if count >= MERGE_BLOCKS]
         if due:  # after the commit and the wake-ups: readers never wait on a merge
             self._merge_tails(conn, stream, due)
-        if checkpoint_due(self.path):  # after the commit, the wake-ups and the merges (``wal``)
+        if self._wal.due():  # after the commit, the wake-ups and the merges (``wal``)
             checkpoint(conn, self.path)
         return total
 
@@ -358,6 +362,7 @@ class LocalLog:
                       extra={"path": str(self.path), "stream": stream, "error": repr(exc)})
             return
         self._small_tail.update(merged)
+        self._wal.wrote(FRAMES_PER_COMMIT + len(shards))
 
     def add_listener(self, listener: AppendListener) -> None:
         """Call ``listener(stream, {shard: new tip})`` after each commit of ``append`` through this
@@ -489,7 +494,8 @@ class LocalLog:
                 self._partial.pop((stream, shard), None)
                 self.trims += 1
                 trimmed.append(TrimmedRange(shard_id_of(shard), int(first), int(last)))
-            if trimmed and checkpoint_due(self.path):
+                self._wal.wrote(FRAMES_PER_COMMIT)
+            if self._wal.due():
                 checkpoint(self._conn(), self.path)
             return trimmed
 

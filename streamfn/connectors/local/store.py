@@ -34,7 +34,7 @@ from ...protocols.checkpoint import Checkpoint, CheckpointConfig, CheckpointStor
 from ...records import Position
 from ...storage_errors import is_transient, storage_error, storage_faults
 from .source import LocalSource
-from .wal import checkpoint_due, checkpoint_file, quiet_commits
+from .wal import WalCount, checkpoint_file, quiet_commits
 
 if TYPE_CHECKING:
     from ...components import BuildContext
@@ -57,6 +57,8 @@ log = logging.getLogger("streamfn.connectors.local.store")
 #: Backoff of the flusher while the state folder fails (full disk...): it retries on its own.
 RETRY_INITIAL = 0.1
 RETRY_MAX = 5.0
+#: Frames one commit of a few checkpoints writes (a leaf, the root, a header), for ``WalCount``.
+FRAMES_PER_COMMIT = 3
 
 class _StoredCheckpoint(msgspec.Struct, omit_defaults=True):
     """A checkpoint as stored: sequences as decimal text, since Kinesis and DynamoDB Streams
@@ -134,6 +136,7 @@ class LocalCheckpointStore(CheckpointStore):
         self._error: BaseException | None = None
         #: The last write failed on a transient fault; the next successful write clears it.
         self._failing: RetryableError | None = None
+        self._wal = WalCount()
 
     async def open(self) -> None:
         with storage_faults(self._path, "opening the checkpoint store"):
@@ -351,6 +354,7 @@ class LocalCheckpointStore(CheckpointStore):
                 raise CheckpointError(f"checkpoint store {self._path} failed: {exc!r}") from exc
             raise
         self._failing = None
+        self._wal.wrote(FRAMES_PER_COMMIT)
 
     async def _flush_loop(self) -> None:
         backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
@@ -373,7 +377,7 @@ class LocalCheckpointStore(CheckpointStore):
                 return  # latched in self._error: every later call raises it
             else:
                 backoff.reset()
-                if checkpoint_due(self._path):  # in a thread: SQLite would run it in a commit, on the loop
+                if self._wal.due():  # in a thread: SQLite would run it in a commit, on the event loop
                     await asyncio.to_thread(checkpoint_file, self._path)
 
 
