@@ -34,7 +34,9 @@ def output_folder(root: Path) -> Path:
     for part in (root, *root.parents):
         if part.exists():
             if not part.is_dir():
-                raise ConfigError(_not_a_folder(root, part), field="path")
+                where = "is a file" if part == root else f"is under {part}, which is a file"
+                raise ConfigError(f"{root} {where}, not a folder: output is written under a folder; choose another"
+                                  " path or move the file", field="path")
             break
     return root
 
@@ -44,13 +46,8 @@ def make_output_folder(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocking = next((part for part in (root, *root.parents) if part.exists() and not part.is_dir()), root)
-        raise ConfigError(_not_a_folder(root, blocking), field="path") from None
-
-
-def _not_a_folder(root: Path, blocking: Path) -> str:
-    where = "is a file" if blocking == root else f"is under {blocking}, which is a file"
-    return f"{root} {where}, not a folder: output is written under a folder; choose another path or move the file"
+        output_folder(root)  # raises the ConfigError naming the file in the way
+        raise
 
 
 def name_problem(name: str) -> str | None:

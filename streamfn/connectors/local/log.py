@@ -333,7 +333,6 @@ class LocalLog:
             now = time.time() if arrival_time is None else arrival_time
             tips = self._append_shards(conn, stream, keys, datas, now, small)
         self._small_tail.update(small)  # once committed
-        self._wal.wrote(FRAMES_PER_COMMIT + sum(sum(map(len, shard_datas)) for shard_datas in datas) // PAGE_SIZE)
         for listener in self._listeners:
             listener(stream, tips)
         due = [shard for (_, shard), count in small.items() if count >= MERGE_BLOCKS]
@@ -390,6 +389,7 @@ class LocalLog:
         per shard were most of the cost of a small append over many shards, and an append's
         records wait for its commit."""
         blocks: list[tuple[str, int, int, int, float, bytes]] = []
+        stored = 0  # payload bytes, for the WAL count
         moved: list[tuple[int, float, str, int]] = []
         tips: dict[int, int] = {}
         small_ends: dict[int, tuple[int, bool]] = {}  # shard: (small blocks ending this append, all small)
@@ -410,6 +410,7 @@ class LocalLog:
                 payload = self._encode(_block_payload(shard_keys[start:end], shard_datas[start:end]))
                 blocks.append((stream, shard, seq + 1, seq + end - start, arrival, payload))
                 sizes.append(len(payload))
+                stored += len(payload)
                 seq += end - start
             moved.append((seq, arrival, stream, shard))
             tips[shard] = int(seq)
@@ -417,6 +418,7 @@ class LocalLog:
             small_ends[shard] = (trailing, trailing == len(sizes))
         conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)", blocks)
         conn.executemany("UPDATE shards SET last_seq = ?, last_arrival = ? WHERE stream = ? AND shard = ?", moved)
+        self._wal.wrote(FRAMES_PER_COMMIT + stored // PAGE_SIZE)  # (a commit that then fails: an early checkpoint)
         for shard, (trailing, all_small) in small_ends.items():
             count = trailing
             if all_small:
